@@ -1,0 +1,285 @@
+//! Reads of kernel memory at offsets that userspace took from the running
+//! kernel's BTF (`KERNEL_OFFSETS`). Every read goes through
+//! `bpf_probe_read_kernel`, and every read of an absent field returns `None`
+//! without touching memory: a field this kernel lacks is never read at a
+//! guessed offset.
+
+use core::ptr::{addr_of, read_volatile};
+
+use aya_ebpf::helpers::{
+    bpf_probe_read_kernel,
+    generated::{bpf_probe_read_kernel as bpf_probe_read_kernel_raw, bpf_probe_read_kernel_str},
+};
+use oomtrace_ebpf::{
+    CGROUP_NAME_MAX, CGROUP_NAMES_LEN, Config, FieldOffset, KernelOffsets, KillRecord,
+    MAX_CGROUP_DEPTH, MarkVictimLayout,
+};
+
+// Load-time globals, overridden by the collector (`EbpfLoader::override_global`).
+// They are plain `static`s read field by field with volatile loads, rather than
+// `aya_ebpf::Global<T>::load()`, which would copy the whole struct (300 bytes)
+// onto the 512-byte eBPF stack. The volatile read is what keeps the compiler
+// from folding in these all-absent defaults.
+#[unsafe(no_mangle)]
+pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
+    task_pid: FieldOffset::ABSENT,
+    task_tgid: FieldOffset::ABSENT,
+    task_comm: FieldOffset::ABSENT,
+    task_mm: FieldOffset::ABSENT,
+    task_signal: FieldOffset::ABSENT,
+    task_real_cred: FieldOffset::ABSENT,
+    task_cgroups: FieldOffset::ABSENT,
+    task_exit_code: FieldOffset::ABSENT,
+    task_group_leader: FieldOffset::ABSENT,
+    task_thread_pid: FieldOffset::ABSENT,
+    signal_oom_score_adj: FieldOffset::ABSENT,
+    signal_live: FieldOffset::ABSENT,
+    cred_uid: FieldOffset::ABSENT,
+    mm_total_vm: FieldOffset::ABSENT,
+    mm_pgtables_bytes: FieldOffset::ABSENT,
+    mm_rss_file: FieldOffset::ABSENT,
+    mm_rss_anon: FieldOffset::ABSENT,
+    mm_rss_shmem: FieldOffset::ABSENT,
+    css_set_memory_css: FieldOffset::ABSENT,
+    css_set_dfl_cgrp: FieldOffset::ABSENT,
+    css_cgroup: FieldOffset::ABSENT,
+    css_parent: FieldOffset::ABSENT,
+    cgroup_kn: FieldOffset::ABSENT,
+    kn_name: FieldOffset::ABSENT,
+    kn_parent: FieldOffset::ABSENT,
+    kn_id: FieldOffset::ABSENT,
+    memcg_css: FieldOffset::ABSENT,
+    memcg_usage: FieldOffset::ABSENT,
+    memcg_max: FieldOffset::ABSENT,
+    pid_level: FieldOffset::ABSENT,
+    pid_numbers: FieldOffset::ABSENT,
+    upid_nr: FieldOffset::ABSENT,
+    upid_size: FieldOffset::ABSENT,
+    oc_memcg: FieldOffset::ABSENT,
+    oc_totalpages: FieldOffset::ABSENT,
+    oc_chosen: FieldOffset::ABSENT,
+    oc_chosen_points: FieldOffset::ABSENT,
+    oc_constraint: FieldOffset::ABSENT,
+};
+
+#[unsafe(no_mangle)]
+pub static MARK_VICTIM_LAYOUT: MarkVictimLayout = MarkVictimLayout {
+    pid: FieldOffset::ABSENT,
+    comm: FieldOffset::ABSENT,
+    total_vm: FieldOffset::ABSENT,
+    anon_rss: FieldOffset::ABSENT,
+    file_rss: FieldOffset::ABSENT,
+    shmem_rss: FieldOffset::ABSENT,
+    uid: FieldOffset::ABSENT,
+    pgtables: FieldOffset::ABSENT,
+    oom_score_adj: FieldOffset::ABSENT,
+};
+
+#[unsafe(no_mangle)]
+pub static CONFIG: Config = Config {
+    page_shift: 12,
+    cgroup_v2_memory: 0,
+    exit_key_is_tid: 0,
+    _pad: 0,
+};
+
+/// Reads one field descriptor of a load-time global.
+#[inline(always)]
+pub fn field(f: *const FieldOffset) -> Option<usize> {
+    // SAFETY: `f` points into one of the statics above.
+    let f = unsafe { read_volatile(f) };
+    if f.present != 0 {
+        Some(f.offset as usize)
+    } else {
+        None
+    }
+}
+
+/// `field(addr_of!(KERNEL_OFFSETS.$name))`
+macro_rules! off {
+    ($name:ident) => {
+        $crate::kernel::field(core::ptr::addr_of!($crate::kernel::KERNEL_OFFSETS.$name))
+    };
+}
+pub(crate) use off;
+
+#[inline(always)]
+pub fn config_flag(f: *const u32) -> bool {
+    // SAFETY: `f` points into `CONFIG`.
+    unsafe { read_volatile(f) != 0 }
+}
+
+#[inline(always)]
+pub fn page_shift() -> u32 {
+    // SAFETY: reads the `CONFIG` static.
+    unsafe { read_volatile(addr_of!(CONFIG.page_shift)) }
+}
+
+/// Reads a `T` at `base + offset`, if the field exists on this kernel and the
+/// base pointer is not null.
+#[inline(always)]
+pub fn read<T>(base: *const u8, offset: Option<usize>) -> Option<T> {
+    let offset = offset?;
+    if base.is_null() {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel copes with any address; a bad one gives Err.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset).cast::<T>()).ok() }
+}
+
+/// `task->signal`, `task->mm`, ...: a pointer field.
+#[inline(always)]
+pub fn read_ptr(base: *const u8, offset: Option<usize>) -> *const u8 {
+    read::<*const u8>(base, offset).unwrap_or(core::ptr::null())
+}
+
+/// A memory counter as get_mm_counter() returns it: pages, never negative
+/// (per-CPU batching can leave the shared count briefly below zero).
+#[inline(always)]
+pub fn read_mm_counter_bytes(mm: *const u8, offset: Option<usize>) -> Option<u64> {
+    let pages: i64 = read(mm, offset)?;
+    Some((pages.max(0) as u64) << page_shift())
+}
+
+/// The kernfs id of a cgroup: what /proc/PID/cgroup's path resolves to, and
+/// what `name_to_handle_at()` returns for its directory.
+#[inline(always)]
+pub fn cgroup_kn(cgroup: *const u8) -> *const u8 {
+    read_ptr(cgroup, off!(cgroup_kn))
+}
+
+/// The victim's own cgroup: on cgroup v2 the task's default-hierarchy cgroup
+/// (`css_set->dfl_cgrp`, which /proc/PID/cgroup shows even where the memory
+/// controller is enabled higher up); on cgroup v1 the memory css's cgroup.
+#[inline(always)]
+pub fn victim_cgroup(css_set: *const u8, memory_css: *const u8) -> *const u8 {
+    if config_flag(addr_of!(CONFIG.cgroup_v2_memory)) {
+        read_ptr(css_set, off!(css_set_dfl_cgrp))
+    } else {
+        read_ptr(memory_css, off!(css_cgroup))
+    }
+}
+
+/// Reads a `T` at `base + offset`, giving zero when the read faults (the
+/// helper zeroes its destination on failure). No branch: the cgroup walks
+/// below run up to 16 levels, and a branch per read there multiplies the
+/// paths the verifier has to explore.
+#[inline(always)]
+fn read_or_zero<T: Copy>(base: *const u8, offset: usize) -> T {
+    let mut value = core::mem::MaybeUninit::<T>::zeroed();
+    // SAFETY: the helper writes at most size_of::<T>() bytes into `value`,
+    // and any bit pattern is valid for the integer and pointer types used.
+    unsafe {
+        bpf_probe_read_kernel_raw(
+            value.as_mut_ptr().cast(),
+            core::mem::size_of::<T>() as u32,
+            base.wrapping_add(offset).cast(),
+        );
+        value.assume_init()
+    }
+}
+
+/// Walks kernfs names from `kn` up to (not including) the hierarchy's root,
+/// inside the kernel at the moment of the kill: container runtimes remove the
+/// cgroup right after the container dies, so a path resolved later from
+/// userspace is often gone. Names land leaf first, NUL-terminated, in
+/// `rec.cgroup_names`. Returns true when the walk reached the root.
+#[inline(always)]
+pub fn walk_cgroup_path(rec: *mut KillRecord, mut kn: *const u8) -> bool {
+    // SAFETY: `rec` is a live ring-buffer reservation of a KillRecord.
+    unsafe {
+        (*rec).cgroup_depth = 0;
+        (*rec).cgroup_names_len = 0;
+    }
+    let (Some(parent_at), Some(name_at), Some(id_at)) = (off!(kn_parent), off!(kn_name), off!(kn_id))
+    else {
+        return false;
+    };
+    if kn.is_null() {
+        return false;
+    }
+    let mut used: usize = 0;
+    let mut depth: usize = 0;
+    let mut complete = false;
+    // SAFETY: as above; every index is bounded by MAX_CGROUP_DEPTH or masked
+    // into the names buffer, whose slack covers one full name.
+    unsafe {
+        let names = addr_of!((*rec).cgroup_names) as *mut u8;
+        let ids = addr_of!((*rec).cgroup_ids) as *mut u64;
+        for level in 0..MAX_CGROUP_DEPTH {
+            let id: u64 = read_or_zero(kn, id_at);
+            ids.add(level).write(id);
+            let parent: *const u8 = read_or_zero(kn, parent_at);
+            if parent.is_null() {
+                // `kn` is the hierarchy's root (its id stays in this slot).
+                complete = true;
+                break;
+            }
+            if used >= CGROUP_NAMES_LEN {
+                break;
+            }
+            // The mask is a no-op at run time (used < CGROUP_NAMES_LEN, a power
+            // of two) but lets the verifier prove the write stays in bounds.
+            let start = used & (CGROUP_NAMES_LEN - 1);
+            let name: *const u8 = read_or_zero(kn, name_at);
+            let copied = bpf_probe_read_kernel_str(
+                names.add(start).cast(),
+                CGROUP_NAME_MAX as u32,
+                name.cast(),
+            );
+            if copied <= 0 {
+                break;
+            }
+            used = start + copied as usize;
+            depth = level + 1;
+            kn = parent;
+        }
+        (*rec).cgroup_depth = depth as u32;
+        (*rec).cgroup_names_len = used as u32;
+    }
+    complete
+}
+
+/// Walks the memory cgroup from the victim's memcg up to the root memcg,
+/// recording each one's kernfs id, `memory.usage` and `memory.max` (pages) as
+/// they are at the kill: the limit that fired is the one at its max.
+/// Returns true when the walk reached the root.
+#[inline(always)]
+pub fn walk_memcg_levels(rec: *mut KillRecord, mut css: *const u8) -> bool {
+    // SAFETY: `rec` is a live ring-buffer reservation.
+    unsafe { (*rec).memcg_depth = 0 };
+    let (Some(parent_at), Some(cgroup_at), Some(kn_at), Some(id_at), Some(usage_at), Some(max_at)) = (
+        off!(css_parent),
+        off!(css_cgroup),
+        off!(cgroup_kn),
+        off!(kn_id),
+        off!(memcg_usage),
+        off!(memcg_max),
+    ) else {
+        return false;
+    };
+    let mut depth: usize = 0;
+    let mut complete = false;
+    // SAFETY: as in walk_cgroup_path.
+    unsafe {
+        let ids = addr_of!((*rec).memcg_ids) as *mut u64;
+        let usages = addr_of!((*rec).memcg_usage_pages) as *mut u64;
+        let maxes = addr_of!((*rec).memcg_max_pages) as *mut u64;
+        for level in 0..MAX_CGROUP_DEPTH {
+            if css.is_null() {
+                complete = depth > 0;
+                break;
+            }
+            let cgroup: *const u8 = read_or_zero(css, cgroup_at);
+            let kn: *const u8 = read_or_zero(cgroup, kn_at);
+            ids.add(level).write(read_or_zero(kn, id_at));
+            let usage: i64 = read_or_zero(css, usage_at);
+            usages.add(level).write(usage.max(0) as u64);
+            maxes.add(level).write(read_or_zero(css, max_at));
+            depth = level + 1;
+            css = read_or_zero(css, parent_at);
+        }
+        (*rec).memcg_depth = depth as u32;
+    }
+    complete
+}

@@ -1,0 +1,231 @@
+//! Facts about the machine: kernel, cgroup layout, BTF, privileges. They go
+//! into the `start` record and `oomtrace check`, and they pick the attach plan.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Where the memory controller lives decides how a victim's cgroup is named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CgroupMode {
+    /// Only cgroup v1 hierarchies.
+    V1,
+    /// cgroup v1 controllers plus a cgroup2 mount (systemd's "hybrid").
+    Hybrid,
+    /// Only the unified cgroup2 hierarchy.
+    V2,
+    /// No cgroup filesystem is mounted.
+    None,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct MemoryController {
+    /// `v1` or `v2`.
+    pub version: u8,
+    /// Mount point of the hierarchy that carries the memory controller.
+    pub mount: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HostFacts {
+    pub hostname: String,
+    pub kernel_release: String,
+    pub cgroup_mode: CgroupMode,
+    /// The hierarchy with the memory controller, if any.
+    pub memory_controller: Option<MemoryController>,
+    /// Whether the kernel's BTF (`/sys/kernel/btf/vmlinux`) is present.
+    pub btf: bool,
+    /// Mount point of tracefs, if mounted.
+    pub tracefs: Option<String>,
+    pub page_size: u64,
+}
+
+impl HostFacts {
+    pub fn gather() -> Self {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let (cgroup_mode, memory_controller) = cgroup_layout(&mounts, |p| {
+            std::fs::read_to_string(p.join("cgroup.controllers")).unwrap_or_default()
+        });
+        Self {
+            hostname: read_trimmed("/proc/sys/kernel/hostname").unwrap_or_default(),
+            kernel_release: read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_default(),
+            cgroup_mode,
+            memory_controller,
+            btf: Path::new(DEFAULT_BTF).exists(),
+            tracefs: crate::tracefs::find().map(|p| p.display().to_string()),
+            page_size: page_size(),
+        }
+    }
+
+    pub fn memory_on_v2(&self) -> bool {
+        self.memory_controller.as_ref().is_some_and(|m| m.version == 2)
+    }
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+}
+
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as u64 } else { 4096 }
+}
+
+/// Works out the cgroup mode from /proc/self/mounts. `controllers` reads a
+/// cgroup2 mount's `cgroup.controllers` (injected for tests).
+pub fn cgroup_layout(
+    mounts: &str,
+    controllers: impl Fn(&Path) -> String,
+) -> (CgroupMode, Option<MemoryController>) {
+    let mut v1_memory = None;
+    let mut any_v1 = false;
+    let mut v2_mounts = Vec::new();
+    for line in mounts.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, dir, fstype, options, ..] = fields[..] else {
+            continue;
+        };
+        match fstype {
+            "cgroup" => {
+                any_v1 = true;
+                if options.split(',').any(|o| o == "memory") {
+                    v1_memory = Some(dir.to_string());
+                }
+            }
+            "cgroup2" => v2_mounts.push(PathBuf::from(dir)),
+            _ => {}
+        }
+    }
+    let mode = match (any_v1, !v2_mounts.is_empty()) {
+        (true, true) => CgroupMode::Hybrid,
+        (true, false) => CgroupMode::V1,
+        (false, true) => CgroupMode::V2,
+        (false, false) => CgroupMode::None,
+    };
+    let memory = if let Some(mount) = v1_memory {
+        Some(MemoryController { version: 1, mount })
+    } else {
+        v2_mounts
+            .iter()
+            .find(|m| controllers(m).split_whitespace().any(|c| c == "memory"))
+            .map(|m| MemoryController {
+                version: 2,
+                mount: m.display().to_string(),
+            })
+    };
+    (mode, memory)
+}
+
+/// Capabilities, from /proc/self/status.
+pub mod privileges {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error(
+        "oomtrace needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load and attach its eBPF \
+         programs, and this process is missing {missing}. Run it as root (`sudo oomtrace run`), \
+         or in a container with those capabilities (privileged: true, or \
+         capabilities.add: [BPF, PERFMON, SYS_ADMIN])"
+    )]
+    pub struct MissingCapabilities {
+        pub missing: String,
+    }
+
+    fn effective() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapEff:"))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            })
+            .unwrap_or(0)
+    }
+
+    fn has(caps: u64, cap: u32) -> bool {
+        caps & (1 << cap) != 0
+    }
+
+    /// Ok when the process can load and attach tracing programs.
+    pub fn check() -> Result<(), MissingCapabilities> {
+        check_caps(effective())
+    }
+
+    pub fn check_caps(caps: u64) -> Result<(), MissingCapabilities> {
+        if has(caps, CAP_SYS_ADMIN) || (has(caps, CAP_BPF) && has(caps, CAP_PERFMON)) {
+            return Ok(());
+        }
+        let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+            .into_iter()
+            .filter(|(c, _)| !has(caps, *c))
+            .map(|(_, n)| n)
+            .chain(std::iter::once("CAP_SYS_ADMIN"))
+            .collect();
+        Err(MissingCapabilities {
+            missing: missing.join(", "),
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn sys_admin_or_bpf_plus_perfmon_is_enough() {
+            assert!(check_caps(1 << CAP_SYS_ADMIN).is_ok());
+            assert!(check_caps((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_ok());
+            let err = check_caps(1 << CAP_BPF).expect_err("perfmon missing");
+            assert_eq!(err.missing, "CAP_PERFMON, CAP_SYS_ADMIN");
+            let err = check_caps(0).expect_err("nothing");
+            assert_eq!(err.missing, "CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN");
+            assert!(err.to_string().contains("Run it as root"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
+cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
+cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0
+cgroup /sys/fs/cgroup/systemd cgroup rw,relatime,name=systemd 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
+";
+
+    #[test]
+    fn hybrid_with_v1_memory() {
+        let (mode, mem) = cgroup_layout(HYBRID, |_| "hugetlb".into());
+        assert_eq!(mode, CgroupMode::Hybrid);
+        let mem = mem.expect("memory");
+        assert_eq!((mem.version, mem.mount.as_str()), (1, "/sys/fs/cgroup/memory"));
+    }
+
+    #[test]
+    fn unified_with_memory_controller() {
+        let mounts = "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec 0 0\n";
+        let (mode, mem) = cgroup_layout(mounts, |p| {
+            assert_eq!(p, Path::new("/sys/fs/cgroup"));
+            "cpuset cpu io memory hugetlb pids".into()
+        });
+        assert_eq!(mode, CgroupMode::V2);
+        assert_eq!(mem.expect("memory").version, 2);
+    }
+
+    #[test]
+    fn unified_without_memory_controller() {
+        let mounts = "cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n";
+        let (mode, mem) = cgroup_layout(mounts, |_| "cpu pids".into());
+        assert_eq!(mode, CgroupMode::V2);
+        assert!(mem.is_none());
+        assert_eq!(cgroup_layout("", |_| String::new()).0, CgroupMode::None);
+    }
+}
