@@ -1,1 +1,11 @@
+//! oomtrace's end-to-end test harness and scenarios. Everything here needs
+//! root: it creates memory cgroups, causes real OOM kills in them, and reads
+//! the kernel log.
 
+pub mod cgroup;
+pub mod collector;
+pub mod kmsg;
+pub mod operations;
+pub mod scenarios;
+
+pub use collector::Env;

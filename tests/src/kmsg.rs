@@ -1,0 +1,141 @@
+//! The kernel's own account of each OOM kill: the `Killed process` line in
+//! the kernel log, read from /dev/kmsg.
+
+use std::{
+    fs::File,
+    io::Read,
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+/// One `... Killed process PID (COMM) total-vm:...` line. Sizes in kB.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KilledProcess {
+    pub pid: u32,
+    /// The comm bytes, with /dev/kmsg's `\xNN` escapes undone.
+    pub comm: Vec<u8>,
+    pub total_vm_kb: u64,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: u64,
+    pub uid: u32,
+    pub pgtables_kb: u64,
+    pub oom_score_adj: i16,
+    /// The text before `: Killed process` ("Memory cgroup out of memory").
+    pub reason: String,
+}
+
+pub struct Kmsg {
+    file: File,
+    /// Every `Killed process` line read so far: simultaneous kills are
+    /// logged in either order.
+    seen: Vec<KilledProcess>,
+}
+
+impl Kmsg {
+    /// Opens the kernel log positioned at its end: only later lines are read.
+    pub fn open() -> Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")
+            .expect("open /dev/kmsg (needs root)");
+        // SAFETY: lseek on our own fd; SEEK_END on /dev/kmsg skips to the newest record.
+        unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_END) };
+        Self { file, seen: Vec::new() }
+    }
+
+    /// Waits for the kernel's `Killed process` line about `pid`.
+    pub fn killed(&mut self, pid: u32, timeout: Duration) -> KilledProcess {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 8192];
+        loop {
+            if let Some(found) = self.seen.iter().find(|k| k.pid == pid) {
+                return found.clone();
+            }
+            match self.file.read(&mut buf) {
+                Ok(n) => {
+                    let record = String::from_utf8_lossy(&buf[..n]);
+                    // "PRIO,SEQ,TIME,FLAGS;MESSAGE\n"
+                    if let Some((_, message)) = record.split_once(';') {
+                        if let Some(killed) = parse_killed(message.lines().next().unwrap_or("")) {
+                            self.seen.push(killed);
+                        }
+                    }
+                }
+                // EPIPE: records were overwritten under us; keep reading.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "no `Killed process {pid}` line in the kernel log within {timeout:?}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("reading /dev/kmsg: {e}"),
+            }
+        }
+    }
+}
+
+/// Undoes /dev/kmsg's escaping of unprintable bytes as `\xNN`.
+fn unescape(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && bytes.get(i + 1) == Some(&b'x') && i + 3 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&text[i + 2..i + 4], 16) {
+                out.push(b);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Parses mm/oom_kill.c's
+/// `"%s: Killed process %d (%s) total-vm:%lukB, anon-rss:%lukB, file-rss:%lukB, shmem-rss:%lukB, UID:%u pgtables:%lukB oom_score_adj:%hd"`.
+pub fn parse_killed(message: &str) -> Option<KilledProcess> {
+    let (reason, rest) = message.split_once(": Killed process ")?;
+    let (pid, rest) = rest.split_once(" (")?;
+    // The comm can itself contain ") ", so split at the last ") total-vm:".
+    let (comm, rest) = rest.rsplit_once(") total-vm:")?;
+    let field = |name: &str| -> Option<&str> {
+        let start = rest.find(name)? + name.len();
+        let value = &rest[start..];
+        let end = value.find(|c: char| !(c.is_ascii_digit() || c == '-')).unwrap_or(value.len());
+        Some(&value[..end])
+    };
+    let total_vm = rest.split("kB").next()?;
+    Some(KilledProcess {
+        pid: pid.trim().parse().ok()?,
+        comm: unescape(comm),
+        total_vm_kb: total_vm.parse().ok()?,
+        anon_rss_kb: field("anon-rss:")?.parse().ok()?,
+        file_rss_kb: field("file-rss:")?.parse().ok()?,
+        shmem_rss_kb: field("shmem-rss:")?.parse().ok()?,
+        uid: field("UID:")?.parse().ok()?,
+        pgtables_kb: field("pgtables:")?.parse().ok()?,
+        oom_score_adj: field("oom_score_adj:")?.parse().ok()?,
+        reason: reason.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_kernels_line() {
+        let line = "Memory cgroup out of memory: Killed process 10624 (py) x\\x0a) total-vm:60768kB, anon-rss:50788kB, file-rss:6076kB, shmem-rss:0kB, UID:0 pgtables:164kB oom_score_adj:500";
+        let k = parse_killed(line).expect("parse");
+        assert_eq!(k.pid, 10624);
+        assert_eq!(k.comm, b"py) x\n");
+        assert_eq!((k.total_vm_kb, k.anon_rss_kb, k.file_rss_kb, k.shmem_rss_kb), (60768, 50788, 6076, 0));
+        assert_eq!((k.uid, k.pgtables_kb, k.oom_score_adj), (0, 164, 500));
+        assert_eq!(k.reason, "Memory cgroup out of memory");
+        assert!(parse_killed("oom_reaper: reaped process 1 (x)").is_none());
+    }
+}

@@ -1,0 +1,266 @@
+//! The end-to-end scenarios, defined once. `tests/e2e.rs` runs each as a
+//! cargo test on the host; the VM matrix runs the same functions inside
+//! other kernels. Each causes real OOM kills in cgroups it creates and checks
+//! the record field by field against what the kernel itself reports: the
+//! `Killed process` line, the cgroup's oom_kill counter, and the wait status.
+//! A scenario panics, with context, on the first mismatch.
+
+use std::{
+    io::Write,
+    os::unix::process::ExitStatusExt,
+    process::{Child, Command, ExitStatus, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::{
+    cgroup::MemCgroup,
+    collector::{Collector, Env},
+    kmsg::{KilledProcess, Kmsg},
+};
+
+/// Enough for the workload's own few MiB, small enough to OOM in a blink.
+pub const LIMIT: u64 = 64 << 20;
+const KILL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A workload process: `oomtrace-workload alloc ...`.
+pub struct Workload {
+    pub child: Child,
+}
+
+impl Workload {
+    pub fn spawn(env: &Env, mode: &str, args: &[&str]) -> Self {
+        let child = Command::new(&env.workload)
+            .arg(mode)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn workload: {e}"));
+        Self { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets a `--wait-stdin` workload start allocating.
+    pub fn release(&mut self) {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        stdin.write_all(b"g").expect("release workload");
+        stdin.flush().expect("flush");
+    }
+
+    pub fn wait(&mut self) -> ExitStatus {
+        self.child.wait().expect("wait workload")
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts that the wait status is death by SIGKILL (the shell's 137).
+pub fn assert_sigkilled(status: ExitStatus, what: &str) {
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "{what} should have died of SIGKILL (exit 137), got {status:?}"
+    );
+}
+
+/// Asserts every field the kernel's `Killed process` line also has.
+pub fn assert_matches_kernel(record: &Value, kernel: &KilledProcess) {
+    let v = &record["victim"];
+    let kb = |n: u64| Value::from(n * 1024);
+    assert_eq!(v["pid"], kernel.pid, "pid: {record}");
+    assert_eq!(v["oom_score_adj"], kernel.oom_score_adj, "oom_score_adj: {record}");
+    assert_eq!(v["uid"], kernel.uid, "uid: {record}");
+    assert_eq!(v["total_vm_bytes"], kb(kernel.total_vm_kb), "total_vm: {record}");
+    assert_eq!(v["rss"]["anon_bytes"], kb(kernel.anon_rss_kb), "anon-rss: {record}");
+    assert_eq!(v["rss"]["file_bytes"], kb(kernel.file_rss_kb), "file-rss: {record}");
+    assert_eq!(v["rss"]["shmem_bytes"], kb(kernel.shmem_rss_kb), "shmem-rss: {record}");
+    assert_eq!(v["pgtables_bytes"], kb(kernel.pgtables_kb), "pgtables: {record}");
+    assert_eq!(comm_bytes(v), kernel.comm, "comm: {record}");
+}
+
+/// The exact comm bytes a record carries: `comm_hex` if set, else `comm`.
+pub fn comm_bytes(who: &Value) -> Vec<u8> {
+    match who["comm_hex"].as_str() {
+        Some(hex) => (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect(),
+        None => who["comm"].as_str().expect("comm").as_bytes().to_vec(),
+    }
+}
+
+pub fn assert_exit_137(record: &Value) {
+    let exit = &record["exit"];
+    assert_eq!(exit["observed"], true, "exit not observed: {record}");
+    assert_eq!(exit["code"], 137, "exit code: {record}");
+    assert_eq!(exit["signal"], 9, "exit signal: {record}");
+    assert!(exit["delay_ms"].as_f64().is_some_and(|d| d >= 0.0), "{record}");
+}
+
+pub fn assert_cgroup(record: &Value, cg: &MemCgroup) {
+    let c = &record["victim"]["cgroup"];
+    assert_eq!(c["path"], cg.path.as_str(), "cgroup path: {record}");
+    assert_eq!(c["id"], cg.id(), "cgroup id (inode of {}): {record}", cg.dir.display());
+}
+
+/// Kills a single-threaded allocator with oom_score_adj 500 and checks the
+/// record against dmesg, the memcg counter and the wait status.
+pub fn single_threaded_victim(env: &Env) {
+    let cg = MemCgroup::create("single", Some(LIMIT));
+    let mut collector = Collector::start(env, &[]);
+    let mut kmsg = Kmsg::open();
+    let mut victim = Workload::spawn(env, "alloc", &["--cgroup", cg.dir_str(), "--adj", "500"]);
+    let status = victim.wait();
+    assert_sigkilled(status, "the allocator");
+    let kernel = kmsg.killed(victim.pid(), KILL_TIMEOUT);
+    let record = collector.kill_of(victim.pid(), KILL_TIMEOUT);
+
+    assert_eq!(kernel.oom_score_adj, 500);
+    assert_eq!(kernel.reason, "Memory cgroup out of memory");
+    assert_matches_kernel(&record, &kernel);
+    assert_eq!(record["victim"]["tid"], victim.pid(), "{record}");
+    assert_exit_137(&record);
+    assert_cgroup(&record, &cg);
+    assert_eq!(cg.oom_kills(), 1, "the kernel counted one kill");
+    assert_eq!(record["trigger"]["pid"], victim.pid(), "it triggered its own OOM: {record}");
+    let memcg = &record["memcg"];
+    assert_eq!(memcg["path"], cg.path.as_str(), "{record}");
+    assert_eq!(memcg["limit_bytes"], LIMIT, "{record}");
+    let usage = memcg["usage_bytes"].as_u64().expect("usage");
+    assert!(usage > LIMIT - (4 << 20) && usage <= LIMIT, "usage {usage} at the kill: {record}");
+    assert_eq!(record["victim"]["container_init"], false, "{record}");
+    assert!(collector.start_record()["probes"][0]["mode"].is_string());
+}
+
+/// A multi-threaded process where a non-leader thread allocates: one record,
+/// for the process (pid = tgid).
+pub fn multi_threaded_victim(env: &Env) {
+    let cg = MemCgroup::create("threads", Some(LIMIT));
+    let mut collector = Collector::start(env, &["--exit-wait", "1s"]);
+    let mut kmsg = Kmsg::open();
+    let mut victim = Workload::spawn(env, "alloc", &["--cgroup", cg.dir_str(), "--threads", "4", "--adj", "300"]);
+    assert_sigkilled(victim.wait(), "the threaded allocator");
+    let kernel = kmsg.killed(victim.pid(), KILL_TIMEOUT);
+    let record = collector.kill_of(victim.pid(), KILL_TIMEOUT);
+    assert_eq!(record["victim"]["pid"], victim.pid(), "pid is the tgid: {record}");
+    assert_eq!(record["victim"]["oom_score_adj"], kernel.oom_score_adj);
+    assert_ne!(
+        record["trigger"]["tid"], victim.pid(),
+        "the allocating thread is not the leader: {record}"
+    );
+    assert_eq!(record["trigger"]["pid"], victim.pid(), "{record}");
+    assert_exit_137(&record);
+    assert_cgroup(&record, &cg);
+    assert_eq!(cg.oom_kills(), 1);
+    let status = collector.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{status:?}");
+    let records: Vec<_> = collector.kills().filter(|r| r["victim"]["pid"] == victim.pid()).collect();
+    assert_eq!(records.len(), 1, "exactly one record: {records:?}");
+}
+
+/// The parent stays outside the cgroup, its child inside is killed: one
+/// record, for the child, and the parent lives on.
+pub fn child_killed_parent_survives(env: &Env) {
+    let cg = MemCgroup::create("parent", Some(LIMIT));
+    let mut collector = Collector::start(env, &["--exit-wait", "1s"]);
+    let mut kmsg = Kmsg::open();
+    let mut parent = Workload::spawn(env, "parent", &["--cgroup", cg.dir_str(), "--adj", "200"]);
+    let status = parent.wait();
+    assert!(status.success(), "the parent survives: {status:?}");
+    let mut out = String::new();
+    std::io::Read::read_to_string(parent.child.stdout.as_mut().expect("stdout"), &mut out).expect("read");
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(fields.first(), Some(&"child"), "parent said {out:?}");
+    let child_pid: u32 = fields[1].parse().expect("child pid");
+    let raw_status: i32 = fields[2].parse().expect("status");
+    assert_sigkilled(ExitStatus::from_raw(raw_status), "the child");
+    let kernel = kmsg.killed(child_pid, KILL_TIMEOUT);
+    let record = collector.kill_of(child_pid, KILL_TIMEOUT);
+    assert_matches_kernel(&record, &kernel);
+    assert_exit_137(&record);
+    assert_cgroup(&record, &cg);
+    assert_eq!(cg.oom_kills(), 1);
+    let status = collector.stop_with(libc::SIGTERM);
+    assert!(status.success());
+    let kills: Vec<_> = collector.kills().collect();
+    assert_eq!(kills.len(), 1, "one record, for the child only: {kills:?}");
+    assert_ne!(kills[0]["victim"]["pid"], parent.pid());
+}
+
+/// A comm with a quote, a backslash, a newline and a non-UTF-8 byte: the line
+/// is valid JSON and the exact name round-trips through `comm_hex`.
+pub fn hostile_comm(env: &Env) {
+    let name: &[u8] = b"q\"b\\n\n\xffz";
+    let hex: String = name.iter().map(|b| format!("{b:02x}")).collect();
+    let cg = MemCgroup::create("comm", Some(LIMIT));
+    let mut collector = Collector::start(env, &[]);
+    let mut kmsg = Kmsg::open();
+    let mut victim = Workload::spawn(env, "alloc", &["--cgroup", cg.dir_str(), "--comm-hex", &hex]);
+    assert_sigkilled(victim.wait(), "the allocator");
+    let kernel = kmsg.killed(victim.pid(), KILL_TIMEOUT);
+    // Collector::kill_of already parsed the line as one JSON object.
+    let record = collector.kill_of(victim.pid(), KILL_TIMEOUT);
+    assert_eq!(kernel.comm, name, "the kernel kept the name byte for byte");
+    assert_eq!(comm_bytes(&record["victim"]), name, "{record}");
+    assert_eq!(record["victim"]["comm"], String::from_utf8_lossy(name).as_ref());
+    assert_eq!(record["victim"]["comm_hex"], hex.as_str());
+    assert_matches_kernel(&record, &kernel);
+    assert_exit_137(&record);
+}
+
+/// Two cgroups OOM at the same moment: two records, each with its own
+/// cgroup and exit, never crossed.
+pub fn two_cgroups_at_once(env: &Env) {
+    let a = MemCgroup::create("twin-a", Some(LIMIT));
+    let b = MemCgroup::create("twin-b", Some(LIMIT + (16 << 20)));
+    let mut collector = Collector::start(env, &[]);
+    let mut kmsg = Kmsg::open();
+    let mut wa = Workload::spawn(env, "alloc", &["--cgroup", a.dir_str(), "--adj", "100", "--wait-stdin"]);
+    let mut wb = Workload::spawn(env, "alloc", &["--cgroup", b.dir_str(), "--adj", "200", "--wait-stdin"]);
+    // Both are in place; start them together.
+    std::thread::sleep(Duration::from_millis(200));
+    wa.release();
+    wb.release();
+    assert_sigkilled(wa.wait(), "allocator a");
+    assert_sigkilled(wb.wait(), "allocator b");
+    for (w, cg, adj) in [(&wa, &a, 100), (&wb, &b, 200)] {
+        let kernel = kmsg.killed(w.pid(), KILL_TIMEOUT);
+        let record = collector.kill_of(w.pid(), KILL_TIMEOUT);
+        assert_matches_kernel(&record, &kernel);
+        assert_eq!(record["victim"]["oom_score_adj"], adj);
+        assert_cgroup(&record, cg);
+        assert_exit_137(&record);
+        assert_eq!(record["memcg"]["path"], cg.path.as_str());
+        assert_eq!(cg.oom_kills(), 1);
+    }
+}
+
+/// The cgroup is removed right after the kill: the record still names it,
+/// because the path was read inside the kernel at the kill.
+pub fn cgroup_removed_after_kill(env: &Env) {
+    let mut cg = MemCgroup::create("removed", Some(LIMIT));
+    let path = cg.path.clone();
+    let id = cg.id();
+    // A long exit-wait, so that the record is written after the rmdir below
+    // unless the exit joins it first; either way nothing reads the path late.
+    let mut collector = Collector::start(env, &["--exit-wait", "3s"]);
+    let mut victim = Workload::spawn(env, "alloc", &["--cgroup", cg.dir_str()]);
+    assert_sigkilled(victim.wait(), "the allocator");
+    cg.remove();
+    assert!(!cg.dir.exists(), "the cgroup is gone");
+    let record = collector.kill_of(victim.pid(), KILL_TIMEOUT);
+    assert_eq!(record["victim"]["cgroup"]["path"], path.as_str(), "{record}");
+    assert_eq!(record["victim"]["cgroup"]["id"], id, "{record}");
+    assert_eq!(record["memcg"]["path"], path.as_str(), "{record}");
+    assert_exit_137(&record);
+}

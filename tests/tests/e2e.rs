@@ -1,0 +1,34 @@
+//! The end-to-end scenarios as cargo tests. Run them with `cargo xtask test`
+//! (root; one at a time: `--test-threads=1`).
+
+use oomtrace_tests::{Env, operations, scenarios};
+
+fn env() -> Env {
+    Env::from_cargo(env!("CARGO_BIN_EXE_oomtrace-workload"))
+}
+
+macro_rules! scenario {
+    ($($module:ident :: $name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $module::$name(&env());
+            }
+        )*
+    };
+}
+
+scenario! {
+    scenarios::single_threaded_victim,
+    scenarios::multi_threaded_victim,
+    scenarios::child_killed_parent_survives,
+    scenarios::hostile_comm,
+    scenarios::two_cgroups_at_once,
+    scenarios::cgroup_removed_after_kill,
+    operations::no_privileges_is_a_clear_error,
+    operations::signals_write_stop,
+    operations::closed_stdout_is_quiet,
+    operations::classic_tracepoint_modes,
+    operations::text_output_to_file,
+    operations::check_and_bad_btf,
+}
