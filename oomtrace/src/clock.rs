@@ -3,7 +3,10 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 
 fn now_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec; both clocks always exist.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
@@ -32,7 +35,9 @@ mod tests {
     fn now_maps_to_now() {
         let text = rfc3339_from_boot_ns(boot_ns());
         let parsed = DateTime::parse_from_rfc3339(&text).expect("rfc3339");
-        let skew = (Utc::now() - parsed.with_timezone(&Utc)).num_milliseconds().abs();
+        let skew = (Utc::now() - parsed.with_timezone(&Utc))
+            .num_milliseconds()
+            .abs();
         assert!(skew < 1000, "{text} is {skew} ms off");
         assert!(text.ends_with('Z') && text.len() == "2026-11-22T14:28:00.123456789Z".len());
     }

@@ -21,7 +21,12 @@ pub enum DecodeError {
 pub fn decode(bytes: &[u8]) -> Result<KernelRecord, DecodeError> {
     let kind = match bytes.get(..4) {
         Some(k) => u32::from_ne_bytes([k[0], k[1], k[2], k[3]]),
-        None => return Err(DecodeError::Short { kind: 0, len: bytes.len() }),
+        None => {
+            return Err(DecodeError::Short {
+                kind: 0,
+                len: bytes.len(),
+            });
+        }
     };
     match kind {
         RECORD_KILL => read::<KillRecord>(bytes, kind).map(|r| KernelRecord::Kill(Box::new(r))),
@@ -32,7 +37,10 @@ pub fn decode(bytes: &[u8]) -> Result<KernelRecord, DecodeError> {
 
 fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     if bytes.len() < size_of::<T>() {
-        return Err(DecodeError::Short { kind, len: bytes.len() });
+        return Err(DecodeError::Short {
+            kind,
+            len: bytes.len(),
+        });
     }
     // SAFETY: the length is checked, T is a plain-old-data #[repr(C)] type
     // for which every bit pattern is valid, and the read is unaligned.
@@ -65,9 +73,15 @@ mod tests {
         }
         assert_eq!(
             decode(&bytes[..10]).err(),
-            Some(DecodeError::Short { kind: RECORD_EXIT, len: 10 })
+            Some(DecodeError::Short {
+                kind: RECORD_EXIT,
+                len: 10
+            })
         );
-        assert_eq!(decode(&[9, 0, 0, 0]).err(), Some(DecodeError::UnknownKind { kind: 9 }));
+        assert_eq!(
+            decode(&[9, 0, 0, 0]).err(),
+            Some(DecodeError::UnknownKind { kind: 9 })
+        );
         assert!(decode(&[1]).is_err());
     }
 }

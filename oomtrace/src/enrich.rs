@@ -2,8 +2,8 @@
 //! cgroup paths rebuilt from the names the kernel walked, and the exit.
 
 use oomtrace_ebpf::{
-    CGROUP_NAMES_SIZE, ExitRecord, KillRecord, MAX_CGROUP_DEPTH, SOURCE_RAW_TRACEPOINT,
-    exit_valid, kill_valid,
+    CGROUP_NAMES_SIZE, ExitRecord, KillRecord, MAX_CGROUP_DEPTH, SOURCE_RAW_TRACEPOINT, exit_valid,
+    kill_valid,
 };
 
 use crate::{
@@ -99,7 +99,11 @@ pub fn oom_kill(rec: &KillRecord, page_size: u64) -> OomKill {
         comm,
         comm_hex,
         uid: bit(rec, v::VICTIM_UID, rec.victim_uid),
-        oom_score_adj: bit(rec, v::VICTIM_OOM_SCORE_ADJ, rec.victim_oom_score_adj as i16),
+        oom_score_adj: bit(
+            rec,
+            v::VICTIM_OOM_SCORE_ADJ,
+            rec.victim_oom_score_adj as i16,
+        ),
         total_vm_bytes: bit(rec, v::TOTAL_VM, rec.total_vm_bytes),
         pgtables_bytes: bit(rec, v::PGTABLES, rec.pgtables_bytes),
         rss: Rss {
@@ -109,7 +113,10 @@ pub fn oom_kill(rec: &KillRecord, page_size: u64) -> OomKill {
         },
         cgroup: CgroupRef {
             id: chain.as_ref().and_then(|c| c.leaf()).map(|(id, _)| *id),
-            path: chain.as_ref().and_then(|c| c.leaf()).map(|(_, p)| p.clone()),
+            path: chain
+                .as_ref()
+                .and_then(|c| c.leaf())
+                .map(|(_, p)| p.clone()),
         },
     };
     let trigger = Trigger {
@@ -122,7 +129,12 @@ pub fn oom_kill(rec: &KillRecord, page_size: u64) -> OomKill {
         Oom {
             constraint: Some(constraint_name(rec.oom_constraint)),
             memcg_path: (rec.oom_memcg_id != 0)
-                .then(|| chain.as_ref()?.path_of(rec.oom_memcg_id).map(str::to_string))
+                .then(|| {
+                    chain
+                        .as_ref()?
+                        .path_of(rec.oom_memcg_id)
+                        .map(str::to_string)
+                })
                 .flatten(),
             points: Some(rec.oom_chosen_points),
             totalpages: Some(rec.oom_totalpages),

@@ -61,12 +61,16 @@ impl HostFacts {
     }
 
     pub fn memory_on_v2(&self) -> bool {
-        self.memory_controller.as_ref().is_some_and(|m| m.version == 2)
+        self.memory_controller
+            .as_ref()
+            .is_some_and(|m| m.version == 2)
     }
 }
 
 fn read_trimmed(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 pub fn page_size() -> u64 {
@@ -206,7 +210,10 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         let (mode, mem) = cgroup_layout(HYBRID, |_| "hugetlb".into());
         assert_eq!(mode, CgroupMode::Hybrid);
         let mem = mem.expect("memory");
-        assert_eq!((mem.version, mem.mount.as_str()), (1, "/sys/fs/cgroup/memory"));
+        assert_eq!(
+            (mem.version, mem.mount.as_str()),
+            (1, "/sys/fs/cgroup/memory")
+        );
     }
 
     #[test]

@@ -144,8 +144,13 @@ pub fn compute(btf: &Btf) -> KernelLayout {
 
     // mem_cgroup::memory (a page_counter): usage and max, relative to the css.
     // Before 5.x the page_counter fields were `count` and `limit`.
-    if let (Some((memory, _)), FieldOffset { offset: css_at, present: 1 }) =
-        (r.member(&memcg, "mem_cgroup", &["memory"]), o.memcg_css)
+    if let (
+        Some((memory, _)),
+        FieldOffset {
+            offset: css_at,
+            present: 1,
+        },
+    ) = (r.member(&memcg, "mem_cgroup", &["memory"]), o.memcg_css)
     {
         let usage = r.field(&page_counter, "page_counter", &["usage", "count"], 8);
         let max = r.field(&page_counter, "page_counter", &["max", "limit"], 8);
@@ -248,19 +253,18 @@ impl Resolver<'_> {
             if member_name == name {
                 return self.member_type(m).map(|t| (m.bit_offset() / 8, t));
             }
-            if member_name.is_empty() {
-                if let Some(Type::Struct(inner) | Type::Union(inner)) = self.member_type(m) {
-                    if let Some((off, t)) = self.find_one(&inner, name, depth + 1) {
-                        return Some((m.bit_offset() / 8 + off, t));
-                    }
-                }
+            if member_name.is_empty()
+                && let Some(Type::Struct(inner) | Type::Union(inner)) = self.member_type(m)
+                && let Some((off, t)) = self.find_one(&inner, name, depth + 1)
+            {
+                return Some((m.bit_offset() / 8 + off, t));
             }
         }
         None
     }
 
     fn member_type(&self, m: &Member) -> Option<Type> {
-        if m.bitfield_size().is_some_and(|bits| bits != 0) || m.bit_offset() % 8 != 0 {
+        if m.bitfield_size().is_some_and(|bits| bits != 0) || !m.bit_offset().is_multiple_of(8) {
             return None; // a bitfield: not something a byte read can give
         }
         self.resolve(self.btf.resolve_chained_type(m).ok()?)
@@ -275,7 +279,13 @@ impl Resolver<'_> {
     }
 
     /// Offset of a field whose size must be `size` bytes (0: any size).
-    fn field(&mut self, s: &Option<Struct>, owner: &str, names: &[&str], size: usize) -> FieldOffset {
+    fn field(
+        &mut self,
+        s: &Option<Struct>,
+        owner: &str,
+        names: &[&str],
+        size: usize,
+    ) -> FieldOffset {
         let Some((offset, t)) = self.member(s, owner, names) else {
             return FieldOffset::ABSENT;
         };
@@ -316,7 +326,8 @@ impl Resolver<'_> {
             _ => None,
         };
         let Some((stride, count)) = per_counter else {
-            self.missing.push("mm_struct::rss_stat (unknown layout)".into());
+            self.missing
+                .push("mm_struct::rss_stat (unknown layout)".into());
             return absent;
         };
         let mut out = absent;

@@ -174,12 +174,25 @@ pub fn attach(options: &ProbeOptions, host: &HostFacts) -> Result<Tracer, ProbeE
         );
     }
 
-    probes.push(attach_oom_kill_process(&mut ebpf, options.oom_kill, layout.as_ref()));
+    probes.push(attach_oom_kill_process(
+        &mut ebpf,
+        options.oom_kill,
+        layout.as_ref(),
+    ));
     probes.push(attach_process_exit(&mut ebpf));
 
-    let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(ProbeError::Missing("EVENTS"))?)?;
-    let victims = BpfHashMap::try_from(ebpf.take_map("VICTIMS").ok_or(ProbeError::Missing("VICTIMS"))?)?;
-    let counters = Array::try_from(ebpf.take_map("COUNTERS").ok_or(ProbeError::Missing("COUNTERS"))?)?;
+    let events = RingBuf::try_from(
+        ebpf.take_map("EVENTS")
+            .ok_or(ProbeError::Missing("EVENTS"))?,
+    )?;
+    let victims = BpfHashMap::try_from(
+        ebpf.take_map("VICTIMS")
+            .ok_or(ProbeError::Missing("VICTIMS"))?,
+    )?;
+    let counters = Array::try_from(
+        ebpf.take_map("COUNTERS")
+            .ok_or(ProbeError::Missing("COUNTERS"))?,
+    )?;
     Ok(Tracer {
         ebpf,
         events,
@@ -190,7 +203,10 @@ pub fn attach(options: &ProbeOptions, host: &HostFacts) -> Result<Tracer, ProbeE
     })
 }
 
-fn kernel_layout(source: &BtfSource, notes: &mut Vec<String>) -> Result<Option<KernelLayout>, ProbeError> {
+fn kernel_layout(
+    source: &BtfSource,
+    notes: &mut Vec<String>,
+) -> Result<Option<KernelLayout>, ProbeError> {
     let btf = match source {
         BtfSource::Disabled => {
             notes.push("running without BTF (--no-btf): classic tracepoints only".into());
@@ -271,9 +287,9 @@ fn load_with_victim(
     if let Some(bytes) = options.ring_buffer_bytes {
         loader.map_max_entries("EVENTS", bytes);
     }
-    let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
-        format!("loading the eBPF object: {}", error_chain(&e))
-    })?;
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .map_err(|e| format!("loading the eBPF object: {}", error_chain(&e)))?;
     match mode {
         VictimMode::Raw => {
             let prog: &mut RawTracePoint = program(&mut ebpf, "mark_victim_raw")?;
@@ -283,7 +299,8 @@ fn load_with_victim(
         VictimMode::Tracepoint => {
             let prog: &mut TracePoint = program(&mut ebpf, "mark_victim_tp")?;
             prog.load().map_err(|e| describe(&e))?;
-            prog.attach("oom", "mark_victim").map_err(|e| describe(&e))?;
+            prog.attach("oom", "mark_victim")
+                .map_err(|e| describe(&e))?;
         }
     }
     Ok(ebpf)
@@ -317,7 +334,9 @@ fn attach_oom_kill_process(
     };
     let readable = layout.is_some_and(|l| {
         let o = &l.offsets;
-        o.oc_constraint.is_present() && o.oc_chosen_points.is_present() && o.oc_totalpages.is_present()
+        o.oc_constraint.is_present()
+            && o.oc_chosen_points.is_present()
+            && o.oc_totalpages.is_present()
     });
     for &mode in modes {
         let result = if !readable {
@@ -375,7 +394,9 @@ fn attach_kprobe_pair(ebpf: &mut Ebpf) -> Result<(), String> {
     };
     let entry: &mut KProbe = program(ebpf, "oom_kill_process_kprobe")?;
     entry.load().map_err(|e| explain(&e))?;
-    let entry_link = entry.attach("oom_kill_process", 0).map_err(|e| explain(&e))?;
+    let entry_link = entry
+        .attach("oom_kill_process", 0)
+        .map_err(|e| explain(&e))?;
     let ret: &mut KProbe = program(ebpf, "oom_kill_process_kretprobe")?;
     let attached = ret
         .load()
@@ -397,7 +418,8 @@ fn attach_process_exit(ebpf: &mut Ebpf) -> ProbeStatus {
     let raw = (|| -> Result<(), String> {
         let prog: &mut RawTracePoint = program(ebpf, "process_exit_raw")?;
         prog.load().map_err(|e| describe(&e))?;
-        prog.attach("sched_process_exit").map_err(|e| describe(&e))?;
+        prog.attach("sched_process_exit")
+            .map_err(|e| describe(&e))?;
         Ok(())
     })();
     let raw_ok = raw.is_ok();
@@ -453,7 +475,12 @@ fn describe(error: &ProgramError) -> String {
     {
         let log = verifier_log.to_string();
         log::debug!("verifier log:\n{log}");
-        let tail: Vec<&str> = log.lines().rev().filter(|l| !l.trim().is_empty()).take(2).collect();
+        let tail: Vec<&str> = log
+            .lines()
+            .rev()
+            .filter(|l| !l.trim().is_empty())
+            .take(2)
+            .collect();
         if tail.is_empty() {
             return format!("load failed: {io_error}");
         }

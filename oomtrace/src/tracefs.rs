@@ -111,8 +111,8 @@ pub fn parse_format(text: &str) -> Result<Vec<FormatField>, String> {
         let (Some(decl), Some(offset), Some(size)) = (decl, offset, size) else {
             return Err(format!("malformed field line: {line:?}"));
         };
-        let (c_type, name) = split_declaration(decl)
-            .ok_or_else(|| format!("cannot split declaration {decl:?}"))?;
+        let (c_type, name) =
+            split_declaration(decl).ok_or_else(|| format!("cannot split declaration {decl:?}"))?;
         fields.push(FormatField {
             c_type,
             name,
@@ -166,9 +166,7 @@ pub fn layout_from_fields(
     let mut notes = Vec::new();
     let mut pick = |name: &str, size: u32, type_prefix: Option<&str>| -> FieldOffset {
         match fields.iter().find(|f| f.name == name) {
-            Some(f)
-                if f.size == size && type_prefix.is_none_or(|p| f.c_type.starts_with(p)) =>
-            {
+            Some(f) if f.size == size && type_prefix.is_none_or(|p| f.c_type.starts_with(p)) => {
                 FieldOffset::at(f.offset)
             }
             Some(f) => {
@@ -286,7 +284,8 @@ print fmt: \"pid=%d comm=%s total-vm=%lukB anon-rss=%lukB file-rss:%lukB shmem-r
             "unsigned long anon_rss;\toffset:24;\tsize:8;",
             "unsigned long anon_rss;\toffset:24;\tsize:4;",
         );
-        let (layout, notes) = layout_from_fields(&parse_format(&text).expect("parse")).expect("layout");
+        let (layout, notes) =
+            layout_from_fields(&parse_format(&text).expect("parse")).expect("layout");
         assert!(!layout.anon_rss.is_present());
         assert!(layout.file_rss.is_present());
         assert_eq!(notes.len(), 1, "{notes:?}");
@@ -303,7 +302,12 @@ print fmt: \"pid=%d comm=%s total-vm=%lukB anon-rss=%lukB file-rss:%lukB shmem-r
         assert!(fields[1].signed);
         assert!(parse_format("\tfield:int pid;\toffset:x;\tsize:4;\n").is_err());
         assert!(parse_format("name: nothing\n").is_err());
-        assert!(layout_from_fields(&parse_format("\tfield:long pid;\toffset:8;\tsize:8;\n").expect("parse")).is_err());
+        assert!(
+            layout_from_fields(
+                &parse_format("\tfield:long pid;\toffset:8;\tsize:8;\n").expect("parse")
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -28,8 +28,8 @@ pub fn memory_mount() -> (Version, PathBuf) {
             return (Version::V1, PathBuf::from(f[1]));
         }
         if f[2] == "cgroup2" {
-            let controllers =
-                std::fs::read_to_string(Path::new(f[1]).join("cgroup.controllers")).unwrap_or_default();
+            let controllers = std::fs::read_to_string(Path::new(f[1]).join("cgroup.controllers"))
+                .unwrap_or_default();
             if controllers.split_whitespace().any(|c| c == "memory") {
                 v2 = Some(PathBuf::from(f[1]));
             }
@@ -54,7 +54,8 @@ pub struct MemCgroup {
 }
 
 fn write(path: &Path, value: &str) {
-    std::fs::write(path, value).unwrap_or_else(|e| panic!("write {value:?} to {}: {e}", path.display()));
+    std::fs::write(path, value)
+        .unwrap_or_else(|e| panic!("write {value:?} to {}: {e}", path.display()));
 }
 
 impl MemCgroup {
@@ -84,14 +85,25 @@ impl MemCgroup {
         if self.version == Version::V2 {
             write(&self.dir.join("cgroup.subtree_control"), "+memory");
         }
-        let child = Self::make(self.version, self.dir.join(name), format!("{}/{name}", self.path), limit);
+        let child = Self::make(
+            self.version,
+            self.dir.join(name),
+            format!("{}/{name}", self.path),
+            limit,
+        );
         self.children.push(child);
         self.children.last_mut().expect("just pushed")
     }
 
     fn make(version: Version, dir: PathBuf, path: String, limit: Option<u64>) -> Self {
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        let cg = Self { version, dir, path, children: Vec::new(), removed: false };
+        let cg = Self {
+            version,
+            dir,
+            path,
+            children: Vec::new(),
+            removed: false,
+        };
         if let Some(limit) = limit {
             match version {
                 Version::V1 => {

@@ -23,9 +23,11 @@ impl Env {
     /// For `cargo test`: the collector from OOMTRACE_BIN (set by `cargo xtask
     /// test`), else the workspace's release build.
     pub fn from_cargo(workload: &str) -> Self {
-        let oomtrace = std::env::var_os("OOMTRACE_BIN").map(PathBuf::from).unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/oomtrace")
-        });
+        let oomtrace = std::env::var_os("OOMTRACE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/oomtrace")
+            });
         assert!(
             oomtrace.exists(),
             "{} does not exist: run `cargo xtask test` (it builds it) or set OOMTRACE_BIN",
@@ -36,7 +38,10 @@ impl Env {
             unsafe { libc::geteuid() } == 0,
             "these tests cause real OOM kills in cgroups they create and need root"
         );
-        Self { oomtrace, workload: PathBuf::from(workload) }
+        Self {
+            oomtrace,
+            workload: PathBuf::from(workload),
+        }
     }
 }
 
@@ -65,7 +70,12 @@ impl Collector {
             .unwrap_or_else(|e| panic!("spawn {}: {e}", env.oomtrace.display()));
         let stdout = child.stdout.take().expect("stdout");
         let lines = spawn_reader(stdout);
-        let mut collector = Self { child, lines, records: Vec::new(), stderr };
+        let mut collector = Self {
+            child,
+            lines,
+            records: Vec::new(),
+            stderr,
+        };
         let start = collector.next_record(Duration::from_secs(30));
         assert_eq!(start["type"], "start", "first record: {start}");
         collector
@@ -89,7 +99,10 @@ impl Collector {
                 value
             }
             Err(RecvTimeoutError::Timeout) => {
-                panic!("no record within {timeout:?}; oomtrace stderr:\n{}", self.stderr_text())
+                panic!(
+                    "no record within {timeout:?}; oomtrace stderr:\n{}",
+                    self.stderr_text()
+                )
             }
             Err(RecvTimeoutError::Disconnected) => {
                 panic!("oomtrace exited early; stderr:\n{}", self.stderr_text())
@@ -111,7 +124,11 @@ impl Collector {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "no matching oom_kill record within {timeout:?}: {:?}", self.records);
+            assert!(
+                !left.is_zero(),
+                "no matching oom_kill record within {timeout:?}: {:?}",
+                self.records
+            );
             let record = self.next_record(left);
             if matches(&record) {
                 return record;

@@ -43,7 +43,10 @@ impl Kmsg {
             .expect("open /dev/kmsg (needs root)");
         // SAFETY: lseek on our own fd; SEEK_END on /dev/kmsg skips to the newest record.
         unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_END) };
-        Self { file, seen: Vec::new() }
+        Self {
+            file,
+            seen: Vec::new(),
+        }
     }
 
     /// Waits for the kernel's `Killed process` line about `pid`.
@@ -58,16 +61,19 @@ impl Kmsg {
                 Ok(n) => {
                     let record = String::from_utf8_lossy(&buf[..n]);
                     // "PRIO,SEQ,TIME,FLAGS;MESSAGE\n"
-                    if let Some((_, message)) = record.split_once(';') {
-                        if let Some(killed) = parse_killed(message.lines().next().unwrap_or("")) {
-                            self.seen.push(killed);
-                        }
+                    if let Some((_, message)) = record.split_once(';')
+                        && let Some(killed) = parse_killed(message.lines().next().unwrap_or(""))
+                    {
+                        self.seen.push(killed);
                     }
                 }
                 // EPIPE: records were overwritten under us; keep reading.
                 Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    assert!(Instant::now() < deadline, "no `Killed process {pid}` line in the kernel log within {timeout:?}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "no `Killed process {pid}` line in the kernel log within {timeout:?}"
+                    );
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) => panic!("reading /dev/kmsg: {e}"),
@@ -82,12 +88,14 @@ fn unescape(text: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && bytes.get(i + 1) == Some(&b'x') && i + 3 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&text[i + 2..i + 4], 16) {
-                out.push(b);
-                i += 4;
-                continue;
-            }
+        if bytes[i] == b'\\'
+            && bytes.get(i + 1) == Some(&b'x')
+            && i + 3 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&text[i + 2..i + 4], 16)
+        {
+            out.push(b);
+            i += 4;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -105,7 +113,9 @@ pub fn parse_killed(message: &str) -> Option<KilledProcess> {
     let field = |name: &str| -> Option<&str> {
         let start = rest.find(name)? + name.len();
         let value = &rest[start..];
-        let end = value.find(|c: char| !(c.is_ascii_digit() || c == '-')).unwrap_or(value.len());
+        let end = value
+            .find(|c: char| !(c.is_ascii_digit() || c == '-'))
+            .unwrap_or(value.len());
         Some(&value[..end])
     };
     let total_vm = rest.split("kB").next()?;
@@ -133,7 +143,10 @@ mod tests {
         let k = parse_killed(line).expect("parse");
         assert_eq!(k.pid, 10624);
         assert_eq!(k.comm, b"py) x\n");
-        assert_eq!((k.total_vm_kb, k.anon_rss_kb, k.file_rss_kb, k.shmem_rss_kb), (60768, 50788, 6076, 0));
+        assert_eq!(
+            (k.total_vm_kb, k.anon_rss_kb, k.file_rss_kb, k.shmem_rss_kb),
+            (60768, 50788, 6076, 0)
+        );
         assert_eq!((k.uid, k.pgtables_kb, k.oom_score_adj), (0, 164, 500));
         assert_eq!(k.reason, "Memory cgroup out of memory");
         assert!(parse_killed("oom_reaper: reaped process 1 (x)").is_none());

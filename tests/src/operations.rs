@@ -33,9 +33,16 @@ pub fn no_privileges_is_a_clear_error(env: &Env) {
             .output()
             .expect("run setpriv (util-linux)");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "exit 1 under {drop_privileges:?}: {stderr}");
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "exit 1 under {drop_privileges:?}: {stderr}"
+        );
         assert!(output.stdout.is_empty(), "no records without privileges");
-        assert!(stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"), "{stderr}");
+        assert!(
+            stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"),
+            "{stderr}"
+        );
         assert!(stderr.contains("root"), "says how to fix it: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
@@ -58,7 +65,8 @@ pub fn signals_write_stop(env: &Env) {
 /// quietly, with status 0 and no panic, at its next write.
 pub fn closed_stdout_is_quiet(env: &Env) {
     let cg = MemCgroup::create("epipe", Some(LIMIT));
-    let stderr_path = std::env::temp_dir().join(format!("oomtrace-epipe-{}.stderr", std::process::id()));
+    let stderr_path =
+        std::env::temp_dir().join(format!("oomtrace-epipe-{}.stderr", std::process::id()));
     let mut child = Command::new(&env.oomtrace)
         .arg("run")
         .stdout(Stdio::piped())
@@ -93,7 +101,10 @@ pub fn closed_stdout_is_quiet(env: &Env) {
 /// fields the tracepoint's format carries match dmesg; what it cannot know
 /// (tgid, cgroup, pid namespace, and without BTF the exit code) is null.
 pub fn classic_tracepoint_modes(env: &Env) {
-    for (args, btf) in [(&["--victim-probe", "tracepoint"][..], true), (&["--no-btf"][..], false)] {
+    for (args, btf) in [
+        (&["--victim-probe", "tracepoint"][..], true),
+        (&["--no-btf"][..], false),
+    ] {
         let cg = MemCgroup::create("classic", Some(LIMIT));
         let mut collector = Collector::start(env, args);
         let start = collector.start_record().clone();
@@ -118,14 +129,26 @@ pub fn classic_tracepoint_modes(env: &Env) {
             assert_eq!(v["pgtables_bytes"], kb(kernel.pgtables_kb));
             assert_eq!(comm_bytes(v), kernel.comm);
         } else {
-            assert!(v["comm"].is_null() && v["rss"]["anon_bytes"].is_null(), "{record}");
+            assert!(
+                v["comm"].is_null() && v["rss"]["anon_bytes"].is_null(),
+                "{record}"
+            );
         }
         for unknowable in ["pid", "ns_pid", "container_init"] {
-            assert!(v[unknowable].is_null(), "{unknowable} must be null here: {record}");
+            assert!(
+                v[unknowable].is_null(),
+                "{unknowable} must be null here: {record}"
+            );
         }
-        assert!(v["cgroup"]["path"].is_null() && v["cgroup"]["id"].is_null(), "{record}");
+        assert!(
+            v["cgroup"]["path"].is_null() && v["cgroup"]["id"].is_null(),
+            "{record}"
+        );
         assert!(record["memcg"].is_null(), "{record}");
-        assert_eq!(record["trigger"]["pid"], pid, "the trigger is still known: {record}");
+        assert_eq!(
+            record["trigger"]["pid"], pid,
+            "the trigger is still known: {record}"
+        );
         if btf {
             assert_exit_137(&record);
         } else {
@@ -138,10 +161,12 @@ pub fn classic_tracepoint_modes(env: &Env) {
 
 /// Whether this kernel's oom:mark_victim has the 6.9 fields.
 fn tracepoint_is_extended() -> bool {
-    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"].iter().any(|t| {
-        std::fs::read_to_string(format!("{t}/events/oom/mark_victim/format"))
-            .is_ok_and(|f| f.contains("anon_rss"))
-    })
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|t| {
+            std::fs::read_to_string(format!("{t}/events/oom/mark_victim/format"))
+                .is_ok_and(|f| f.contains("anon_rss"))
+        })
 }
 
 /// `--format text --output FILE`: readable lines, appended to the file.
@@ -162,7 +187,10 @@ pub fn text_output_to_file(env: &Env) {
             if text.contains(needle) {
                 return text;
             }
-            assert!(Instant::now() < deadline, "{needle:?} never appeared in:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} never appeared in:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     };
@@ -177,20 +205,40 @@ pub fn text_output_to_file(env: &Env) {
     let _ = std::fs::remove_file(&file);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "existing line", "appended, not truncated");
-    let kill = lines.iter().find(|l| l.contains("OOM kill:")).expect("kill line");
-    assert!(kill.contains("adj 400") && kill.contains("exit 137"), "{kill}");
+    let kill = lines
+        .iter()
+        .find(|l| l.contains("OOM kill:"))
+        .expect("kill line");
+    assert!(
+        kill.contains("adj 400") && kill.contains("exit 137"),
+        "{kill}"
+    );
     assert!(kill.contains(&cg.path), "{kill}");
-    assert!(lines.last().is_some_and(|l| l.contains("stopped (SIGTERM)")), "{text}");
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.contains("stopped (SIGTERM)")),
+        "{text}"
+    );
 }
 
 /// `check` shows the plan and exits 0 here; a missing --btf file is a clear
 /// error with exit status 1.
 pub fn check_and_bad_btf(env: &Env) {
-    let output = Command::new(&env.oomtrace).arg("check").output().expect("check");
+    let output = Command::new(&env.oomtrace)
+        .arg("check")
+        .output()
+        .expect("check");
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}");
-    assert!(text.contains("mark_victim") && text.contains("verdict: OOM kills will be traced"), "{text}");
-    let json = Command::new(&env.oomtrace).args(["check", "--json"]).output().expect("check --json");
+    assert!(
+        text.contains("mark_victim") && text.contains("verdict: OOM kills will be traced"),
+        "{text}"
+    );
+    let json = Command::new(&env.oomtrace)
+        .args(["check", "--json"])
+        .output()
+        .expect("check --json");
     let start: Value = serde_json::from_slice(&json.stdout).expect("check --json is JSON");
     assert_eq!(start["probes"].as_array().map(Vec::len), Some(3), "{start}");
 
@@ -200,6 +248,9 @@ pub fn check_and_bad_btf(env: &Env) {
         .expect("run");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("/nonexistent/vmlinux") && stderr.contains("--no-btf"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/vmlinux") && stderr.contains("--no-btf"),
+        "{stderr}"
+    );
     assert!(output.stdout.is_empty());
 }

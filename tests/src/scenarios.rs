@@ -78,13 +78,36 @@ pub fn assert_matches_kernel(record: &Value, kernel: &KilledProcess) {
     let v = &record["victim"];
     let kb = |n: u64| Value::from(n * 1024);
     assert_eq!(v["pid"], kernel.pid, "pid: {record}");
-    assert_eq!(v["oom_score_adj"], kernel.oom_score_adj, "oom_score_adj: {record}");
+    assert_eq!(
+        v["oom_score_adj"], kernel.oom_score_adj,
+        "oom_score_adj: {record}"
+    );
     assert_eq!(v["uid"], kernel.uid, "uid: {record}");
-    assert_eq!(v["total_vm_bytes"], kb(kernel.total_vm_kb), "total_vm: {record}");
-    assert_eq!(v["rss"]["anon_bytes"], kb(kernel.anon_rss_kb), "anon-rss: {record}");
-    assert_eq!(v["rss"]["file_bytes"], kb(kernel.file_rss_kb), "file-rss: {record}");
-    assert_eq!(v["rss"]["shmem_bytes"], kb(kernel.shmem_rss_kb), "shmem-rss: {record}");
-    assert_eq!(v["pgtables_bytes"], kb(kernel.pgtables_kb), "pgtables: {record}");
+    assert_eq!(
+        v["total_vm_bytes"],
+        kb(kernel.total_vm_kb),
+        "total_vm: {record}"
+    );
+    assert_eq!(
+        v["rss"]["anon_bytes"],
+        kb(kernel.anon_rss_kb),
+        "anon-rss: {record}"
+    );
+    assert_eq!(
+        v["rss"]["file_bytes"],
+        kb(kernel.file_rss_kb),
+        "file-rss: {record}"
+    );
+    assert_eq!(
+        v["rss"]["shmem_bytes"],
+        kb(kernel.shmem_rss_kb),
+        "shmem-rss: {record}"
+    );
+    assert_eq!(
+        v["pgtables_bytes"],
+        kb(kernel.pgtables_kb),
+        "pgtables: {record}"
+    );
     assert_eq!(comm_bytes(v), kernel.comm, "comm: {record}");
 }
 
@@ -104,13 +127,21 @@ pub fn assert_exit_137(record: &Value) {
     assert_eq!(exit["observed"], true, "exit not observed: {record}");
     assert_eq!(exit["code"], 137, "exit code: {record}");
     assert_eq!(exit["signal"], 9, "exit signal: {record}");
-    assert!(exit["delay_ms"].as_f64().is_some_and(|d| d >= 0.0), "{record}");
+    assert!(
+        exit["delay_ms"].as_f64().is_some_and(|d| d >= 0.0),
+        "{record}"
+    );
 }
 
 pub fn assert_cgroup(record: &Value, cg: &MemCgroup) {
     let c = &record["victim"]["cgroup"];
     assert_eq!(c["path"], cg.path.as_str(), "cgroup path: {record}");
-    assert_eq!(c["id"], cg.id(), "cgroup id (inode of {}): {record}", cg.dir.display());
+    assert_eq!(
+        c["id"],
+        cg.id(),
+        "cgroup id (inode of {}): {record}",
+        cg.dir.display()
+    );
 }
 
 /// Kills a single-threaded allocator with oom_score_adj 500 and checks the
@@ -132,12 +163,19 @@ pub fn single_threaded_victim(env: &Env) {
     assert_exit_137(&record);
     assert_cgroup(&record, &cg);
     assert_eq!(cg.oom_kills(), 1, "the kernel counted one kill");
-    assert_eq!(record["trigger"]["pid"], victim.pid(), "it triggered its own OOM: {record}");
+    assert_eq!(
+        record["trigger"]["pid"],
+        victim.pid(),
+        "it triggered its own OOM: {record}"
+    );
     let memcg = &record["memcg"];
     assert_eq!(memcg["path"], cg.path.as_str(), "{record}");
     assert_eq!(memcg["limit_bytes"], LIMIT, "{record}");
     let usage = memcg["usage_bytes"].as_u64().expect("usage");
-    assert!(usage > LIMIT - (4 << 20) && usage <= LIMIT, "usage {usage} at the kill: {record}");
+    assert!(
+        usage > LIMIT - (4 << 20) && usage <= LIMIT,
+        "usage {usage} at the kill: {record}"
+    );
     assert_eq!(record["victim"]["container_init"], false, "{record}");
     assert!(collector.start_record()["probes"][0]["mode"].is_string());
 }
@@ -148,14 +186,23 @@ pub fn multi_threaded_victim(env: &Env) {
     let cg = MemCgroup::create("threads", Some(LIMIT));
     let mut collector = Collector::start(env, &["--exit-wait", "1s"]);
     let mut kmsg = Kmsg::open();
-    let mut victim = Workload::spawn(env, "alloc", &["--cgroup", cg.dir_str(), "--threads", "4", "--adj", "300"]);
+    let mut victim = Workload::spawn(
+        env,
+        "alloc",
+        &["--cgroup", cg.dir_str(), "--threads", "4", "--adj", "300"],
+    );
     assert_sigkilled(victim.wait(), "the threaded allocator");
     let kernel = kmsg.killed(victim.pid(), KILL_TIMEOUT);
     let record = collector.kill_of(victim.pid(), KILL_TIMEOUT);
-    assert_eq!(record["victim"]["pid"], victim.pid(), "pid is the tgid: {record}");
+    assert_eq!(
+        record["victim"]["pid"],
+        victim.pid(),
+        "pid is the tgid: {record}"
+    );
     assert_eq!(record["victim"]["oom_score_adj"], kernel.oom_score_adj);
     assert_ne!(
-        record["trigger"]["tid"], victim.pid(),
+        record["trigger"]["tid"],
+        victim.pid(),
         "the allocating thread is not the leader: {record}"
     );
     assert_eq!(record["trigger"]["pid"], victim.pid(), "{record}");
@@ -164,7 +211,10 @@ pub fn multi_threaded_victim(env: &Env) {
     assert_eq!(cg.oom_kills(), 1);
     let status = collector.stop_with(libc::SIGTERM);
     assert!(status.success(), "{status:?}");
-    let records: Vec<_> = collector.kills().filter(|r| r["victim"]["pid"] == victim.pid()).collect();
+    let records: Vec<_> = collector
+        .kills()
+        .filter(|r| r["victim"]["pid"] == victim.pid())
+        .collect();
     assert_eq!(records.len(), 1, "exactly one record: {records:?}");
 }
 
@@ -178,7 +228,8 @@ pub fn child_killed_parent_survives(env: &Env) {
     let status = parent.wait();
     assert!(status.success(), "the parent survives: {status:?}");
     let mut out = String::new();
-    std::io::Read::read_to_string(parent.child.stdout.as_mut().expect("stdout"), &mut out).expect("read");
+    std::io::Read::read_to_string(parent.child.stdout.as_mut().expect("stdout"), &mut out)
+        .expect("read");
     let fields: Vec<&str> = out.split_whitespace().collect();
     assert_eq!(fields.first(), Some(&"child"), "parent said {out:?}");
     let child_pid: u32 = fields[1].parse().expect("child pid");
@@ -205,14 +256,21 @@ pub fn hostile_comm(env: &Env) {
     let cg = MemCgroup::create("comm", Some(LIMIT));
     let mut collector = Collector::start(env, &[]);
     let mut kmsg = Kmsg::open();
-    let mut victim = Workload::spawn(env, "alloc", &["--cgroup", cg.dir_str(), "--comm-hex", &hex]);
+    let mut victim = Workload::spawn(
+        env,
+        "alloc",
+        &["--cgroup", cg.dir_str(), "--comm-hex", &hex],
+    );
     assert_sigkilled(victim.wait(), "the allocator");
     let kernel = kmsg.killed(victim.pid(), KILL_TIMEOUT);
     // Collector::kill_of already parsed the line as one JSON object.
     let record = collector.kill_of(victim.pid(), KILL_TIMEOUT);
     assert_eq!(kernel.comm, name, "the kernel kept the name byte for byte");
     assert_eq!(comm_bytes(&record["victim"]), name, "{record}");
-    assert_eq!(record["victim"]["comm"], String::from_utf8_lossy(name).as_ref());
+    assert_eq!(
+        record["victim"]["comm"],
+        String::from_utf8_lossy(name).as_ref()
+    );
     assert_eq!(record["victim"]["comm_hex"], hex.as_str());
     assert_matches_kernel(&record, &kernel);
     assert_exit_137(&record);
@@ -225,8 +283,16 @@ pub fn two_cgroups_at_once(env: &Env) {
     let b = MemCgroup::create("twin-b", Some(LIMIT + (16 << 20)));
     let mut collector = Collector::start(env, &[]);
     let mut kmsg = Kmsg::open();
-    let mut wa = Workload::spawn(env, "alloc", &["--cgroup", a.dir_str(), "--adj", "100", "--wait-stdin"]);
-    let mut wb = Workload::spawn(env, "alloc", &["--cgroup", b.dir_str(), "--adj", "200", "--wait-stdin"]);
+    let mut wa = Workload::spawn(
+        env,
+        "alloc",
+        &["--cgroup", a.dir_str(), "--adj", "100", "--wait-stdin"],
+    );
+    let mut wb = Workload::spawn(
+        env,
+        "alloc",
+        &["--cgroup", b.dir_str(), "--adj", "200", "--wait-stdin"],
+    );
     // Both are in place; start them together.
     std::thread::sleep(Duration::from_millis(200));
     wa.release();
@@ -259,7 +325,11 @@ pub fn cgroup_removed_after_kill(env: &Env) {
     cg.remove();
     assert!(!cg.dir.exists(), "the cgroup is gone");
     let record = collector.kill_of(victim.pid(), KILL_TIMEOUT);
-    assert_eq!(record["victim"]["cgroup"]["path"], path.as_str(), "{record}");
+    assert_eq!(
+        record["victim"]["cgroup"]["path"],
+        path.as_str(),
+        "{record}"
+    );
     assert_eq!(record["victim"]["cgroup"]["id"], id, "{record}");
     assert_eq!(record["memcg"]["path"], path.as_str(), "{record}");
     assert_exit_137(&record);

@@ -62,8 +62,14 @@ fn host_summary(host: &HostFacts) -> String {
         host.hostname,
         host.kernel_release,
         host.cgroup_mode,
-        if host.btf { crate::host::DEFAULT_BTF } else { "absent" },
-        host.tracefs.as_deref().unwrap_or("not mounted (mounted on demand)"),
+        if host.btf {
+            crate::host::DEFAULT_BTF
+        } else {
+            "absent"
+        },
+        host.tracefs
+            .as_deref()
+            .unwrap_or("not mounted (mounted on demand)"),
     )
 }
 

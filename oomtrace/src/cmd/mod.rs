@@ -87,16 +87,14 @@ pub fn start_record(
 /// reported, never fatal.
 pub fn protect_self(requested: i32) -> OomScoreAdjStatus {
     let path = "/proc/self/oom_score_adj";
-    let error = std::fs::write(path, requested.to_string())
-        .err()
-        .map(|e| {
-            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
-                " (lowering oom_score_adj needs CAP_SYS_RESOURCE)"
-            } else {
-                ""
-            };
-            format!("cannot set {path} to {requested}: {e}{hint}")
-        });
+    let error = std::fs::write(path, requested.to_string()).err().map(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+            " (lowering oom_score_adj needs CAP_SYS_RESOURCE)"
+        } else {
+            ""
+        };
+        format!("cannot set {path} to {requested}: {e}{hint}")
+    });
     let applied = std::fs::read_to_string(path)
         .ok()
         .and_then(|s| s.trim().parse().ok());

@@ -70,7 +70,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut notes = Vec::new();
     if let Some(error) = &oom_score_adj.error {
         log::warn!("{error}; continuing");
-        notes.push(format!("{error}; the collector is as killable as any process"));
+        notes.push(format!(
+            "{error}; the collector is as killable as any process"
+        ));
     }
     super::raise_memlock_limit();
 

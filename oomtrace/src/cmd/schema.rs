@@ -2,6 +2,9 @@
 //! types the collector serialises.
 
 pub fn schema() -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(&crate::schema::json_schema())?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&crate::schema::json_schema())?
+    );
     Ok(())
 }

@@ -7,14 +7,12 @@
 //!   oomtrace-workload parent ALLOC-ARGS...
 //!       stays where it is, runs `alloc ALLOC-ARGS` as its child, waits, and
 //!       prints `child PID STATUS` (the raw wait status); exits 0.
-#![allow(clippy::unwrap_used, reason = "a test helper: failing loudly is the point")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test helper: failing loudly is the point"
+)]
 
-use std::{
-    io::Read,
-    os::unix::process::ExitStatusExt,
-    process::Command,
-    time::Duration,
-};
+use std::{io::Read, os::unix::process::ExitStatusExt, process::Command, time::Duration};
 
 struct Options {
     cgroup: Option<String>,
@@ -25,17 +23,30 @@ struct Options {
 }
 
 fn parse(args: &[String]) -> Options {
-    let mut o = Options { cgroup: None, adj: None, comm: None, threads: 1, wait_stdin: false };
+    let mut o = Options {
+        cgroup: None,
+        adj: None,
+        comm: None,
+        threads: 1,
+        wait_stdin: false,
+    };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        let mut value = || it.next().cloned().unwrap_or_else(|| die(&format!("{arg} needs a value")));
+        let mut value = || {
+            it.next()
+                .cloned()
+                .unwrap_or_else(|| die(&format!("{arg} needs a value")))
+        };
         match arg.as_str() {
             "--cgroup" => o.cgroup = Some(value()),
             "--adj" => o.adj = Some(value().parse().unwrap()),
             "--comm-hex" => {
                 let hex = value();
                 o.comm = Some(
-                    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect(),
+                    (0..hex.len())
+                        .step_by(2)
+                        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                        .collect(),
                 );
             }
             "--threads" => o.threads = value().parse().unwrap(),
@@ -95,7 +106,15 @@ fn alloc(o: Options) {
     // Only the last thread allocates; the leader and the others just wait.
     for i in 1..o.threads {
         let last = i == o.threads - 1;
-        std::thread::spawn(move || if last { eat_memory() } else { loop { std::thread::sleep(Duration::from_secs(60)) } });
+        std::thread::spawn(move || {
+            if last {
+                eat_memory()
+            } else {
+                loop {
+                    std::thread::sleep(Duration::from_secs(60))
+                }
+            }
+        });
     }
     loop {
         std::thread::sleep(Duration::from_secs(60));
