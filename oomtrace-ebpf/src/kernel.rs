@@ -191,7 +191,8 @@ pub fn walk_cgroup_path(rec: *mut KillRecord, mut kn: *const u8) -> bool {
         (*rec).cgroup_depth = 0;
         (*rec).cgroup_names_len = 0;
     }
-    let (Some(parent_at), Some(name_at), Some(id_at)) = (off!(kn_parent), off!(kn_name), off!(kn_id))
+    let (Some(parent_at), Some(name_at), Some(id_at)) =
+        (off!(kn_parent), off!(kn_name), off!(kn_id))
     else {
         return false;
     };

@@ -18,8 +18,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use oomtrace_ebpf::{
-    COMM_LEN, ExitRecord, KillRecord, OomContext, RECORD_EXIT, RECORD_KILL,
-    SOURCE_RAW_TRACEPOINT, SOURCE_TRACEPOINT, VictimEntry, counter, exit_valid, kill_valid,
+    COMM_LEN, ExitRecord, KillRecord, OomContext, RECORD_EXIT, RECORD_KILL, SOURCE_RAW_TRACEPOINT,
+    SOURCE_TRACEPOINT, VictimEntry, counter, exit_valid, kill_valid,
 };
 
 use crate::kernel::{
@@ -172,9 +172,17 @@ fn finish_kill_record(rec: *mut KillRecord) {
     let (key, known, boot_ns) = unsafe {
         (*rec).seq = seq;
         if config_flag(addr_of!(CONFIG.exit_key_is_tid)) {
-            ((*rec).victim_tid, is_marked(rec, kill_valid::VICTIM_TID), (*rec).boot_ns)
+            (
+                (*rec).victim_tid,
+                is_marked(rec, kill_valid::VICTIM_TID),
+                (*rec).boot_ns,
+            )
         } else {
-            ((*rec).victim_tgid, is_marked(rec, kill_valid::VICTIM_TGID), (*rec).boot_ns)
+            (
+                (*rec).victim_tgid,
+                is_marked(rec, kill_valid::VICTIM_TGID),
+                (*rec).boot_ns,
+            )
         }
     };
     let entry = VictimEntry {
@@ -476,7 +484,10 @@ fn on_exit<C: EbpfContext>(ctx: &C) {
     }
     let Some(mut slot) = EVENTS.reserve::<ExitRecord>(0) else {
         bump(counter::LOST_EXITS);
-        debug!(ctx, "sched_process_exit: ring buffer full, exit record lost");
+        debug!(
+            ctx,
+            "sched_process_exit: ring buffer full, exit record lost"
+        );
         return;
     };
     let exit_code = read::<i32>(task, off!(task_exit_code));

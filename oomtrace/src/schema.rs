@@ -247,8 +247,23 @@ pub struct Counters {
 }
 
 /// The JSON Schema of one output line, as `oomtrace schema` prints it.
+///
+/// Every property is listed as required: a field oomtrace cannot fill is
+/// `null`, never absent (schemars would otherwise make `Option` fields
+/// optional).
 pub fn json_schema() -> serde_json::Value {
-    let schema = schemars::schema_for!(Record);
+    use schemars::{Schema, generate::SchemaSettings, transform::RecursiveTransform};
+    let mut settings = SchemaSettings::draft2020_12();
+    settings.transforms.push(Box::new(RecursiveTransform(|schema: &mut Schema| {
+        let keys: Option<Vec<serde_json::Value>> = schema
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .map(|p| p.keys().cloned().map(Into::into).collect());
+        if let Some(keys) = keys {
+            schema.insert("required".into(), keys.into());
+        }
+    })));
+    let schema = settings.into_generator().into_root_schema_for::<Record>();
     serde_json::to_value(schema).unwrap_or_default()
 }
 
@@ -292,6 +307,21 @@ mod tests {
         let text = json_schema().to_string();
         for t in ["start", "oom_kill", "lost", "stop"] {
             assert!(text.contains(&format!("\"{t}\"")), "{t} missing");
+        }
+    }
+
+    #[test]
+    fn every_property_is_required_even_nullable_ones() {
+        let schema = json_schema();
+        let victim = &schema["$defs"]["Victim"];
+        let required: Vec<&str> = victim["required"]
+            .as_array()
+            .expect("required")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        for field in ["pid", "comm_hex", "container_init", "rss", "cgroup"] {
+            assert!(required.contains(&field), "{field} not required: {required:?}");
         }
     }
 }

@@ -1,0 +1,202 @@
+//! `cargo xtask setup`: install what oomtrace's build needs. Every step first
+//! checks whether its work is already done, so running it again is cheap and
+//! changes nothing.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::util::{capture, cargo, is_debian_like, is_root, run};
+
+/// Where Debian's (and apt.llvm.org's) llvm-22 packages install LLVM.
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// The bpf-linker release that supports LLVM 22 (feature `llvm-22`).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+pub fn setup() -> Result<()> {
+    nightly_with_rust_src()?;
+    bpf_linker()?;
+    tracefs();
+    Ok(())
+}
+
+/// aya-build compiles the eBPF crate with `cargo +nightly -Z build-std=core`,
+/// which needs a nightly toolchain and its standard library sources.
+fn nightly_with_rust_src() -> Result<()> {
+    let toolchains = capture(Command::new("rustup").args(["toolchain", "list"]))
+        .context("could not list rustup toolchains: install rustup from https://rustup.rs")?;
+    if !toolchains.lines().any(is_plain_nightly) {
+        println!("installing: nightly toolchain with rust-src (a download of a few hundred MB)");
+        return run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))
+        .context(
+            "could not install the nightly toolchain (download refused?): run \
+             `rustup toolchain install nightly --profile minimal --component rust-src` by hand",
+        );
+    }
+
+    let components = capture(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("could not list the nightly toolchain's components: is rustup working?")?;
+    // rust-src is target-independent, so it is listed without a target suffix.
+    if components.lines().any(|line| line.trim() == "rust-src") {
+        println!("ok: nightly toolchain with rust-src");
+        return Ok(());
+    }
+    println!("installing: rust-src for the nightly toolchain");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+        .context(
+            "could not install rust-src for the nightly toolchain (download refused?): run \
+             `rustup component add rust-src --toolchain nightly` by hand",
+        )
+}
+
+/// Whether a `rustup toolchain list` line is the `nightly` channel itself
+/// (`nightly-<host>`), which `+nightly` resolves to. A dated nightly such as
+/// `nightly-2025-01-01-<host>` is not.
+fn is_plain_nightly(line: &str) -> bool {
+    let name = line.split_whitespace().next().unwrap_or_default();
+    name == "nightly"
+        || name
+            .strip_prefix("nightly-")
+            .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+}
+
+/// aya-build links the eBPF object with bpf-linker. It must be built against
+/// an LLVM at least as new as the nightly rustc's (LLVM 22 today).
+fn bpf_linker() -> Result<()> {
+    if let Ok(version) = capture(Command::new("bpf-linker").arg("--version")) {
+        println!("ok: {}", version.trim());
+        return Ok(());
+    }
+    llvm_22()?;
+
+    println!(
+        "installing: bpf-linker {BPF_LINKER_VERSION} built against LLVM 22 \
+         (cargo install, this takes about a minute)"
+    );
+    let install_args = [
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ];
+    // Without LLVM_PREFIX, bpf-linker's build finds the distribution's
+    // default llvm-config (LLVM 14 on Debian 12) and fails.
+    run(Command::new(cargo())
+        .args(install_args)
+        .env("LLVM_PREFIX", LLVM_PREFIX))
+    .with_context(|| {
+        format!(
+            "could not build bpf-linker; fix the error above and run \
+             `LLVM_PREFIX={LLVM_PREFIX} cargo {}` by hand",
+            install_args.join(" ")
+        )
+    })?;
+
+    // cargo install puts it in ~/.cargo/bin, which may not be on PATH.
+    let version = capture(Command::new("bpf-linker").arg("--version")).context(
+        "bpf-linker was installed but `bpf-linker --version` fails: add ~/.cargo/bin \
+         (or $CARGO_HOME/bin) to PATH",
+    )?;
+    println!("ok: {}", version.trim());
+    Ok(())
+}
+
+/// Makes sure LLVM 22's development files are installed, which building
+/// bpf-linker with the `llvm-22` feature needs.
+fn llvm_22() -> Result<()> {
+    let llvm_config = Path::new(LLVM_PREFIX).join("bin/llvm-config");
+    if llvm_config.exists() {
+        println!("ok: LLVM 22 in {LLVM_PREFIX}");
+        return Ok(());
+    }
+    let by_hand = "sudo apt-get update && sudo apt-get install -y llvm-22-dev libpolly-22-dev";
+    if !is_debian_like() {
+        bail!(
+            "bpf-linker is missing and building it needs LLVM 22, but {} does not exist. \
+             This is not Debian or Ubuntu, so install LLVM 22 with its development files \
+             yourself (its llvm-config must be at {}), then rerun `cargo xtask setup`",
+            llvm_config.display(),
+            llvm_config.display()
+        );
+    }
+    if !is_root() {
+        bail!(
+            "bpf-linker is missing and building it needs LLVM 22, but {} does not exist. \
+             Installing it needs root: run `{by_hand}`, then rerun `cargo xtask setup` \
+             (or run `sudo cargo xtask setup`)",
+            llvm_config.display()
+        );
+    }
+
+    println!("installing: LLVM 22 development files (apt-get)");
+    let apt_install = || {
+        run(Command::new("apt-get")
+            .args(["install", "-y", "llvm-22-dev", "libpolly-22-dev"])
+            // Never stop to ask a question: setup must not hang.
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    if apt_install().is_err() {
+        // The usual cause is a stale package index (packages not found or
+        // 404s), which `apt-get update` fixes; so refresh it and try once more.
+        println!("apt-get install failed; refreshing the package index and retrying once");
+        let retried = run(Command::new("apt-get").arg("update")).and_then(|()| apt_install());
+        retried.context(
+            "could not install llvm-22-dev and libpolly-22-dev with apt-get. If this release \
+             has no LLVM 22 packages, add the apt.llvm.org repository (https://apt.llvm.org), \
+             then rerun `cargo xtask setup`",
+        )?;
+    }
+    if !llvm_config.exists() {
+        bail!(
+            "apt-get installed llvm-22-dev but {} still does not exist; check where the \
+             package put llvm-config (`dpkg -L llvm-22`)",
+            llvm_config.display()
+        );
+    }
+    Ok(())
+}
+
+/// oomtrace reads tracepoint formats from tracefs. Not fatal when it cannot
+/// be mounted (e.g. in an unprivileged container): oomtrace can still attach
+/// raw tracepoints, whose layouts come from BTF instead.
+fn tracefs() {
+    match std::fs::read_to_string("/proc/self/mounts") {
+        // Fields: device, mount point, fstype, options, dump, pass.
+        Ok(mounts)
+            if mounts
+                .lines()
+                .any(|l| l.split_whitespace().nth(2) == Some("tracefs")) =>
+        {
+            println!("ok: tracefs is mounted");
+            return;
+        }
+        Ok(_) => {}
+        Err(err) => println!("warning: could not read /proc/self/mounts ({err}); trying to mount"),
+    }
+    println!("installing: mounting tracefs on {TRACEFS}");
+    if let Err(err) = run(Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS])) {
+        println!(
+            "warning: could not mount tracefs ({err:#}); oomtrace can still use raw \
+             tracepoints. To mount it by hand: `sudo mount -t tracefs nodev {TRACEFS}`"
+        );
+    }
+}
