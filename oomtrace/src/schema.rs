@@ -254,15 +254,17 @@ pub struct Counters {
 pub fn json_schema() -> serde_json::Value {
     use schemars::{Schema, generate::SchemaSettings, transform::RecursiveTransform};
     let mut settings = SchemaSettings::draft2020_12();
-    settings.transforms.push(Box::new(RecursiveTransform(|schema: &mut Schema| {
-        let keys: Option<Vec<serde_json::Value>> = schema
-            .get("properties")
-            .and_then(|p| p.as_object())
-            .map(|p| p.keys().cloned().map(Into::into).collect());
-        if let Some(keys) = keys {
-            schema.insert("required".into(), keys.into());
-        }
-    })));
+    settings
+        .transforms
+        .push(Box::new(RecursiveTransform(|schema: &mut Schema| {
+            let keys: Option<Vec<serde_json::Value>> = schema
+                .get("properties")
+                .and_then(|p| p.as_object())
+                .map(|p| p.keys().cloned().map(Into::into).collect());
+            if let Some(keys) = keys {
+                schema.insert("required".into(), keys.into());
+            }
+        })));
     let schema = settings.into_generator().into_root_schema_for::<Record>();
     serde_json::to_value(schema).unwrap_or_default()
 }
@@ -321,7 +323,10 @@ mod tests {
             .filter_map(|v| v.as_str())
             .collect();
         for field in ["pid", "comm_hex", "container_init", "rss", "cgroup"] {
-            assert!(required.contains(&field), "{field} not required: {required:?}");
+            assert!(
+                required.contains(&field),
+                "{field} not required: {required:?}"
+            );
         }
     }
 }
