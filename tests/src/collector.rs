@@ -17,6 +17,9 @@ pub struct Env {
     pub oomtrace: PathBuf,
     /// The workload, `oomtrace-workload`.
     pub workload: PathBuf,
+    /// Flags every `oomtrace run` of a scenario gets first (an attach mode,
+    /// in the VM matrix).
+    pub collector_args: Vec<String>,
 }
 
 impl Env {
@@ -41,6 +44,7 @@ impl Env {
         Self {
             oomtrace,
             workload: PathBuf::from(workload),
+            collector_args: Vec::new(),
         }
     }
 }
@@ -63,6 +67,7 @@ impl Collector {
         ));
         let mut child = Command::new(&env.oomtrace)
             .arg("run")
+            .args(&env.collector_args)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))

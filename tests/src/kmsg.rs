@@ -23,6 +23,22 @@ pub struct KilledProcess {
     pub oom_score_adj: i16,
     /// The text before `: Killed process` ("Memory cgroup out of memory").
     pub reason: String,
+    /// The `oom-kill:` line the kernel printed about the same pid just before.
+    pub context: Option<OomKillLine>,
+}
+
+/// mm/oom_kill.c's dump_oom_victim():
+/// `oom-kill:constraint=%s,nodemask=%*pbl,cpuset=...,mems_allowed=...,oom_memcg=%s,task_memcg=%s,task=%s,pid=%d,uid=%d`
+/// (`oom_memcg` only for a memcg OOM).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OomKillLine {
+    /// `CONSTRAINT_MEMCG`, `CONSTRAINT_NONE`, ...
+    pub constraint: String,
+    /// The memcg whose limit fired.
+    pub oom_memcg: Option<String>,
+    /// The victim's memcg.
+    pub task_memcg: Option<String>,
+    pub pid: u32,
 }
 
 pub struct Kmsg {
@@ -30,6 +46,7 @@ pub struct Kmsg {
     /// Every `Killed process` line read so far: simultaneous kills are
     /// logged in either order.
     seen: Vec<KilledProcess>,
+    contexts: Vec<OomKillLine>,
 }
 
 impl Kmsg {
@@ -46,6 +63,7 @@ impl Kmsg {
         Self {
             file,
             seen: Vec::new(),
+            contexts: Vec::new(),
         }
     }
 
@@ -61,10 +79,19 @@ impl Kmsg {
                 Ok(n) => {
                     let record = String::from_utf8_lossy(&buf[..n]);
                     // "PRIO,SEQ,TIME,FLAGS;MESSAGE\n"
-                    if let Some((_, message)) = record.split_once(';')
-                        && let Some(killed) = parse_killed(message.lines().next().unwrap_or(""))
-                    {
-                        self.seen.push(killed);
+                    if let Some((_, message)) = record.split_once(';') {
+                        let line = message.lines().next().unwrap_or("");
+                        if let Some(context) = parse_oom_kill_line(line) {
+                            self.contexts.push(context);
+                        } else if let Some(mut killed) = parse_killed(line) {
+                            killed.context = self
+                                .contexts
+                                .iter()
+                                .rev()
+                                .find(|c| c.pid == killed.pid)
+                                .cloned();
+                            self.seen.push(killed);
+                        }
                     }
                 }
                 // EPIPE: records were overwritten under us; keep reading.
@@ -130,6 +157,37 @@ pub fn parse_killed(message: &str) -> Option<KilledProcess> {
         pgtables_kb: field("pgtables:")?.parse().ok()?,
         oom_score_adj: field("oom_score_adj:")?.parse().ok()?,
         reason: reason.to_string(),
+        context: None,
+    })
+}
+
+pub fn parse_oom_kill_line(message: &str) -> Option<OomKillLine> {
+    let rest = message.strip_prefix("oom-kill:")?;
+    // task= (a comm) may hold anything, so take the fixed tail from the right.
+    let (rest, _uid) = rest.rsplit_once(",uid=")?;
+    let (rest, pid) = rest.rsplit_once(",pid=")?;
+    let (rest, _task) = rest.rsplit_once(",task=")?;
+    let value = |key: &str| {
+        let start = rest.find(&format!(",{key}="))? + key.len() + 2;
+        let tail = &rest[start..];
+        // The paths come last, in this order; each runs to the next key.
+        let end = [",task_memcg=", ",oom_memcg="]
+            .iter()
+            .filter_map(|k| tail.find(k))
+            .min()
+            .unwrap_or(tail.len());
+        Some(tail[..end].to_string())
+    };
+    let constraint = rest
+        .strip_prefix("constraint=")?
+        .split(',')
+        .next()?
+        .to_string();
+    Some(OomKillLine {
+        constraint,
+        oom_memcg: value("oom_memcg"),
+        task_memcg: value("task_memcg"),
+        pid: pid.trim().parse().ok()?,
     })
 }
 
@@ -150,5 +208,21 @@ mod tests {
         assert_eq!((k.uid, k.pgtables_kb, k.oom_score_adj), (0, 164, 500));
         assert_eq!(k.reason, "Memory cgroup out of memory");
         assert!(parse_killed("oom_reaper: reaped process 1 (x)").is_none());
+    }
+
+    #[test]
+    fn parses_the_oom_kill_line() {
+        let line = "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=/pod,task_memcg=/pod/ctr,task=a,pid=1,uid=0,pid=19659,uid=0";
+        let c = parse_oom_kill_line(line).expect("parse");
+        assert_eq!(c.constraint, "CONSTRAINT_MEMCG");
+        assert_eq!(c.oom_memcg.as_deref(), Some("/pod"));
+        assert_eq!(c.task_memcg.as_deref(), Some("/pod/ctr"));
+        assert_eq!(c.pid, 19659);
+        let global = "oom-kill:constraint=CONSTRAINT_NONE,nodemask=(null),cpuset=/,mems_allowed=0,global_oom,task_memcg=/x,task=b,pid=7,uid=0";
+        let g = parse_oom_kill_line(global).expect("parse");
+        assert_eq!(
+            (g.oom_memcg, g.task_memcg.as_deref(), g.pid),
+            (None, Some("/x"), 7)
+        );
     }
 }

@@ -13,7 +13,9 @@ use crate::{
     cgroup::MemCgroup,
     collector::{Collector, Env},
     kmsg::Kmsg,
-    scenarios::{LIMIT, Workload, assert_exit_137, assert_sigkilled, comm_bytes},
+    scenarios::{
+        LIMIT, Workload, assert_exit_137, assert_oom_context, assert_sigkilled, comm_bytes,
+    },
 };
 
 const KILL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -149,6 +151,7 @@ pub fn classic_tracepoint_modes(env: &Env) {
             record["trigger"]["pid"], pid,
             "the trigger is still known: {record}"
         );
+        assert_oom_context(&record, &start, &kernel, &cg.path, LIMIT);
         if btf {
             assert_exit_137(&record);
         } else {

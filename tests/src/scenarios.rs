@@ -133,7 +133,10 @@ pub fn assert_exit_137(record: &Value) {
     );
 }
 
-pub fn assert_cgroup(record: &Value, cg: &MemCgroup) {
+/// The victim's cgroup: the path the test created, and the id is its
+/// directory's inode. Where the kernel logged its `oom-kill:` line (it
+/// ratelimits that one to 10 per 5 s), the path is also its `task_memcg`.
+pub fn assert_cgroup(record: &Value, cg: &MemCgroup, kernel: &KilledProcess) {
     let c = &record["victim"]["cgroup"];
     assert_eq!(c["path"], cg.path.as_str(), "cgroup path: {record}");
     assert_eq!(
@@ -142,6 +145,69 @@ pub fn assert_cgroup(record: &Value, cg: &MemCgroup) {
         "cgroup id (inode of {}): {record}",
         cg.dir.display()
     );
+    if let Some(logged) = kernel
+        .context
+        .as_ref()
+        .and_then(|c| c.task_memcg.as_deref())
+    {
+        assert_eq!(c["path"], logged, "the kernel's task_memcg: {record}");
+    }
+}
+
+/// `oom.*`: filled in exactly when `oom_kill_process` is hooked (per the
+/// start record), and then equal to what the kernel logged: the memcg whose
+/// limit fired, that limit in pages, and the victim's oom_badness().
+pub fn assert_oom_context(
+    record: &Value,
+    start: &Value,
+    kernel: &KilledProcess,
+    limit_path: &str,
+    limit_bytes: u64,
+) {
+    let oom = &record["oom"];
+    let hooked = start["probes"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "oom_kill_process"))
+        .is_some_and(|p| !p["mode"].is_null());
+    if !hooked {
+        for field in [
+            "constraint",
+            "memcg_path",
+            "points",
+            "totalpages",
+            "chosen_pid",
+        ] {
+            assert!(
+                oom[field].is_null(),
+                "oom.{field} without oom_kill_process: {record}"
+            );
+        }
+        return;
+    }
+    assert_eq!(oom["constraint"], "memcg", "{record}");
+    assert_eq!(oom["memcg_path"], limit_path, "{record}");
+    if let Some(context) = &kernel.context {
+        assert_eq!(context.constraint, "CONSTRAINT_MEMCG");
+        let logged = context.oom_memcg.as_deref();
+        assert_eq!(oom["memcg_path"].as_str(), logged, "the kernel's oom_memcg");
+    }
+    let page_size = start["host"]["page_size"].as_u64().expect("page size");
+    let totalpages = limit_bytes / page_size;
+    assert_eq!(
+        oom["totalpages"], totalpages,
+        "the limit in pages: {record}"
+    );
+    assert_eq!(oom["chosen_pid"], kernel.pid, "{record}");
+    // oom_badness(): RSS + swap entries + page-table pages, plus
+    // oom_score_adj * (totalpages / 1000). The victim was blocked in its own
+    // allocation between being chosen and being marked, so the counters the
+    // kernel logged at the kill are the ones it scored (no swap here).
+    let rss_pages =
+        (kernel.anon_rss_kb + kernel.file_rss_kb + kernel.shmem_rss_kb) * 1024 / page_size;
+    let pgtables_pages = kernel.pgtables_kb * 1024 / page_size;
+    let adj = i64::from(kernel.oom_score_adj) * (totalpages / 1000) as i64;
+    let expected = (rss_pages + pgtables_pages) as i64 + adj;
+    assert_eq!(oom["points"], expected, "oom_badness: {record}");
 }
 
 /// Kills a single-threaded allocator with oom_score_adj 500 and checks the
@@ -161,7 +227,8 @@ pub fn single_threaded_victim(env: &Env) {
     assert_matches_kernel(&record, &kernel);
     assert_eq!(record["victim"]["tid"], victim.pid(), "{record}");
     assert_exit_137(&record);
-    assert_cgroup(&record, &cg);
+    assert_cgroup(&record, &cg, &kernel);
+    assert_oom_context(&record, collector.start_record(), &kernel, &cg.path, LIMIT);
     assert_eq!(cg.oom_kills(), 1, "the kernel counted one kill");
     assert_eq!(
         record["trigger"]["pid"],
@@ -207,7 +274,7 @@ pub fn multi_threaded_victim(env: &Env) {
     );
     assert_eq!(record["trigger"]["pid"], victim.pid(), "{record}");
     assert_exit_137(&record);
-    assert_cgroup(&record, &cg);
+    assert_cgroup(&record, &cg, &kernel);
     assert_eq!(cg.oom_kills(), 1);
     let status = collector.stop_with(libc::SIGTERM);
     assert!(status.success(), "{status:?}");
@@ -239,7 +306,7 @@ pub fn child_killed_parent_survives(env: &Env) {
     let record = collector.kill_of(child_pid, KILL_TIMEOUT);
     assert_matches_kernel(&record, &kernel);
     assert_exit_137(&record);
-    assert_cgroup(&record, &cg);
+    assert_cgroup(&record, &cg, &kernel);
     assert_eq!(cg.oom_kills(), 1);
     let status = collector.stop_with(libc::SIGTERM);
     assert!(status.success());
@@ -304,7 +371,7 @@ pub fn two_cgroups_at_once(env: &Env) {
         let record = collector.kill_of(w.pid(), KILL_TIMEOUT);
         assert_matches_kernel(&record, &kernel);
         assert_eq!(record["victim"]["oom_score_adj"], adj);
-        assert_cgroup(&record, cg);
+        assert_cgroup(&record, cg, &kernel);
         assert_exit_137(&record);
         assert_eq!(record["memcg"]["path"], cg.path.as_str());
         assert_eq!(cg.oom_kills(), 1);
@@ -320,9 +387,18 @@ pub fn cgroup_removed_after_kill(env: &Env) {
     // A long exit-wait, so that the record is written after the rmdir below
     // unless the exit joins it first; either way nothing reads the path late.
     let mut collector = Collector::start(env, &["--exit-wait", "3s"]);
+    let mut kmsg = Kmsg::open();
     let mut victim = Workload::spawn(env, "alloc", &["--cgroup", cg.dir_str()]);
     assert_sigkilled(victim.wait(), "the allocator");
     cg.remove();
+    let kernel = kmsg.killed(victim.pid(), KILL_TIMEOUT);
+    if let Some(logged) = kernel
+        .context
+        .as_ref()
+        .and_then(|c| c.task_memcg.as_deref())
+    {
+        assert_eq!(logged, path, "the kernel's task_memcg");
+    }
     assert!(!cg.dir.exists(), "the cgroup is gone");
     let record = collector.kill_of(victim.pid(), KILL_TIMEOUT);
     assert_eq!(
@@ -333,4 +409,46 @@ pub fn cgroup_removed_after_kill(env: &Env) {
     assert_eq!(record["victim"]["cgroup"]["id"], id, "{record}");
     assert_eq!(record["memcg"]["path"], path.as_str(), "{record}");
     assert_exit_137(&record);
+}
+
+/// The limit that fires is the parent's (a pod-level limit), not the
+/// victim's own cgroup (a container without a limit of its own): the record
+/// tells the two apart.
+pub fn parent_limit_fires(env: &Env) {
+    let mut pod = MemCgroup::create("pod", Some(LIMIT));
+    let pod_path = pod.path.clone();
+    let container = pod.child("container", None);
+    let mut collector = Collector::start(env, &[]);
+    let mut kmsg = Kmsg::open();
+    let mut victim = Workload::spawn(
+        env,
+        "alloc",
+        &["--cgroup", container.dir_str(), "--adj", "250"],
+    );
+    assert_sigkilled(victim.wait(), "the allocator");
+    let kernel = kmsg.killed(victim.pid(), KILL_TIMEOUT);
+    let record = collector.kill_of(victim.pid(), KILL_TIMEOUT);
+    assert_matches_kernel(&record, &kernel);
+    assert_exit_137(&record);
+    assert_cgroup(&record, container, &kernel);
+    if let Some(logged) = &kernel.context {
+        let fired = logged.oom_memcg.as_deref();
+        assert_eq!(fired, Some(pod_path.as_str()), "the pod's limit fired");
+    }
+    // The victim's own memcg has no limit; its parent is at its limit.
+    let memcg = &record["memcg"];
+    assert_eq!(memcg["path"], container.path.as_str(), "{record}");
+    assert!(
+        memcg["limit_bytes"].is_null(),
+        "the container has no limit: {record}"
+    );
+    assert_eq!(memcg["levels"][1]["path"], pod_path.as_str(), "{record}");
+    assert_eq!(memcg["levels"][1]["limit_bytes"], LIMIT, "{record}");
+    let pod_usage = memcg["levels"][1]["usage_bytes"].as_u64().expect("usage");
+    assert!(
+        pod_usage > LIMIT - (4 << 20),
+        "the pod is at its limit: {record}"
+    );
+    assert_eq!(container.oom_kills(), 1);
+    assert_oom_context(&record, collector.start_record(), &kernel, &pod_path, LIMIT);
 }

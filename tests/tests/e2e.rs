@@ -25,6 +25,7 @@ scenario! {
     scenarios::hostile_comm,
     scenarios::two_cgroups_at_once,
     scenarios::cgroup_removed_after_kill,
+    scenarios::parent_limit_fires,
     operations::no_privileges_is_a_clear_error,
     operations::signals_write_stop,
     operations::closed_stdout_is_quiet,
