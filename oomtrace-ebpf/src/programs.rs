@@ -82,6 +82,9 @@ pub fn mark_victim_raw(ctx: RawTracePointContext) -> i32 {
     let rec = entry.as_mut_ptr();
     begin_kill_record(rec, SOURCE_RAW_TRACEPOINT);
     fill_victim_from_task(rec, task);
+    if !is_marked(rec, kill_valid::VICTIM_TGID) {
+        debug!(&ctx, "mark_victim: could not read the victim's task_struct");
+    }
     finish_kill_record(rec);
     entry.submit(0);
     0
