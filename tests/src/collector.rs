@@ -31,6 +31,10 @@ impl Env {
             .unwrap_or_else(|| {
                 Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/oomtrace")
             });
+        Self::new(oomtrace, PathBuf::from(workload))
+    }
+
+    pub fn new(oomtrace: PathBuf, workload: PathBuf) -> Self {
         assert!(
             oomtrace.exists(),
             "{} does not exist: run `cargo xtask test` (it builds it) or set OOMTRACE_BIN",
@@ -43,7 +47,7 @@ impl Env {
         );
         Self {
             oomtrace,
-            workload: PathBuf::from(workload),
+            workload,
             collector_args: Vec::new(),
         }
     }

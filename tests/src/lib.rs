@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod collector;
 pub mod kmsg;
+pub mod matrix;
 pub mod operations;
 pub mod scenarios;
 

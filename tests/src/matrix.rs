@@ -1,0 +1,199 @@
+//! The attach-mode matrix: which scenarios run under which mode. The same
+//! scenario functions the cargo tests run, here run once per mode, on the
+//! host or inside a VM booted with another kernel (`cargo xtask vmtest`).
+//!
+//! Output, one line each, for `xtask` to parse:
+//! `OOMTRACE-MATRIX kernel=K cgroup=V mode=M scenario=S result=pass|fail|n/a secs=T [why=...]`
+//! and, last, `OOMTRACE-MATRIX-DONE pass=N fail=N na=N`.
+
+use std::{panic::AssertUnwindSafe, process::Command, time::Instant};
+
+use serde_json::Value;
+
+use crate::{Env, cgroup, operations, scenarios};
+
+type Scenario = (&'static str, fn(&Env));
+
+/// Every scenario that depends on the kernel (the collector's own life-cycle
+/// tests, which do not, run only on the host).
+const KILLS: &[Scenario] = &[
+    ("single_threaded_victim", scenarios::single_threaded_victim),
+    ("multi_threaded_victim", scenarios::multi_threaded_victim),
+    (
+        "child_killed_parent_survives",
+        scenarios::child_killed_parent_survives,
+    ),
+    ("hostile_comm", scenarios::hostile_comm),
+    ("two_cgroups_at_once", scenarios::two_cgroups_at_once),
+    (
+        "cgroup_removed_after_kill",
+        scenarios::cgroup_removed_after_kill,
+    ),
+    ("parent_limit_fires", scenarios::parent_limit_fires),
+];
+
+/// The scenarios that check `oom.*` (the constraint, the memcg whose limit
+/// fired, totalpages and points) against the kernel.
+const OOM_CONTEXT: &[Scenario] = &[
+    ("single_threaded_victim", scenarios::single_threaded_victim),
+    ("parent_limit_fires", scenarios::parent_limit_fires),
+];
+
+pub struct Mode {
+    pub name: &'static str,
+    /// Flags every `oomtrace run` gets in this mode.
+    pub flags: &'static [&'static str],
+    /// (probe, attach mode) pairs that must attach for the mode to exist here.
+    pub requires: &'static [(&'static str, &'static str)],
+    pub scenarios: &'static [Scenario],
+}
+
+pub const MODES: &[Mode] = &[
+    Mode {
+        name: "raw+fentry",
+        flags: &["--victim-probe", "raw", "--oom-kill-probe", "fentry"],
+        requires: &[
+            ("mark_victim", "raw_tracepoint"),
+            ("oom_kill_process", "fentry"),
+        ],
+        scenarios: KILLS,
+    },
+    Mode {
+        name: "raw+kprobe",
+        flags: &["--victim-probe", "raw", "--oom-kill-probe", "kprobe"],
+        requires: &[
+            ("mark_victim", "raw_tracepoint"),
+            ("oom_kill_process", "kprobe"),
+        ],
+        scenarios: OOM_CONTEXT,
+    },
+    Mode {
+        name: "raw+off",
+        flags: &["--victim-probe", "raw", "--oom-kill-probe", "off"],
+        requires: &[("mark_victim", "raw_tracepoint")],
+        scenarios: KILLS,
+    },
+    Mode {
+        // The scenario itself runs `--victim-probe tracepoint` (with
+        // oom_kill_process on auto) and `--no-btf`.
+        name: "tracepoint",
+        flags: &[],
+        requires: &[("mark_victim", "tracepoint")],
+        scenarios: &[(
+            "classic_tracepoint_modes",
+            operations::classic_tracepoint_modes,
+        )],
+    },
+];
+
+#[derive(Default)]
+pub struct Totals {
+    pub pass: u32,
+    pub fail: u32,
+    pub na: u32,
+}
+
+/// Whether `mode` attaches here: None if it does, else why not.
+fn unavailable(env: &Env, mode: &Mode) -> Option<String> {
+    let mut check = Command::new(&env.oomtrace);
+    check.args(["check", "--json"]);
+    match mode
+        .requires
+        .iter()
+        .find(|(probe, _)| *probe == "mark_victim")
+    {
+        Some((_, "tracepoint")) => check.args(["--victim-probe", "tracepoint"]),
+        _ => check.args(mode.flags),
+    };
+    let output = match check.output() {
+        Ok(output) => output,
+        Err(e) => return Some(format!("cannot run oomtrace check: {e}")),
+    };
+    let Ok(start) = serde_json::from_slice::<Value>(&output.stdout) else {
+        let text = String::from_utf8_lossy(&output.stdout);
+        return Some(format!(
+            "oomtrace check: {}",
+            text.lines().last().unwrap_or("")
+        ));
+    };
+    for (probe, wanted) in mode.requires {
+        let status = start["probes"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == *probe));
+        let Some(status) = status else {
+            return Some(format!("no {probe} in the start record"));
+        };
+        if status["mode"] != *wanted {
+            let why = status["attempts"]
+                .as_array()
+                .and_then(|a| a.iter().find(|a| a["mode"] == *wanted))
+                .and_then(|a| a["error"].as_str())
+                .unwrap_or("not attached");
+            return Some(format!("{probe} {wanted}: {why}"));
+        }
+    }
+    None
+}
+
+/// Runs the matrix and prints its lines.
+pub fn run(base: &Env, only: Option<&str>) -> Totals {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let cgroup = match cgroup::memory_mount().0 {
+        cgroup::Version::V1 => "v1",
+        cgroup::Version::V2 => "v2",
+    };
+    let mut totals = Totals::default();
+    for mode in MODES.iter().filter(|m| only.is_none_or(|o| o == m.name)) {
+        let env = Env {
+            collector_args: mode.flags.iter().map(|s| s.to_string()).collect(),
+            ..base.clone()
+        };
+        let line = |scenario: &str, result: &str, secs: f64, why: &str| {
+            let why = if why.is_empty() {
+                String::new()
+            } else {
+                format!(" why={}", why.replace('\n', " "))
+            };
+            println!(
+                "OOMTRACE-MATRIX kernel={kernel} cgroup={cgroup} mode={} scenario={scenario} \
+                 result={result} secs={secs:.1}{why}",
+                mode.name
+            );
+        };
+        if let Some(why) = unavailable(&env, mode) {
+            line("-", "n/a", 0.0, &why);
+            totals.na += 1;
+            continue;
+        }
+        for (name, scenario) in mode.scenarios {
+            let started = Instant::now();
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| scenario(&env)));
+            let secs = started.elapsed().as_secs_f64();
+            match outcome {
+                Ok(()) => {
+                    line(name, "pass", secs, "");
+                    totals.pass += 1;
+                }
+                Err(panic) => {
+                    let why = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    let first: String =
+                        why.lines().next().unwrap_or("").chars().take(300).collect();
+                    line(name, "fail", secs, &first);
+                    totals.fail += 1;
+                }
+            }
+        }
+    }
+    println!(
+        "OOMTRACE-MATRIX-DONE pass={} fail={} na={}",
+        totals.pass, totals.fail, totals.na
+    );
+    totals
+}
