@@ -59,6 +59,11 @@ pub mod kill_valid {
     /// The victim could not be added to the exit-join map (it was full), so
     /// no exit will be reported for it.
     pub const EXIT_UNTRACKED: u64 = 1 << 15;
+    /// `cgroup_*` holds the path of the memcg whose limit fired
+    /// (`oom_memcg_id`), not the victim's: set by the classic tracepoint,
+    /// which does not know the victim's task, when `oom_kill_process` is
+    /// hooked. Never set together with `CGROUP_PATH`.
+    pub const OOM_MEMCG_PATH: u64 = 1 << 16;
 }
 
 /// Bits of [`ExitRecord::valid`].
@@ -228,6 +233,11 @@ pub struct OomContext {
     pub totalpages: u64,
     /// kernfs id of `oc->memcg`'s cgroup; 0 for a global OOM.
     pub memcg_id: u64,
+    /// Address of that cgroup's `struct kernfs_node` (0 for a global OOM),
+    /// for `mark_victim` to walk its path. It is only dereferenced (with
+    /// bpf_probe_read_kernel) inside the same `oom_kill_process` call, while
+    /// `oc->memcg` is pinned by the OOM in progress.
+    pub memcg_kn: u64,
 }
 
 /// One OOM kill, as `mark_victim` saw it. Built in place in the ring buffer
@@ -330,7 +340,7 @@ mod tests {
         assert_eq!(size_of::<MarkVictimLayout>(), 9 * 8);
         assert_eq!(size_of::<Config>(), 16);
         assert_eq!(size_of::<VictimEntry>(), 16);
-        assert_eq!(size_of::<OomContext>(), 32);
+        assert_eq!(size_of::<OomContext>(), 40);
         assert_eq!(size_of::<ExitRecord>(), 40);
         let kill_fixed = 4 + 4 + 8 + 8 + 8 // header
             + 6 * 4 + COMM_LEN + 5 * 8 // victim

@@ -104,6 +104,7 @@ pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
     begin_kill_record(rec, SOURCE_TRACEPOINT);
     fill_victim_from_tracepoint(&ctx, rec);
     finish_kill_record(rec);
+    walk_oom_memcg_path(rec);
     entry.submit(0);
     0
 }
@@ -372,6 +373,23 @@ fn attach_oom_context(rec: *mut KillRecord) {
     mark(rec, kill_valid::OOM_CONTEXT);
 }
 
+/// The classic tracepoint gives no task, so the victim's cgroup is unknown;
+/// the memcg whose limit fired still is, when `oom_kill_process` left its
+/// kernfs node. Its path goes into the (otherwise unused) `cgroup_*` buffer.
+/// Not done in the raw tracepoint program, which fills that buffer with the
+/// victim's own path (and finds the fired memcg among its ancestors).
+#[inline(always)]
+fn walk_oom_memcg_path(rec: *mut KillRecord) {
+    let Some(context) = OOM_CONTEXTS.get_ptr(bpf_get_current_pid_tgid()) else {
+        return;
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let kn = unsafe { (*context).memcg_kn } as *const u8;
+    if !kn.is_null() && walk_cgroup_path(rec, kn) {
+        mark(rec, kill_valid::OOM_MEMCG_PATH);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // oom_kill_process: why this victim, and which limit.
 // ---------------------------------------------------------------------------
@@ -416,15 +434,16 @@ fn save_oom_context<C: EbpfContext>(ctx: &C, oc: *const u8) {
     let chosen = read_ptr(oc, off!(oc_chosen));
     // oc->memcg is NULL for a global OOM.
     let memcg = read_ptr(oc, off!(oc_memcg));
-    let memcg_id = if memcg.is_null() {
-        0
+    let (memcg_id, memcg_kn) = if memcg.is_null() {
+        (0, 0)
     } else {
         let css = match off!(memcg_css) {
             Some(css) => memcg.wrapping_add(css),
             None => core::ptr::null(),
         };
         let cgroup = read_ptr(css, off!(css_cgroup));
-        read::<u64>(cgroup_kn(cgroup), off!(kn_id)).unwrap_or(0)
+        let kn = cgroup_kn(cgroup);
+        (read::<u64>(kn, off!(kn_id)).unwrap_or(0), kn as u64)
     };
     let context = OomContext {
         constraint,
@@ -432,6 +451,7 @@ fn save_oom_context<C: EbpfContext>(ctx: &C, oc: *const u8) {
         chosen_points: points,
         totalpages,
         memcg_id,
+        memcg_kn,
     };
     if OOM_CONTEXTS
         .insert(bpf_get_current_pid_tgid(), context, 0)

@@ -28,10 +28,12 @@ pub struct CgroupChain {
 }
 
 impl CgroupChain {
-    /// Rebuilds the chain from `cgroup_names`/`cgroup_ids`. None unless the
-    /// walk reached the root: a partial path is never passed off as a path.
+    /// Rebuilds the chain from `cgroup_names`/`cgroup_ids`: the victim's
+    /// cgroup (`CGROUP_PATH`) or, from the classic tracepoint, the memcg
+    /// whose limit fired (`OOM_MEMCG_PATH`). None unless the walk reached
+    /// the root: a partial path is never passed off as a path.
     pub fn from_record(rec: &KillRecord) -> Option<Self> {
-        if rec.valid & kill_valid::CGROUP_PATH == 0 {
+        if rec.valid & (kill_valid::CGROUP_PATH | kill_valid::OOM_MEMCG_PATH) == 0 {
             return None;
         }
         let depth = (rec.cgroup_depth as usize).min(MAX_CGROUP_DEPTH - 1);
@@ -77,6 +79,8 @@ fn bit<T>(rec: &KillRecord, flag: u64, value: T) -> Option<T> {
 pub fn oom_kill(rec: &KillRecord, page_size: u64) -> OomKill {
     use kill_valid as v;
     let chain = CgroupChain::from_record(rec);
+    // The victim's own cgroup, as opposed to the fired memcg's ancestry.
+    let victim_chain = chain.as_ref().filter(|_| rec.valid & v::CGROUP_PATH != 0);
     let (comm, comm_hex) = match bit(rec, v::VICTIM_COMM, &rec.victim_comm) {
         Some(raw) => {
             let (c, h) = comm_fields(raw);
@@ -112,11 +116,8 @@ pub fn oom_kill(rec: &KillRecord, page_size: u64) -> OomKill {
             shmem_bytes: bit(rec, v::RSS_SHMEM, rec.rss_shmem_bytes),
         },
         cgroup: CgroupRef {
-            id: chain.as_ref().and_then(|c| c.leaf()).map(|(id, _)| *id),
-            path: chain
-                .as_ref()
-                .and_then(|c| c.leaf())
-                .map(|(_, p)| p.clone()),
+            id: victim_chain.and_then(|c| c.leaf()).map(|(id, _)| *id),
+            path: victim_chain.and_then(|c| c.leaf()).map(|(_, p)| p.clone()),
         },
     };
     let trigger = Trigger {
@@ -157,7 +158,7 @@ pub fn oom_kill(rec: &KillRecord, page_size: u64) -> OomKill {
         victim,
         trigger,
         oom,
-        memcg: memcg(rec, chain.as_ref(), page_size),
+        memcg: memcg(rec, victim_chain, page_size),
         exit: Exit::default(),
     }
 }
@@ -310,6 +311,21 @@ mod tests {
         assert_eq!(memcg.levels[2].limit_bytes, None);
         assert_eq!(kill.oom.constraint.as_deref(), Some("memcg"));
         assert_eq!(kill.oom.memcg_path.as_deref(), Some("/parent"));
+    }
+
+    /// From the classic tracepoint the buffer holds the fired memcg's path:
+    /// it names `oom.memcg_path` and never poses as the victim's cgroup.
+    #[test]
+    fn fired_memcg_path_is_not_the_victims_cgroup() {
+        let mut rec = with_path(&["pod", "kubepods"], &[7, 6, 1]);
+        rec.valid = kill_valid::OOM_MEMCG_PATH | kill_valid::OOM_CONTEXT;
+        rec.oom_constraint = 3;
+        rec.oom_memcg_id = 7;
+        let kill = oom_kill(&rec, 4096);
+        assert_eq!(kill.oom.memcg_path.as_deref(), Some("/kubepods/pod"));
+        assert_eq!(kill.victim.cgroup.path, None);
+        assert_eq!(kill.victim.cgroup.id, None);
+        assert!(kill.memcg.is_none());
     }
 
     #[test]

@@ -155,10 +155,64 @@ pub fn classic_tracepoint_modes(env: &Env) {
         if btf {
             assert_exit_137(&record);
         } else {
+            // Exactly what the tracepoint itself and the exit hook's map
+            // lookup can know; every other field must be null.
+            let mut expected: Vec<&str> = vec![
+                "type",
+                "schema",
+                "seq",
+                "time",
+                "boot_ns",
+                "source",
+                "victim.tid",
+                "trigger.pid",
+                "trigger.tid",
+                "trigger.comm",
+                "exit.observed",
+                "exit.delay_ms",
+            ];
+            if extended {
+                expected.extend([
+                    "victim.comm",
+                    "victim.uid",
+                    "victim.oom_score_adj",
+                    "victim.total_vm_bytes",
+                    "victim.pgtables_bytes",
+                    "victim.rss.anon_bytes",
+                    "victim.rss.file_bytes",
+                    "victim.rss.shmem_bytes",
+                ]);
+            }
+            let mut known = non_null_leaves(&record, "");
+            known.sort();
+            expected.sort();
+            assert_eq!(
+                known, expected,
+                "the --no-btf record's known fields: {record}"
+            );
             // Without BTF the exit hook cannot read task_struct::exit_code.
             assert_eq!(record["exit"]["observed"], true, "{record}");
             assert!(record["exit"]["code"].is_null(), "{record}");
         }
+    }
+}
+
+/// Paths (`a.b.c`) of the leaves of `value` that are not null.
+fn non_null_leaves(value: &Value, prefix: &str) -> Vec<String> {
+    match value {
+        Value::Null => vec![],
+        Value::Object(map) => map
+            .iter()
+            .flat_map(|(k, v)| {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                non_null_leaves(v, &path)
+            })
+            .collect(),
+        _ => vec![prefix.to_string()],
     }
 }
 

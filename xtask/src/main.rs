@@ -5,6 +5,7 @@
 mod cmds;
 mod setup;
 mod util;
+mod vmtest;
 
 use std::process::ExitCode;
 
@@ -102,8 +103,8 @@ enum Cmd {
     ///   sudo cargo xtask test --skip-lint --no-vm cgroup_v2
     #[command(verbatim_doc_comment)]
     Test {
-        /// Do not run the integration tests in VMs on other kernels (the VM
-        /// kernel matrix is not implemented yet, issue 3).
+        /// Do not run the kernel matrix (`cargo xtask vmtest`) after the
+        /// host tests. Without this flag a missing qemu is an error.
         #[arg(long)]
         no_vm: bool,
         /// Skip `cargo xtask lint` (faster while iterating).
@@ -112,6 +113,40 @@ enum Cmd {
         /// Run only the integration tests whose names contain one of these.
         #[arg(value_name = "TEST_FILTER")]
         filters: Vec<String>,
+    },
+    /// Run the end-to-end scenarios on other kernels, in qemu VMs
+    ///
+    /// Downloads Debian kernel packages with apt (cached under
+    /// target/vmtest/), builds oomtrace, the workload and oomtrace-matrix
+    /// statically (musl), packs them with busybox into an initramfs, and
+    /// boots each kernel with cgroup v2 and the memory controller. Inside,
+    /// oomtrace-matrix runs every attach mode the kernel has (mark_victim
+    /// raw/tracepoint, oom_kill_process fentry/kprobe/off, --no-btf) against
+    /// the same scenario code as the host tests, and prints one
+    /// `OOMTRACE-MATRIX` line per scenario on the serial console. The host
+    /// kernel runs the same matrix natively. Ends with a table of
+    /// kernel x attach mode x result; fails on any failure, and on a VM
+    /// kernel where an attach mode does not load. Needs root.
+    ///
+    /// Examples:
+    ///
+    ///   sudo cargo xtask vmtest
+    ///   sudo cargo xtask vmtest --kernel 6.1.0-50-cloud-amd64 --mode raw+kprobe
+    ///
+    /// Console logs: target/vmtest/KERNEL.log
+    #[command(verbatim_doc_comment)]
+    Vmtest {
+        /// A Debian kernel, as in the package linux-image-NAME (repeat for
+        /// several). Default: 6.1.0-50-cloud-amd64 and
+        /// 6.12.100+deb12-cloud-amd64.
+        #[arg(long = "kernel", value_name = "NAME")]
+        kernels: Vec<String>,
+        /// Seconds each VM may run before it is killed and counted failed.
+        #[arg(long, value_name = "SECS", default_value_t = vmtest::DEFAULT_TIMEOUT_SECS)]
+        timeout: u64,
+        /// Run only this attach mode, e.g. `raw+kprobe` (see oomtrace-matrix --help).
+        #[arg(long, value_name = "MODE")]
+        mode: Option<String>,
     },
 }
 
@@ -131,6 +166,22 @@ fn main() -> ExitCode {
             skip_lint,
             filters,
         }),
+        Cmd::Vmtest {
+            kernels,
+            timeout,
+            mode,
+        } => {
+            let defaults = vmtest::VmOpts::default();
+            vmtest::vmtest(&vmtest::VmOpts {
+                kernels: if kernels.is_empty() {
+                    defaults.kernels
+                } else {
+                    kernels
+                },
+                timeout: std::time::Duration::from_secs(timeout),
+                mode,
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
