@@ -51,6 +51,7 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     memcg_css: FieldOffset::ABSENT,
     memcg_usage: FieldOffset::ABSENT,
     memcg_max: FieldOffset::ABSENT,
+    memcg_oom_group: FieldOffset::ABSENT,
     pid_level: FieldOffset::ABSENT,
     pid_numbers: FieldOffset::ABSENT,
     upid_nr: FieldOffset::ABSENT,
@@ -259,10 +260,14 @@ pub fn walk_memcg_levels(rec: *mut KillRecord, mut css: *const u8) -> bool {
     ) else {
         return false;
     };
+    // Optional: when BTF lacks it the byte read is meaningless, and the
+    // caller does not mark it valid. Read unconditionally to stay branch-free.
+    let group_at = off!(memcg_oom_group).unwrap_or(0);
     let mut depth: usize = 0;
     let mut complete = false;
     // SAFETY: as in walk_cgroup_path.
     unsafe {
+        let groups = addr_of!((*rec).memcg_oom_group) as *mut u8;
         let ids = addr_of!((*rec).memcg_ids) as *mut u64;
         let usages = addr_of!((*rec).memcg_usage_pages) as *mut u64;
         let maxes = addr_of!((*rec).memcg_max_pages) as *mut u64;
@@ -277,6 +282,7 @@ pub fn walk_memcg_levels(rec: *mut KillRecord, mut css: *const u8) -> bool {
             let usage: i64 = read_or_zero(css, usage_at);
             usages.add(level).write(usage.max(0) as u64);
             maxes.add(level).write(read_or_zero(css, max_at));
+            groups.add(level).write(read_or_zero(css, group_at));
             depth = level + 1;
             css = read_or_zero(css, parent_at);
         }

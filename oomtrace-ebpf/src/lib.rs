@@ -64,6 +64,9 @@ pub mod kill_valid {
     /// which does not know the victim's task, when `oom_kill_process` is
     /// hooked. Never set together with `CGROUP_PATH`.
     pub const OOM_MEMCG_PATH: u64 = 1 << 16;
+    /// `memcg_oom_group` was read (this kernel's BTF has
+    /// `mem_cgroup::oom_group`).
+    pub const MEMCG_OOM_GROUP: u64 = 1 << 17;
 }
 
 /// Bits of [`ExitRecord::valid`].
@@ -157,6 +160,8 @@ pub struct KernelOffsets {
     pub memcg_css: FieldOffset,
     pub memcg_usage: FieldOffset,
     pub memcg_max: FieldOffset,
+    /// `mem_cgroup::oom_group` (bool, `memory.oom.group`), relative to the css.
+    pub memcg_oom_group: FieldOffset,
     // struct pid / struct upid
     pub pid_level: FieldOffset,
     pub pid_numbers: FieldOffset,
@@ -294,6 +299,10 @@ pub struct KillRecord {
     pub memcg_ids: [u64; MAX_CGROUP_DEPTH],
     pub memcg_usage_pages: [u64; MAX_CGROUP_DEPTH],
     pub memcg_max_pages: [u64; MAX_CGROUP_DEPTH],
+    /// `memory.oom.group` of each level (1 = set): with it, the kernel kills
+    /// every task under the highest such memcg between the victim's and the
+    /// one whose limit fired (mem_cgroup_get_oom_group()).
+    pub memcg_oom_group: [u8; MAX_CGROUP_DEPTH],
 }
 
 /// A victim's exit, from `sched_process_exit`.
@@ -336,7 +345,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FieldOffset>(), 8);
-        assert_eq!(size_of::<KernelOffsets>(), 38 * 8);
+        assert_eq!(size_of::<KernelOffsets>(), 39 * 8);
         assert_eq!(size_of::<MarkVictimLayout>(), 9 * 8);
         assert_eq!(size_of::<Config>(), 16);
         assert_eq!(size_of::<VictimEntry>(), 16);
@@ -347,7 +356,8 @@ mod tests {
             + 2 * 4 + COMM_LEN // trigger
             + 4 + 4 + 8 + 8 + 8 // oom context
             + 4 + 4 + 8 * MAX_CGROUP_DEPTH + CGROUP_NAMES_SIZE
-            + 4 + 4 + 3 * 8 * MAX_CGROUP_DEPTH;
+            + 4 + 4 + 3 * 8 * MAX_CGROUP_DEPTH
+            + MAX_CGROUP_DEPTH;
         assert_eq!(size_of::<KillRecord>(), kill_fixed);
         assert!(align_of::<KillRecord>() <= 8, "ring buffer aligns to 8");
     }

@@ -263,6 +263,9 @@ fn fill_victim_from_task(rec: *mut KillRecord, task: *const u8) {
         }
         if walk_memcg_levels(rec, memory_css) {
             mark(rec, kill_valid::MEMCG_LEVELS);
+            if off!(memcg_oom_group).is_some() {
+                mark(rec, kill_valid::MEMCG_OOM_GROUP);
+            }
         }
     }
 }

@@ -188,6 +188,11 @@ fn memcg(rec: &KillRecord, chain: Option<&CgroupChain>, page_size: u64) -> Optio
             usage_bytes: rec.memcg_usage_pages[i] * page_size,
             limit_bytes: (rec.memcg_max_pages[i] < unlimited)
                 .then(|| rec.memcg_max_pages[i] * page_size),
+            oom_group: bit(
+                rec,
+                kill_valid::MEMCG_OOM_GROUP,
+                rec.memcg_oom_group[i] != 0,
+            ),
         })
         .collect();
     let leaf = levels.first()?.clone();

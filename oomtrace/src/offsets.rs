@@ -114,6 +114,7 @@ pub fn compute(btf: &Btf) -> KernelLayout {
         memcg_css: r.field(&memcg, "mem_cgroup", &["css"], 0),
         memcg_usage: FieldOffset::ABSENT,
         memcg_max: FieldOffset::ABSENT,
+        memcg_oom_group: FieldOffset::ABSENT,
         pid_level: r.field(&pid, "pid", &["level"], 4),
         pid_numbers: r.field(&pid, "pid", &["numbers"], 0),
         upid_nr: r.field(&upid, "upid", &["nr"], 4),
@@ -158,6 +159,17 @@ pub fn compute(btf: &Btf) -> KernelLayout {
             o.memcg_usage = FieldOffset::at(memory + usage.offset - css_at);
             o.memcg_max = FieldOffset::at(memory + max.offset - css_at);
         }
+    }
+    // mem_cgroup::oom_group (4.19+), relative to the css. Optional: without
+    // it `memcg.levels[].oom_group` is null, nothing else is lost.
+    if let FieldOffset {
+        offset: css_at,
+        present: 1,
+    } = o.memcg_css
+        && let Some((group, t)) = r.member(&memcg, "mem_cgroup", &["oom_group"])
+        && r.size_of(&t) == Some(1)
+    {
+        o.memcg_oom_group = FieldOffset::at(group - css_at);
     }
 
     KernelLayout {
@@ -438,6 +450,7 @@ mod tests {
             ("css_set_memory_css", o.css_set_memory_css),
             ("kn_parent", o.kn_parent),
             ("memcg_usage", o.memcg_usage),
+            ("memcg_oom_group", o.memcg_oom_group),
             ("oc_constraint", o.oc_constraint),
         ] {
             assert!(f.is_present(), "{name} absent");

@@ -192,6 +192,10 @@ pub struct MemcgLevel {
     pub usage_bytes: u64,
     /// Null when this level has no limit.
     pub limit_bytes: Option<u64>,
+    /// `memory.oom.group`: when set (Kubernetes sets it on cgroup v2
+    /// containers since 1.28), an OOM kill takes every process under this
+    /// cgroup. Null when this kernel's BTF lacks `mem_cgroup::oom_group`.
+    pub oom_group: Option<bool>,
 }
 
 /// The victim's exit, joined to the kill.

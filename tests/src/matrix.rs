@@ -32,13 +32,6 @@ const KILLS: &[Scenario] = &[
     ("parent_limit_fires", scenarios::parent_limit_fires),
 ];
 
-/// The scenarios that check `oom.*` (the constraint, the memcg whose limit
-/// fired, totalpages and points) against the kernel.
-const OOM_CONTEXT: &[Scenario] = &[
-    ("single_threaded_victim", scenarios::single_threaded_victim),
-    ("parent_limit_fires", scenarios::parent_limit_fires),
-];
-
 pub struct Mode {
     pub name: &'static str,
     /// Flags every `oomtrace run` gets in this mode.
@@ -65,7 +58,7 @@ pub const MODES: &[Mode] = &[
             ("mark_victim", "raw_tracepoint"),
             ("oom_kill_process", "kprobe"),
         ],
-        scenarios: OOM_CONTEXT,
+        scenarios: KILLS,
     },
     Mode {
         name: "raw+off",
