@@ -140,6 +140,7 @@ pub fn oom_kill(rec: &KillRecord, page_size: u64) -> OomKill {
             points: Some(rec.oom_chosen_points),
             totalpages: Some(rec.oom_totalpages),
             chosen_pid: Some(rec.oom_chosen_tgid),
+            ..Oom::default()
         }
     } else {
         Oom::default()
@@ -160,6 +161,11 @@ pub fn oom_kill(rec: &KillRecord, page_size: u64) -> OomKill {
         oom,
         memcg: memcg(rec, victim_chain, page_size),
         exit: Exit::default(),
+        // Filled by attribution::Attributor.
+        container: None,
+        k8s: None,
+        systemd_unit: None,
+        container_survives: None,
     }
 }
 

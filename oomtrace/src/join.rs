@@ -125,6 +125,10 @@ mod tests {
             oom: Default::default(),
             memcg: None,
             exit: Default::default(),
+            container: None,
+            k8s: None,
+            systemd_unit: None,
+            container_survives: None,
         }
     }
 

@@ -5,6 +5,7 @@
 //! `decode`s kernel records, `enrich`es them into `schema` records, `join`s
 //! each kill with its victim's exit, and writes them to a `sink`.
 
+mod attribution;
 mod clock;
 mod cmd;
 mod decode;

@@ -13,6 +13,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::attribution::{Container, LimitScope, Qos};
 use crate::host::HostFacts;
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -102,6 +103,45 @@ pub struct OomKill {
     /// attach mode.
     pub memcg: Option<Memcg>,
     pub exit: Exit,
+    /// The container the victim ran in, from its cgroup path (`id`, and
+    /// `runtime` where the path's naming tells). Null outside a container,
+    /// for a layout oomtrace does not know, and when the cgroup is unknown.
+    pub container: Option<Container>,
+    /// The Kubernetes pod, when the victim's cgroup is a kubelet pod's.
+    pub k8s: Option<K8s>,
+    /// The innermost systemd unit in the victim's cgroup path that is not a
+    /// container's own scope (`nginx.service`, `session-3.scope`).
+    pub systemd_unit: Option<String>,
+    /// Whether the victim's container keeps running: false when the victim
+    /// was its PID 1 (`victim.container_init`) or `memory.oom.group` takes
+    /// the whole container; true when a lesser process died and the
+    /// container (and its pod's status) carries on as if nothing happened.
+    /// Null outside a container, or when either fact is unknown.
+    pub container_survives: Option<bool>,
+}
+
+/// Kubernetes names: the pod UID and QoS class from the cgroup path, and the
+/// namespace, pod and container names from the kubelet's log directories
+/// under `--host-root` (null when not found there).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct K8s {
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub pod_uid: Option<String>,
+    /// The container's name in the pod spec.
+    pub container: Option<String>,
+    pub qos: Option<Qos>,
+}
+
+/// How `oom.memcg_path` is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MemcgSource {
+    /// From `oom_kill_process`'s `oc->memcg`: the kernel's own answer.
+    OomKillProcess,
+    /// Derived: the nearest of the victim's memcg and its ancestors whose
+    /// usage, read in the kernel at the kill, was at its limit.
+    UsageAtLimit,
 }
 
 /// The process the kernel killed, as it was at the moment it was marked.
@@ -173,6 +213,11 @@ pub struct Oom {
     /// The process the kernel chose; with `memory.oom.group`, the other
     /// members of the group are killed with it and differ from it.
     pub chosen_pid: Option<u32>,
+    /// How `memcg_path` is known; null when it is not.
+    pub memcg_source: Option<MemcgSource>,
+    /// Whose limit fired: `container`, `pod`, `cgroup` (any other cgroup:
+    /// a slice, a QoS level, one made by hand) or `node` (a global OOM).
+    pub limit_scope: Option<LimitScope>,
 }
 
 /// The victim's memory cgroup, read in the kernel at the kill.

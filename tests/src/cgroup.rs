@@ -128,15 +128,7 @@ impl MemCgroup {
 
     /// The kernel's own count of OOM kills in this cgroup.
     pub fn oom_kills(&self) -> u64 {
-        let (file, key) = match self.version {
-            Version::V1 => ("memory.oom_control", "oom_kill"),
-            Version::V2 => ("memory.events", "oom_kill"),
-        };
-        let text = std::fs::read_to_string(self.dir.join(file))
-            .unwrap_or_else(|e| panic!("read {file}: {e}"));
-        text.lines()
-            .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in {file}: {text}"))
+        oom_kill_count(&self.dir, self.version)
     }
 
     /// The cgroup's kernfs id: its directory's inode number.
@@ -177,6 +169,21 @@ impl MemCgroup {
         }
         self.removed = true;
     }
+}
+
+/// The `oom_kill` counter of the memory cgroup at `dir`: v1's
+/// `memory.oom_control` counts kills of this cgroup's own tasks; v2's
+/// `memory.events` counts this cgroup and its descendants.
+pub fn oom_kill_count(dir: &Path, version: Version) -> u64 {
+    let file = match version {
+        Version::V1 => "memory.oom_control",
+        Version::V2 => "memory.events",
+    };
+    let text = std::fs::read_to_string(dir.join(file))
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.join(file).display()));
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no oom_kill in {file}: {text}"))
 }
 
 impl Drop for MemCgroup {

@@ -2,6 +2,7 @@
 //! root: it creates memory cgroups, causes real OOM kills in them, and reads
 //! the kernel log.
 
+pub mod attribution;
 pub mod cgroup;
 pub mod collector;
 pub mod kmsg;

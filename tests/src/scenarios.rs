@@ -170,22 +170,25 @@ pub fn assert_oom_context(
         .and_then(|p| p.iter().find(|p| p["name"] == "oom_kill_process"))
         .is_some_and(|p| !p["mode"].is_null());
     if !hooked {
-        for field in [
-            "constraint",
-            "memcg_path",
-            "points",
-            "totalpages",
-            "chosen_pid",
-        ] {
+        for field in ["constraint", "points", "totalpages", "chosen_pid"] {
             assert!(
                 oom[field].is_null(),
                 "oom.{field} without oom_kill_process: {record}"
             );
         }
+        // Derived from the memcg levels read at the kill, where there are any.
+        if record["memcg"].is_null() {
+            assert!(oom["memcg_path"].is_null(), "{record}");
+            assert!(oom["memcg_source"].is_null(), "{record}");
+        } else {
+            assert_eq!(oom["memcg_path"], limit_path, "{record}");
+            assert_eq!(oom["memcg_source"], "usage_at_limit", "{record}");
+        }
         return;
     }
     assert_eq!(oom["constraint"], "memcg", "{record}");
     assert_eq!(oom["memcg_path"], limit_path, "{record}");
+    assert_eq!(oom["memcg_source"], "oom_kill_process", "{record}");
     if let Some(context) = &kernel.context {
         assert_eq!(context.constraint, "CONSTRAINT_MEMCG");
         let logged = context.oom_memcg.as_deref();

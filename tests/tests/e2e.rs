@@ -1,7 +1,7 @@
 //! The end-to-end scenarios as cargo tests. Run them with `cargo xtask test`
 //! (root; one at a time: `--test-threads=1`).
 
-use oomtrace_tests::{Env, operations, scenarios};
+use oomtrace_tests::{Env, attribution, operations, scenarios};
 
 fn env() -> Env {
     Env::from_cargo(env!("CARGO_BIN_EXE_oomtrace-workload"))
@@ -26,6 +26,8 @@ scenario! {
     scenarios::two_cgroups_at_once,
     scenarios::cgroup_removed_after_kill,
     scenarios::parent_limit_fires,
+    attribution::container_init_killed,
+    attribution::container_child_killed_container_survives,
     operations::no_privileges_is_a_clear_error,
     operations::signals_write_stop,
     operations::closed_stdout_is_quiet,

@@ -16,6 +16,7 @@ use tokio::{
 
 use super::ProbeArgs;
 use crate::{
+    attribution::Attributor,
     clock,
     decode::{self, KernelRecord},
     enrich,
@@ -45,6 +46,12 @@ pub struct RunArgs {
     #[arg(long, default_value_t = -1000, allow_negative_numbers = true, value_name = "N",
           value_parser = clap::value_parser!(i32).range(-1000..=1000))]
     pub oom_score_adj: i32,
+    /// Where the node's root filesystem is, for the kubelet's pod log
+    /// directories (var/log/pods, var/log/containers) that give
+    /// `k8s.namespace`, `k8s.pod` and `k8s.container`. In a DaemonSet that
+    /// mounts the host at /host, pass `--host-root /host`.
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    pub host_root: PathBuf,
     #[command(flatten)]
     pub probes: ProbeArgs,
     /// How many kills may wait for their exits at once; beyond it the oldest
@@ -104,6 +111,7 @@ struct Collector {
     counters_map: Array<MapData, u64>,
     counters: Counters,
     page_size: u64,
+    attributor: Attributor,
 }
 
 async fn event_loop(
@@ -142,6 +150,7 @@ async fn event_loop(
         counters_map: counters,
         counters: Counters::default(),
         page_size,
+        attributor: Attributor::new(&args.host_root, page_size),
     };
     // The ready signal: every probe is attached or has definitively failed.
     if let Err(e) = collector.sink.write(&Record::Start(start)) {
@@ -254,7 +263,8 @@ impl Collector {
     }
 
     fn on_kill(&mut self, rec: &oomtrace_ebpf::KillRecord) -> Result<(), SinkError> {
-        let kill = enrich::oom_kill(rec, self.page_size);
+        let mut kill = enrich::oom_kill(rec, self.page_size);
+        self.attributor.attribute(&mut kill);
         if rec.valid & kill_valid::EXIT_UNTRACKED != 0 {
             // The kernel could not register the victim: no exit will come.
             return self.emit(kill);

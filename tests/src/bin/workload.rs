@@ -7,12 +7,24 @@
 //!   oomtrace-workload parent ALLOC-ARGS...
 //!       stays where it is, runs `alloc ALLOC-ARGS` as its child, waits, and
 //!       prints `child PID STATUS` (the raw wait status); exits 0.
+//!   oomtrace-workload pidns [--cgroup DIR] MODE ARGS...
+//!       what `unshare --pid --fork` does, as a container runtime starts a
+//!       container: enters a new pid namespace and forks its PID 1, which
+//!       moves into DIR (if given) and runs `oomtrace-workload MODE ARGS`.
+//!       Prints `init HOST-PID` at once, and `init-status STATUS` (the raw
+//!       wait status) when PID 1 ends; exits 0. It stays outside DIR, like
+//!       a runtime's shim.
 #![allow(
     clippy::unwrap_used,
     reason = "a test helper: failing loudly is the point"
 )]
 
-use std::{io::Read, os::unix::process::ExitStatusExt, process::Command, time::Duration};
+use std::{
+    io::Read,
+    os::unix::process::{CommandExt, ExitStatusExt},
+    process::Command,
+    time::Duration,
+};
 
 struct Options {
     cgroup: Option<String>,
@@ -67,6 +79,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("alloc") => alloc(parse(&args[1..])),
         Some("parent") => parent(&args[1..]),
+        Some("pidns") => pidns(&args[1..]),
         _ => die("usage: oomtrace-workload alloc|parent ..."),
     }
 }
@@ -80,6 +93,44 @@ fn parent(alloc_args: &[String]) {
     let pid = child.id();
     let status = child.wait().unwrap();
     println!("child {pid} {}", status.into_raw());
+}
+
+fn pidns(args: &[String]) {
+    let (cgroup, rest) = match args {
+        [flag, dir, rest @ ..] if flag == "--cgroup" => (Some(dir.clone()), rest),
+        rest => (None, rest),
+    };
+    if rest.is_empty() {
+        die("pidns needs a mode");
+    }
+    // SAFETY: unshare(CLONE_NEWPID) affects only children forked after it.
+    if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+        die(&format!(
+            "unshare(CLONE_NEWPID): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: this process is single-threaded here, so the child may run
+    // arbitrary code before exec.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        die(&format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // PID 1 of the new namespace.
+        if let Some(dir) = &cgroup {
+            std::fs::write(format!("{dir}/cgroup.procs"), "0").unwrap();
+        }
+        let error = Command::new(std::env::current_exe().unwrap())
+            .args(rest)
+            .exec();
+        die(&format!("exec: {error}"));
+    }
+    println!("init {pid}");
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    println!("init-status {status}");
 }
 
 fn alloc(o: Options) {
