@@ -9,6 +9,7 @@ use std::{
     path::Path,
 };
 
+use crate::attribution::LimitScope;
 use crate::schema::{OomKill, Record};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -136,6 +137,15 @@ fn text_line(record: &Record) -> String {
     }
 }
 
+fn scope_name(scope: LimitScope) -> &'static str {
+    match scope {
+        LimitScope::Container => "container",
+        LimitScope::Pod => "pod",
+        LimitScope::Cgroup => "cgroup",
+        LimitScope::Node => "node",
+    }
+}
+
 fn kill_line(k: &OomKill) -> String {
     let v = &k.victim;
     let mut line = format!(
@@ -161,12 +171,35 @@ fn kill_line(k: &OomKill) -> String {
     }
     if let Some(c) = &k.oom.constraint {
         let _ = write!(line, " constraint {c}");
-        if let Some(p) = &k.oom.memcg_path {
-            let _ = write!(line, " limit-of {p}");
-        }
+    }
+    if let Some(p) = &k.oom.memcg_path {
+        let _ = write!(line, " limit-of {p}");
+    }
+    if let Some(scope) = k.oom.limit_scope {
+        let _ = write!(line, " ({} limit)", scope_name(scope));
+    }
+    if let Some(k8s) = &k.k8s {
+        let _ = write!(
+            line,
+            " pod {}/{} container {}",
+            k8s.namespace.as_deref().unwrap_or("?"),
+            k8s.pod.as_deref().unwrap_or("?"),
+            k8s.container.as_deref().unwrap_or("?"),
+        );
+    }
+    if let Some(c) = &k.container {
+        // 12 hex digits, as `docker ps` and `crictl ps` show ids.
+        let _ = write!(line, " id {}", &c.id[..c.id.len().min(12)]);
+    } else if let Some(unit) = &k.systemd_unit {
+        let _ = write!(line, " unit {unit}");
     }
     if v.container_init == Some(true) {
         line.push_str(" container-init");
+    }
+    match k.container_survives {
+        Some(true) => line.push_str(" container-survives"),
+        Some(false) => line.push_str(" container-dies"),
+        None => {}
     }
     let _ = write!(
         line,

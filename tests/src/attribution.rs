@@ -376,3 +376,82 @@ pub fn container_child_killed_container_survives(env: &Env) {
     assert_eq!(pod.container_oom_kills(), 1);
     let _ = shim.wait();
 }
+
+/// `memory.oom.group` on the container's cgroup (what the kubelet sets on
+/// cgroup v2 since 1.28): a child of PID 1 is chosen, and the kernel kills
+/// every process in the container with it, PID 1 included. Neither record
+/// may claim that the container survives. cgroup v2 only.
+pub fn oom_group_takes_the_container(env: &Env) {
+    let pod = Pod::create(Driver::Systemd, Some("burstable"), false);
+    assert_eq!(
+        pod.root.version,
+        crate::cgroup::Version::V2,
+        "memory.oom.group needs cgroup v2"
+    );
+    std::fs::write(pod.container_dir.join("memory.oom.group"), "1").expect("memory.oom.group");
+    let host_root = pod.host_root.to_str().expect("utf-8").to_string();
+    let mut collector = Collector::start(env, &["--host-root", &host_root]);
+    let mut kmsg = Kmsg::open();
+    let container_dir = pod.container_dir().to_string();
+    let mut shim = Workload::spawn(
+        env,
+        "pidns",
+        &[
+            "--cgroup",
+            &container_dir,
+            "parent",
+            "--cgroup",
+            &container_dir,
+            "--adj",
+            "900",
+            "--wait-stdin",
+        ],
+    );
+    let mut out = PidnsOutput::new(&mut shim);
+    let init: u32 = out.value("init").parse().expect("pid");
+    let victim = child_of(init, Duration::from_secs(10));
+    shim.release();
+    let init_status =
+        std::process::ExitStatus::from_raw(out.value("init-status").parse().expect("status"));
+    assert_eq!(
+        init_status.signal(),
+        Some(libc::SIGKILL),
+        "PID 1 went with the group"
+    );
+    let chosen = kmsg.killed(victim, KILL_TIMEOUT);
+    let member = kmsg.killed(init, KILL_TIMEOUT);
+    let chosen_record = collector.kill_of(victim, KILL_TIMEOUT);
+    let member_record = collector.kill_of(init, KILL_TIMEOUT);
+    let hooked = collector.start_record()["probes"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "oom_kill_process"))
+        .is_some_and(|p| !p["mode"].is_null());
+    for (record, kernel, is_init) in [
+        (&chosen_record, &chosen, false),
+        (&member_record, &member, true),
+    ] {
+        assert_matches_kernel(record, kernel);
+        assert_exit_137(record);
+        assert_eq!(record["victim"]["container_init"], is_init, "{record}");
+        assert_eq!(record["container_survives"], false, "{record}");
+        assert_eq!(record["memcg"]["levels"][0]["oom_group"], true, "{record}");
+        assert_pod_attribution(record, &pod, Driver::Systemd, "burstable");
+        if hooked {
+            // Both die in the one oom_kill_process() call that chose `victim`.
+            assert_eq!(record["oom"]["chosen_pid"], victim, "{record}");
+            assert_eq!(record["oom"]["limit_scope"], "container", "{record}");
+        }
+    }
+    // One record per process: mark_victim fires once per task (TIF_MEMDIE).
+    let ours = collector
+        .kills()
+        .filter(|r| r["victim"]["pid"] == victim || r["victim"]["pid"] == init)
+        .count();
+    assert_eq!(ours, 2, "one record each for the chosen task and PID 1");
+    // The kernel counts a kill per SIGKILL it sends: the group scan
+    // (mem_cgroup_scan_tasks) reaches the chosen task again when its mm is
+    // not gone yet, and counts it twice then.
+    let counted = pod.container_oom_kills();
+    assert!(matches!(counted, 2 | 3), "memory.events oom_kill {counted}");
+    let _ = shim.wait();
+}

@@ -10,7 +10,7 @@ use std::{panic::AssertUnwindSafe, process::Command, time::Instant};
 
 use serde_json::Value;
 
-use crate::{Env, cgroup, operations, scenarios};
+use crate::{Env, attribution, cgroup, operations, scenarios};
 
 type Scenario = (&'static str, fn(&Env));
 
@@ -30,7 +30,19 @@ const KILLS: &[Scenario] = &[
         scenarios::cgroup_removed_after_kill,
     ),
     ("parent_limit_fires", scenarios::parent_limit_fires),
+    ("container_init_killed", attribution::container_init_killed),
+    (
+        "container_child_killed_container_survives",
+        attribution::container_child_killed_container_survives,
+    ),
+    (
+        "oom_group_takes_the_container",
+        attribution::oom_group_takes_the_container,
+    ),
 ];
+
+/// Scenarios that need cgroup v2 (n/a on a v1 host).
+const V2_ONLY: &[&str] = &["oom_group_takes_the_container"];
 
 pub struct Mode {
     pub name: &'static str,
@@ -162,6 +174,11 @@ pub fn run(base: &Env, only: Option<&str>) -> Totals {
             continue;
         }
         for (name, scenario) in mode.scenarios {
+            if cgroup == "v1" && V2_ONLY.contains(name) {
+                line(name, "n/a", 0.0, "needs cgroup v2");
+                totals.na += 1;
+                continue;
+            }
             let started = Instant::now();
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| scenario(&env)));
             let secs = started.elapsed().as_secs_f64();
@@ -176,8 +193,16 @@ pub fn run(base: &Env, only: Option<&str>) -> Totals {
                         .cloned()
                         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                         .unwrap_or_default();
-                    let first: String =
-                        why.lines().next().unwrap_or("").chars().take(300).collect();
+                    // The assertion and its left/right values, on one line.
+                    let first: String = why
+                        .lines()
+                        .filter(|l| !l.trim().is_empty())
+                        .take(3)
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                        .chars()
+                        .take(800)
+                        .collect();
                     line(name, "fail", secs, &first);
                     totals.fail += 1;
                 }

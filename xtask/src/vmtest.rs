@@ -419,20 +419,33 @@ fn print_table(rows: &[Row]) {
                 .filter(|l| l.result == "fail")
                 .map(|l| format!("{} ({})", l.scenario, l.why))
                 .collect();
-            let (result, notes) = if let Some(na) = of_mode.iter().find(|l| l.result == "n/a") {
+            // A mode that does not attach reports one `scenario=-` line; a
+            // scenario this kernel cannot run (cgroup v2 only) is n/a alone.
+            let mode_na = of_mode
+                .iter()
+                .find(|l| l.result == "n/a" && l.scenario == "-");
+            let skipped: Vec<String> = of_mode
+                .iter()
+                .filter(|l| l.result == "n/a" && l.scenario != "-")
+                .map(|l| format!("{}: n/a ({})", l.scenario, l.why))
+                .collect();
+            let ran = of_mode.len() - skipped.len();
+            let (result, notes) = if let Some(na) = mode_na {
                 ("n/a".to_string(), na.why.clone())
             } else if failed.is_empty() {
                 let secs: f64 = of_mode
                     .iter()
                     .filter_map(|l| l.secs.parse::<f64>().ok())
                     .sum();
-                (
-                    format!("{pass}/{} pass", of_mode.len()),
-                    format!("{secs:.0}s"),
-                )
+                let mut notes = format!("{secs:.0}s");
+                for s in &skipped {
+                    notes.push_str("; ");
+                    notes.push_str(s);
+                }
+                (format!("{pass}/{ran} pass"), notes)
             } else {
                 (
-                    format!("{pass}/{} pass", of_mode.len()),
+                    format!("{pass}/{ran} pass"),
                     format!("FAILED: {}", failed.join("; ")),
                 )
             };

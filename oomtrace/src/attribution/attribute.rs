@@ -121,3 +121,227 @@ fn container_survives(kill: &OomKill, victim_path: &str) -> Option<bool> {
     // A group below the container's cgroup may or may not hold PID 1.
     if covers_container { Some(false) } else { None }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{Memcg, MemcgLevel};
+    use serde_json::json;
+
+    const ID: &str = "8d0a26fbd2dec0fbc2ffd5e0d4ff5cb2aab6ea8ab3f8e2a17e1d7ab92b53b0c4";
+    const POD: &str = "/kubepods/burstable/pod0f4e3c53-1a2b-4c5d-9e8f-0123456789ab";
+    const MIB: u64 = 1 << 20;
+
+    fn container() -> String {
+        format!("{POD}/{ID}")
+    }
+
+    /// A kill of a process in `path` whose memcg levels (leaf first, up to
+    /// the root) are `levels`: (usage, limit, oom_group).
+    fn kill(
+        path: Option<&str>,
+        init: Option<bool>,
+        levels: &[(u64, Option<u64>, Option<bool>)],
+    ) -> OomKill {
+        let mut kill: OomKill = serde_json::from_value(json!({
+            "schema": 1, "seq": 0, "time": "t", "boot_ns": 0, "source": "raw_tracepoint",
+            "victim": {"pid": 7, "tid": 7, "ns_pid": null, "container_init": init,
+                       "comm": "x", "comm_hex": null, "uid": 0, "oom_score_adj": 0,
+                       "total_vm_bytes": 0, "pgtables_bytes": 0,
+                       "rss": {"anon_bytes": 0, "file_bytes": 0, "shmem_bytes": 0},
+                       "cgroup": {"id": 1, "path": path}},
+            "trigger": {"pid": 7, "tid": 7, "comm": null, "comm_hex": null},
+            "oom": {"constraint": null, "memcg_path": null, "points": null, "totalpages": null,
+                    "chosen_pid": null, "memcg_source": null, "limit_scope": null},
+            "memcg": null,
+            "exit": {"observed": false, "code": null, "signal": null, "delay_ms": null},
+            "container": null, "k8s": null, "systemd_unit": null, "container_survives": null
+        }))
+        .expect("a valid record");
+        if let Some(path) = path.filter(|_| !levels.is_empty()) {
+            // Level i's path: the victim's path minus i trailing names.
+            let mut paths = vec![path.to_string()];
+            while paths.len() < levels.len() {
+                let last = paths.last().expect("non-empty");
+                let parent = last
+                    .rsplit_once('/')
+                    .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p });
+                paths.push(parent.to_string());
+            }
+            let levels: Vec<MemcgLevel> = levels
+                .iter()
+                .zip(paths)
+                .map(
+                    |(&(usage_bytes, limit_bytes, oom_group), path)| MemcgLevel {
+                        path: Some(path),
+                        usage_bytes,
+                        limit_bytes,
+                        oom_group,
+                    },
+                )
+                .collect();
+            kill.memcg = Some(Memcg {
+                path: levels[0].path.clone(),
+                usage_bytes: levels[0].usage_bytes,
+                limit_bytes: levels[0].limit_bytes,
+                levels,
+            });
+        }
+        kill
+    }
+
+    fn attribute(mut kill: OomKill) -> OomKill {
+        let mut attributor = Attributor::new(Path::new("/nonexistent-host-root"), 4096);
+        attributor.attribute(&mut kill);
+        kill
+    }
+
+    /// container, pod, burstable, kubepods, root.
+    fn pod_levels(
+        container_limit: Option<u64>,
+        pod_limit: Option<u64>,
+        group: Option<bool>,
+    ) -> Vec<(u64, Option<u64>, Option<bool>)> {
+        vec![
+            (64 * MIB, container_limit, group),
+            (64 * MIB, pod_limit, Some(false)),
+            (64 * MIB, None, Some(false)),
+            (64 * MIB, None, Some(false)),
+            (900 * MIB, None, Some(false)),
+        ]
+    }
+
+    #[test]
+    fn the_hook_names_the_limit_and_the_path_says_whose() {
+        let mut k = kill(
+            Some(&container()),
+            Some(false),
+            &pod_levels(None, Some(64 * MIB), Some(false)),
+        );
+        k.oom.constraint = Some("memcg".into());
+        k.oom.memcg_path = Some(POD.into());
+        let k = attribute(k);
+        assert_eq!(k.oom.memcg_source, Some(MemcgSource::OomKillProcess));
+        assert_eq!(k.oom.limit_scope, Some(LimitScope::Pod));
+        assert_eq!(k.container.as_ref().map(|c| c.id.as_str()), Some(ID));
+        let k8s = k.k8s.expect("a pod");
+        assert_eq!(
+            k8s.pod_uid.as_deref(),
+            Some("0f4e3c53-1a2b-4c5d-9e8f-0123456789ab")
+        );
+        assert_eq!(k8s.qos, Some(crate::attribution::Qos::Burstable));
+        // No log layout under the host root: names are unknown, not guessed.
+        assert_eq!((k8s.namespace, k8s.pod, k8s.container), (None, None, None));
+        assert_eq!(k.container_survives, Some(true));
+    }
+
+    #[test]
+    fn without_the_hook_the_nearest_level_at_its_limit_fired() {
+        let k = attribute(kill(
+            Some(&container()),
+            Some(false),
+            &pod_levels(None, Some(64 * MIB), Some(false)),
+        ));
+        assert_eq!(k.oom.memcg_path.as_deref(), Some(POD));
+        assert_eq!(k.oom.memcg_source, Some(MemcgSource::UsageAtLimit));
+        assert_eq!(k.oom.limit_scope, Some(LimitScope::Pod));
+        let k = attribute(kill(
+            Some(&container()),
+            Some(false),
+            &pod_levels(Some(64 * MIB), None, Some(false)),
+        ));
+        assert_eq!(k.oom.memcg_path, Some(container()));
+        assert_eq!(k.oom.limit_scope, Some(LimitScope::Container));
+    }
+
+    #[test]
+    fn no_level_at_its_limit_says_nothing() {
+        let k = attribute(kill(
+            Some(&container()),
+            Some(false),
+            &pod_levels(Some(512 * MIB), None, Some(false)),
+        ));
+        assert_eq!(k.oom.memcg_path, None);
+        assert_eq!(k.oom.memcg_source, None);
+        assert_eq!(k.oom.limit_scope, None);
+    }
+
+    #[test]
+    fn a_global_oom_is_the_nodes() {
+        let mut k = kill(
+            Some(&container()),
+            Some(false),
+            &pod_levels(None, None, Some(false)),
+        );
+        k.oom.constraint = Some("global".into());
+        let k = attribute(k);
+        assert_eq!(k.oom.limit_scope, Some(LimitScope::Node));
+        assert_eq!(k.oom.memcg_path, None);
+        assert_eq!(k.container_survives, Some(true));
+    }
+
+    #[test]
+    fn the_container_dies_with_its_init_or_its_oom_group() {
+        let levels = pod_levels(Some(64 * MIB), None, Some(false));
+        assert_eq!(
+            attribute(kill(Some(&container()), Some(true), &levels)).container_survives,
+            Some(false)
+        );
+        assert_eq!(
+            attribute(kill(Some(&container()), Some(false), &levels)).container_survives,
+            Some(true)
+        );
+        let grouped = pod_levels(Some(64 * MIB), None, Some(true));
+        assert_eq!(
+            attribute(kill(Some(&container()), Some(false), &grouped)).container_survives,
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn unknown_facts_give_null_not_a_guess() {
+        // oom_group unreadable on this kernel.
+        let levels = pod_levels(Some(64 * MIB), None, None);
+        assert_eq!(
+            attribute(kill(Some(&container()), Some(false), &levels)).container_survives,
+            None
+        );
+        // PID-namespace facts unreadable.
+        let levels = pod_levels(Some(64 * MIB), None, Some(false));
+        assert_eq!(
+            attribute(kill(Some(&container()), None, &levels)).container_survives,
+            None
+        );
+        // A group below the container's cgroup may or may not hold PID 1.
+        let inner = format!("{}/worker", container());
+        let mut levels = pod_levels(None, None, Some(false));
+        levels.insert(0, (64 * MIB, Some(64 * MIB), Some(true)));
+        assert_eq!(
+            attribute(kill(Some(&inner), Some(false), &levels)).container_survives,
+            None
+        );
+        // Not in a container: nothing to survive.
+        let k = attribute(kill(
+            Some("/system.slice/nginx.service"),
+            Some(false),
+            &[
+                (64 * MIB, Some(64 * MIB), Some(false)),
+                (0, None, Some(false)),
+                (0, None, Some(false)),
+            ],
+        ));
+        assert_eq!(k.container_survives, None);
+        assert_eq!(k.systemd_unit.as_deref(), Some("nginx.service"));
+        assert_eq!(k.oom.limit_scope, Some(LimitScope::Cgroup));
+    }
+
+    #[test]
+    fn classic_tracepoint_scope_comes_from_the_fired_path() {
+        let mut k = kill(None, None, &[]);
+        k.oom.constraint = Some("memcg".into());
+        k.oom.memcg_path = Some(container());
+        let k = attribute(k);
+        assert_eq!(k.oom.limit_scope, Some(LimitScope::Container));
+        assert!(k.container.is_none() && k.k8s.is_none() && k.container_survives.is_none());
+    }
+}
