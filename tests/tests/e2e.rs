@@ -1,7 +1,7 @@
 //! The end-to-end scenarios as cargo tests. Run them with `cargo xtask test`
 //! (root; one at a time: `--test-threads=1`).
 
-use oomtrace_tests::{Env, attribution, operations, scenarios};
+use oomtrace_tests::{Env, attribution, faults, operations, scenarios};
 
 fn env() -> Env {
     Env::from_cargo(env!("CARGO_BIN_EXE_oomtrace-workload"))
@@ -28,6 +28,7 @@ scenario! {
     scenarios::parent_limit_fires,
     attribution::container_init_killed,
     attribution::container_child_killed_container_survives,
+    faults::stuck_victims_are_evicted_at_the_cap,
     operations::no_privileges_is_a_clear_error,
     operations::signals_write_stop,
     operations::closed_stdout_is_quiet,

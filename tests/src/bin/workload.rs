@@ -3,7 +3,17 @@
 //!
 //! Usage:
 //!   oomtrace-workload alloc [--cgroup DIR] [--adj N] [--comm-hex HEX]
-//!                           [--threads N] [--wait-stdin]
+//!                           [--threads N] [--wait-stdin] [--stuck-in DIR]
+//!       --stuck-in: a second thread stats a file in DIR, a FUSE mount
+//!       served by `fuse-hold`, which never answers: the thread sleeps
+//!       uninterruptibly, so after its OOM kill the process cannot finish
+//!       exiting (a victim stuck in the kernel, as on a hung FUSE or NFS
+//!       mount) until the server goes away.
+//!   oomtrace-workload fuse-hold DIR
+//!       mounts a FUSE file system on DIR, answers FUSE_INIT, prints
+//!       `mounted`, then reads each request, prints `holding OPCODE`, and
+//!       never answers it. Ending this process aborts the connection and
+//!       frees every waiter; DIR stays mounted (unmount it with MNT_DETACH).
 //!   oomtrace-workload parent ALLOC-ARGS...
 //!       stays where it is, runs `alloc ALLOC-ARGS` as its child, waits, and
 //!       prints `child PID STATUS` (the raw wait status); exits 0.
@@ -32,6 +42,7 @@ struct Options {
     comm: Option<Vec<u8>>,
     threads: usize,
     wait_stdin: bool,
+    stuck_in: Option<String>,
 }
 
 fn parse(args: &[String]) -> Options {
@@ -41,6 +52,7 @@ fn parse(args: &[String]) -> Options {
         comm: None,
         threads: 1,
         wait_stdin: false,
+        stuck_in: None,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -63,6 +75,7 @@ fn parse(args: &[String]) -> Options {
             }
             "--threads" => o.threads = value().parse().unwrap(),
             "--wait-stdin" => o.wait_stdin = true,
+            "--stuck-in" => o.stuck_in = Some(value()),
             other => die(&format!("unknown argument {other}")),
         }
     }
@@ -80,6 +93,10 @@ fn main() {
         Some("alloc") => alloc(parse(&args[1..])),
         Some("parent") => parent(&args[1..]),
         Some("pidns") => pidns(&args[1..]),
+        Some("fuse-hold") => match &args[1..] {
+            [dir] => fuse_hold(dir),
+            _ => die("usage: oomtrace-workload fuse-hold DIR"),
+        },
         _ => die("usage: oomtrace-workload alloc|parent ..."),
     }
 }
@@ -133,6 +150,69 @@ fn pidns(args: &[String]) {
     println!("init-status {status}");
 }
 
+/// A FUSE server that never answers (see the usage above). Only FUSE_INIT
+/// is answered, with the 7.22 reply layout, which every kernel accepts.
+fn fuse_hold(dir: &str) {
+    use std::{ffi::CString, io::Write, os::fd::AsRawFd};
+    const FUSE_INIT: u32 = 26;
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .unwrap_or_else(|e| die(&format!("/dev/fuse: {e}")));
+    let options = CString::new(format!(
+        "fd={},rootmode=40000,user_id=0,group_id=0",
+        dev.as_raw_fd()
+    ))
+    .unwrap();
+    let target = CString::new(dir).unwrap();
+    // SAFETY: NUL-terminated strings that outlive the call.
+    let mounted = unsafe {
+        libc::mount(
+            c"oomtrace-test".as_ptr(),
+            target.as_ptr(),
+            c"fuse".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            options.as_ptr().cast(),
+        )
+    };
+    if mounted != 0 {
+        die(&format!(
+            "mount fuse on {dir}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // The kernel refuses reads into buffers under FUSE_MIN_READ_BUFFER.
+    let mut buf = vec![0u8; 1 << 17];
+    let mut dev_reader = &dev;
+    loop {
+        let n = std::io::Read::read(&mut dev_reader, &mut buf)
+            .unwrap_or_else(|e| die(&format!("read /dev/fuse: {e}")));
+        // struct fuse_in_header: len u32, opcode u32, unique u64, ...
+        let opcode = u32::from_ne_bytes(buf[4..8].try_into().unwrap());
+        let unique = u64::from_ne_bytes(buf[8..16].try_into().unwrap());
+        if n >= 16 && opcode == FUSE_INIT {
+            // fuse_out_header (len, error, unique) + fuse_init_out up to
+            // max_write: major 7, minor 22, the rest zero, max_write 4096.
+            let mut reply = Vec::with_capacity(40);
+            reply.extend_from_slice(&40u32.to_ne_bytes());
+            reply.extend_from_slice(&0i32.to_ne_bytes());
+            reply.extend_from_slice(&unique.to_ne_bytes());
+            reply.extend_from_slice(&7u32.to_ne_bytes());
+            reply.extend_from_slice(&22u32.to_ne_bytes());
+            reply.extend_from_slice(&[0u8; 12]);
+            reply.extend_from_slice(&4096u32.to_ne_bytes());
+            let mut dev_writer = &dev;
+            dev_writer
+                .write_all(&reply)
+                .unwrap_or_else(|e| die(&format!("FUSE_INIT reply: {e}")));
+            println!("mounted");
+        } else {
+            println!("holding {opcode}");
+        }
+    }
+}
+
 fn alloc(o: Options) {
     if let Some(dir) = &o.cgroup {
         // "0" means the writing process itself.
@@ -146,6 +226,15 @@ fn alloc(o: Options) {
         name.push(0);
         // SAFETY: PR_SET_NAME reads a NUL-terminated string (truncated to 15 bytes).
         unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    }
+    if let Some(dir) = o.stuck_in.clone() {
+        std::thread::spawn(move || {
+            // Blocks until the FUSE server answers or goes away.
+            let _ = std::fs::metadata(format!("{dir}/stuck-{}", std::process::id()));
+            loop {
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        });
     }
     if o.wait_stdin {
         let mut byte = [0u8; 1];
