@@ -90,6 +90,11 @@ impl Collector {
         collector
     }
 
+    /// The collector's process id (to stop and continue it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start_record(&self) -> &Value {
         &self.records[0]
     }

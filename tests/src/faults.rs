@@ -17,7 +17,7 @@ use crate::{
     cgroup::MemCgroup,
     collector::{Collector, Env},
     kmsg::Kmsg,
-    scenarios::{LIMIT, Workload, assert_exit_137, assert_matches_kernel},
+    scenarios::{LIMIT, Workload, assert_exit_137, assert_matches_kernel, assert_sigkilled},
 };
 
 const KILL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -178,4 +178,48 @@ pub fn stuck_victims_are_evicted_at_the_cap(env: &Env) {
     assert_eq!(stop["type"], "stop", "{stop}");
     assert_eq!(stop["counters"]["kills"], 2, "{stop}");
     assert_eq!(stop["counters"]["exits_observed"], 1, "{stop}");
+}
+
+/// A ring buffer with room for two kill records, and a collector that is
+/// not reading (SIGSTOP) while six kills happen: the kernel counts every
+/// record it could not queue, so the kills written plus the `lost` records'
+/// counts equal the kernel's own oom_kill count, and every line is whole.
+pub fn tiny_ring_buffer_counts_every_loss(env: &Env) {
+    const KILLS: u64 = 6;
+    // One page: a kill record is ~2 KiB, so two fit.
+    let mut collector = Collector::start(
+        env,
+        &["--ring-buffer-bytes", "4096", "--exit-wait", "500ms"],
+    );
+    let cgroup = MemCgroup::create("pressure", Some(LIMIT));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(collector.pid() as i32, libc::SIGSTOP) };
+    for _ in 0..KILLS {
+        let mut victim = Workload::spawn(env, "alloc", &["--cgroup", cgroup.dir_str()]);
+        assert_sigkilled(victim.wait(), "the allocator");
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(collector.pid() as i32, libc::SIGCONT) };
+    assert_eq!(cgroup.oom_kills(), KILLS, "the kernel's count");
+    // Let it drain and write what waits for exits that were lost.
+    std::thread::sleep(Duration::from_secs(2));
+    let status = collector.stop_with(libc::SIGTERM);
+    assert_eq!(status.code(), Some(0));
+    let delivered = collector.kills().count() as u64;
+    let lost: u64 = collector
+        .records
+        .iter()
+        .filter(|r| r["type"] == "lost")
+        .map(|r| r["kills"].as_u64().expect("lost.kills"))
+        .sum();
+    assert!(
+        lost > 0,
+        "six kills cannot fit in one page: {:?}",
+        collector.records
+    );
+    assert_eq!(delivered + lost, KILLS, "{:?}", collector.records);
+    let stop = collector.records.last().expect("records");
+    assert_eq!(stop["type"], "stop", "{stop}");
+    assert_eq!(stop["counters"]["lost_kills"], lost, "{stop}");
+    assert_eq!(stop["counters"]["kills"], delivered, "{stop}");
 }

@@ -29,6 +29,7 @@ scenario! {
     attribution::container_init_killed,
     attribution::container_child_killed_container_survives,
     faults::stuck_victims_are_evicted_at_the_cap,
+    faults::tiny_ring_buffer_counts_every_loss,
     operations::no_privileges_is_a_clear_error,
     operations::signals_write_stop,
     operations::closed_stdout_is_quiet,
