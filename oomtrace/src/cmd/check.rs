@@ -83,7 +83,8 @@ const CONSEQUENCES: [(&str, &str, &str); 3] = [
     (
         "oom_kill_process",
         "oom.constraint, oom.memcg_path, oom.points, oom.totalpages",
-        "oom.* is null",
+        "oom.constraint, points, totalpages, chosen_pid are null; oom.memcg_path \
+         is derived from the memcg usage read at the kill (memcg_source usage_at_limit)",
     ),
     (
         "process_exit",
