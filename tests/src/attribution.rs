@@ -115,6 +115,12 @@ impl Pod {
         }
     }
 
+    /// A collector that reads this pod's kubelet log layout.
+    fn collector(&self, env: &Env) -> Collector {
+        let host_root = self.host_root.to_str().expect("utf-8");
+        Collector::start(env, &["--host-root", host_root])
+    }
+
     fn container_dir(&self) -> &str {
         self.container_dir.to_str().expect("utf-8")
     }
@@ -122,6 +128,48 @@ impl Pod {
     /// The kernel's oom_kill count of the container's cgroup.
     fn container_oom_kills(&self) -> u64 {
         oom_kill_count(&self.container_dir, self.root.version)
+    }
+}
+
+/// A container whose PID 1 (`oomtrace-workload parent`) runs one child,
+/// the allocator, which waits until `start` releases it.
+struct ContainerWithChild {
+    /// The runtime's shim: outside the cgroup, it forks PID 1.
+    shim: Workload,
+    out: PidnsOutput,
+    /// PID 1's host pid.
+    init: u32,
+    /// The allocator's host pid.
+    victim: u32,
+}
+
+impl ContainerWithChild {
+    fn start(env: &Env, pod: &Pod) -> Self {
+        let dir = pod.container_dir();
+        let mut shim = Workload::spawn(
+            env,
+            "pidns",
+            &[
+                "--cgroup",
+                dir,
+                "parent",
+                "--cgroup",
+                dir,
+                "--adj",
+                "900",
+                "--wait-stdin",
+            ],
+        );
+        let mut out = PidnsOutput::new(&mut shim);
+        let init: u32 = out.value("init").parse().expect("pid");
+        let victim = child_of(init, Duration::from_secs(10));
+        shim.release();
+        Self {
+            shim,
+            out,
+            init,
+            victim,
+        }
     }
 }
 
@@ -282,8 +330,7 @@ fn assert_limit(record: &Value, start: &Value, fired_path: &str, scope: &str) {
 /// (cgroupfs driver, Burstable): the container dies, and the record says so.
 pub fn container_init_killed(env: &Env) {
     let pod = Pod::create(Driver::Cgroupfs, Some("burstable"), false);
-    let host_root = pod.host_root.to_str().expect("utf-8").to_string();
-    let mut collector = Collector::start(env, &["--host-root", &host_root]);
+    let mut collector = pod.collector(env);
     let mut kmsg = Kmsg::open();
     let mut shim = Workload::spawn(
         env,
@@ -322,28 +369,14 @@ pub fn container_init_killed(env: &Env) {
 /// container keeps running, and the record says that plainly.
 pub fn container_child_killed_container_survives(env: &Env) {
     let pod = Pod::create(Driver::Systemd, None, true);
-    let host_root = pod.host_root.to_str().expect("utf-8").to_string();
-    let mut collector = Collector::start(env, &["--host-root", &host_root]);
+    let mut collector = pod.collector(env);
     let mut kmsg = Kmsg::open();
-    let container_dir = pod.container_dir().to_string();
-    let mut shim = Workload::spawn(
-        env,
-        "pidns",
-        &[
-            "--cgroup",
-            &container_dir,
-            "parent",
-            "--cgroup",
-            &container_dir,
-            "--adj",
-            "900",
-            "--wait-stdin",
-        ],
-    );
-    let mut out = PidnsOutput::new(&mut shim);
-    let init: u32 = out.value("init").parse().expect("pid");
-    let victim = child_of(init, Duration::from_secs(10));
-    shim.release();
+    let ContainerWithChild {
+        mut shim,
+        mut out,
+        victim,
+        ..
+    } = ContainerWithChild::start(env, &pod);
     let kernel = kmsg.killed(victim, KILL_TIMEOUT);
     let record = collector.kill_of(victim, KILL_TIMEOUT);
     // PID 1 (the `parent` workload) saw its child die of SIGKILL and lived.
@@ -389,28 +422,14 @@ pub fn oom_group_takes_the_container(env: &Env) {
         "memory.oom.group needs cgroup v2"
     );
     std::fs::write(pod.container_dir.join("memory.oom.group"), "1").expect("memory.oom.group");
-    let host_root = pod.host_root.to_str().expect("utf-8").to_string();
-    let mut collector = Collector::start(env, &["--host-root", &host_root]);
+    let mut collector = pod.collector(env);
     let mut kmsg = Kmsg::open();
-    let container_dir = pod.container_dir().to_string();
-    let mut shim = Workload::spawn(
-        env,
-        "pidns",
-        &[
-            "--cgroup",
-            &container_dir,
-            "parent",
-            "--cgroup",
-            &container_dir,
-            "--adj",
-            "900",
-            "--wait-stdin",
-        ],
-    );
-    let mut out = PidnsOutput::new(&mut shim);
-    let init: u32 = out.value("init").parse().expect("pid");
-    let victim = child_of(init, Duration::from_secs(10));
-    shim.release();
+    let ContainerWithChild {
+        mut shim,
+        mut out,
+        init,
+        victim,
+    } = ContainerWithChild::start(env, &pod);
     let init_status =
         std::process::ExitStatus::from_raw(out.value("init-status").parse().expect("status"));
     assert_eq!(
