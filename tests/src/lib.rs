@@ -10,5 +10,6 @@ pub mod kmsg;
 pub mod matrix;
 pub mod operations;
 pub mod scenarios;
+pub mod storm;
 
 pub use collector::Env;

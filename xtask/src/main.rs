@@ -2,6 +2,7 @@
 //! .cargo/config.toml). Plain Rust instead of shell scripts or a Makefile, so
 //! they work wherever cargo does and fail with errors that say what to do.
 
+mod bench;
 mod cmds;
 mod setup;
 mod util;
@@ -114,6 +115,39 @@ enum Cmd {
         #[arg(value_name = "TEST_FILTER")]
         filters: Vec<String>,
     },
+    /// Measure oomtrace against bpftrace: ready time, memory, exit-path cost, storms
+    ///
+    /// Builds oomtrace and the benchmark, installs bpftrace (apt-get) if it
+    /// is missing, then runs both tools in alternation on this machine.
+    /// bpftrace runs the equivalent program: oom:mark_victim stores the
+    /// victim in a map, sched_process_exit looks every exit up in it.
+    /// Figures (each a median over repeated runs; ratios taken in the same
+    /// round):
+    ///
+    ///   ready time      exec to the ready signal (oomtrace's `start` record,
+    ///                   bpftrace's "probes attached")
+    ///   memory          steady RSS after --idle seconds; peak RSS (VmHWM)
+    ///   exit overhead   20,000 fork()+_exit(0), with each tool and without
+    ///   storm capture   20 cgroups x 10 OOM kills at once: kills recorded
+    ///                   against the kernel's oom_kill counters, joined to
+    ///                   exit 137, CPU seconds
+    ///   latency         kill -> complete line, exit -> line (p50, p99)
+    ///
+    /// Prints a table with the targets (ready <= 0.25x, peak RSS <= 0.2x,
+    /// exit overhead <= 2%, 100% capture, exit->line p99 <= 10 ms) and
+    /// writes every sample to target/bench.json. Takes about 5 minutes
+    /// (--quick: about 1). Run it on an otherwise idle machine. Needs root.
+    #[command(verbatim_doc_comment)]
+    Bench {
+        /// Fewer repetitions and a smaller storm: to see that it works, not
+        /// to quote.
+        #[arg(long)]
+        quick: bool,
+        /// Seconds each tool idles before its steady RSS is read (default
+        /// 30; 5 with --quick).
+        #[arg(long, value_name = "SECS")]
+        idle: Option<u64>,
+    },
     /// Run the end-to-end scenarios on other kernels, in qemu VMs
     ///
     /// Downloads Debian kernel packages with apt (cached under
@@ -165,6 +199,10 @@ fn main() -> ExitCode {
             no_vm,
             skip_lint,
             filters,
+        }),
+        Cmd::Bench { quick, idle } => bench::bench(&bench::BenchOpts {
+            quick,
+            idle_secs: idle,
         }),
         Cmd::Vmtest {
             kernels,

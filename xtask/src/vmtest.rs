@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{capture, cargo_cmd, is_debian_like, is_root, run, target_dir};
+use crate::util::{apt_install, capture, cargo_cmd, is_debian_like, is_root, run, target_dir};
 
 /// Kernels booted by default: an LTS with the older cgroup/kernfs layout and
 /// a newer one, both with kprobes, fentry and BTF.
@@ -119,19 +119,10 @@ fn ensure_vm_tools() -> Result<()> {
         );
     }
     println!("installing: {}", packages.join(" "));
-    let install = |cmd: &mut Command| {
-        run(cmd
-            .args(["install", "-y"])
-            .args(packages)
-            .env("DEBIAN_FRONTEND", "noninteractive"))
-    };
-    if install(&mut Command::new("apt-get")).is_err() {
-        run(Command::new("apt-get").arg("update"))?;
-        install(&mut Command::new("apt-get")).context(
-            "THE VM KERNEL MATRIX CANNOT RUN: installing qemu failed (see above); fix it or \
-             pass --no-vm",
-        )?;
-    }
+    apt_install(&packages).context(
+        "THE VM KERNEL MATRIX CANNOT RUN: installing qemu failed (see above); fix it or \
+         pass --no-vm",
+    )?;
     Ok(())
 }
 

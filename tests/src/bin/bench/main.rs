@@ -1,0 +1,291 @@
+//! The benchmark behind `cargo xtask bench`: oomtrace against bpftrace
+//! running the equivalent tracepoint program, on this kernel. Needs root.
+//!
+//! Every figure is a median over repeated runs; every comparison is a ratio
+//! taken within one round, the tools alternating (oomtrace, bpftrace,
+//! oomtrace, ...), so that drift in the machine's load hits both alike.
+//!
+//! - ready time: from spawning the tool to its ready signal (oomtrace's
+//!   `start` record; bpftrace's "probes attached" notice);
+//! - steady RSS: VmRSS after `--idle` seconds of doing nothing, once per tool;
+//! - peak RSS: VmHWM read just before stopping the tool after a storm;
+//! - exit-path overhead: how much longer a fork()+_exit() storm takes with
+//!   the tool attached than with nothing attached (both tools hook every
+//!   process exit);
+//! - storm capture: OOM kills each tool recorded out of the kernel's count,
+//!   across many cgroups at once; for oomtrace also how many were joined to
+//!   their exit with code 137; CPU seconds each tool spent on the storm;
+//! - latency: from the kill (and from the victim's exit) to the moment the
+//!   line reaches this benchmark.
+//!
+//! Usage: oomtrace-bench [--oomtrace PATH] [--workload PATH] [--bpftrace PATH]
+//!                       [--out FILE] [--quick] [--idle SECS]
+//!        oomtrace-bench fork-storm N   (the exit-path load: N × fork()+_exit(0);
+//!                                       prints the nanoseconds it took)
+//! Prints a table and writes every raw sample and median to FILE
+//! (default bench.json).
+#![allow(
+    clippy::unwrap_used,
+    reason = "a benchmark harness: failing loudly is the point"
+)]
+
+mod report;
+mod storm_capture;
+mod tool;
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use oomtrace_tests::{Env, cgroup};
+use serde_json::{Value, json};
+
+use report::{Report, Samples, fmt_mib, fmt_ms, median, ms};
+use storm_capture::storm_capture;
+use tool::{Running, TOOLS, clock_ns, status_kb};
+
+/// What bpftrace runs: the same work as oomtrace's hooks, minus the
+/// enrichment. mark_victim stores the victim in a map; every process exit
+/// looks itself up in that map (one hash lookup that misses, as oomtrace's
+/// exit hook does), and a victim's exit is joined to its kill and printed.
+/// `nsecs` is CLOCK_MONOTONIC.
+pub(crate) const BPFTRACE_PROGRAM: &str = r#"
+tracepoint:oom:mark_victim {
+  @victim[args->pid] = nsecs;
+  printf("kill %d %llu %s\n", args->pid, nsecs, str(args->comm));
+}
+tracepoint:sched:sched_process_exit /@victim[args->pid]/ {
+  printf("exit %d %d %llu\n", args->pid, curtask->exit_code, nsecs - @victim[args->pid]);
+  delete(@victim[args->pid]);
+}
+"#;
+/// bpftrace prints this (to stderr) once every probe is attached; its
+/// "Attaching N probes..." comes before loading and attaching.
+pub(crate) const BPFTRACE_ATTACHED: &str = "__BPFTRACE_NOTIFY_PROBES_ATTACHED";
+/// oomtrace's default --exit-wait: a kill record waits this long for its exit.
+pub(crate) const OOMTRACE_EXIT_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Per cgroup in the storm: room for the allocator's own few MiB, small
+/// enough that each kill takes milliseconds.
+pub(crate) const STORM_LIMIT: u64 = 16 << 20;
+
+pub(crate) struct Config {
+    pub(crate) env: Env,
+    pub(crate) bpftrace: String,
+    pub(crate) out: PathBuf,
+    pub(crate) ready_runs: usize,
+    pub(crate) overhead_runs: usize,
+    pub(crate) forks: usize,
+    pub(crate) storm_rounds: usize,
+    pub(crate) cgroups: usize,
+    pub(crate) kills_per_cgroup: usize,
+    pub(crate) idle: Duration,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("fork-storm") {
+        let n = args
+            .get(1)
+            .and_then(|n| n.parse().ok())
+            .expect("fork-storm N");
+        return fork_storm(n);
+    }
+    let cfg = parse(args);
+    let mut report = Report::default();
+    let host = host_facts(&cfg);
+    println!(
+        "oomtrace-bench: {} vs {}; Linux {}, {} CPUs",
+        cfg.env.oomtrace.display(),
+        host["bpftrace"].as_str().unwrap_or("bpftrace"),
+        host["kernel"].as_str().unwrap_or("?"),
+        host["cpus"]
+    );
+    report.json.insert("host".into(), host);
+    ready_time(&cfg, &mut report);
+    steady_memory(&cfg, &mut report);
+    exit_overhead(&cfg, &mut report);
+    storm_capture(&cfg, &mut report);
+    report.row("sampler cost", "n/a (no sampler yet)", "", "", "", None);
+    report.finish(&cfg.out);
+}
+
+fn parse(args: Vec<String>) -> Config {
+    let dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let (mut oomtrace, mut workload) = (dir.join("oomtrace"), dir.join("oomtrace-workload"));
+    let (mut bpftrace, mut out) = ("bpftrace".to_string(), PathBuf::from("bench.json"));
+    let (mut quick, mut idle) = (false, None);
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+        match arg.as_str() {
+            "--oomtrace" => oomtrace = PathBuf::from(value()),
+            "--workload" => workload = PathBuf::from(value()),
+            "--bpftrace" => bpftrace = value(),
+            "--out" => out = PathBuf::from(value()),
+            "--quick" => quick = true,
+            "--idle" => idle = Some(value().parse().expect("--idle SECS")),
+            other => panic!("unknown argument {other} (see the comment at the top of bench.rs)"),
+        }
+    }
+    // --quick: enough of everything to see that it works, not to trust.
+    let pick = |full: usize, fast: usize| if quick { fast } else { full };
+    Config {
+        env: Env::new(oomtrace, workload),
+        bpftrace,
+        out,
+        ready_runs: pick(7, 3),
+        overhead_runs: pick(5, 3),
+        forks: pick(20_000, 5_000),
+        storm_rounds: pick(3, 1),
+        cgroups: pick(20, 10),
+        kills_per_cgroup: pick(10, 5),
+        idle: Duration::from_secs(idle.unwrap_or(if quick { 5 } else { 30 })),
+    }
+}
+
+fn host_facts(cfg: &Config) -> Value {
+    let bpftrace = Command::new(&cfg.bpftrace)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("{} --version: {e} (is bpftrace installed?)", cfg.bpftrace));
+    json!({
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim(),
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cgroup": format!("{:?}", cgroup::memory_mount().0),
+        "bpftrace": String::from_utf8_lossy(&bpftrace.stdout).trim(),
+        "bpftrace_program": BPFTRACE_PROGRAM,
+        "oomtrace": cfg.env.oomtrace,
+    })
+}
+
+fn ready_time(cfg: &Config, report: &mut Report) {
+    let (mut samples, mut attaching, mut ratios) = (Samples::default(), Vec::new(), Vec::new());
+    for _ in 0..cfg.ready_runs {
+        for tool in TOOLS {
+            let mut running = Running::start(tool, cfg);
+            samples.push(tool, ms(running.ready_after));
+            if let Some(at) = running.attaching_after {
+                attaching.push(ms(at));
+            }
+            running.stop();
+        }
+        ratios.push(samples.o.last().unwrap() / samples.b.last().unwrap());
+    }
+    let ratio = median(&ratios);
+    report.row(
+        &format!("ready time (median of {})", cfg.ready_runs),
+        &fmt_ms(median(&samples.o)),
+        &fmt_ms(median(&samples.b)),
+        &format!("{ratio:.2}"),
+        "<=0.25",
+        Some(ratio <= 0.25),
+    );
+    report.json.insert(
+        "ready_time".into(),
+        json!({"oomtrace_ms": samples.o, "bpftrace_ms": samples.b,
+               "bpftrace_attaching_line_ms": attaching, "ratios": ratios,
+               "median": {"oomtrace_ms": median(&samples.o), "bpftrace_ms": median(&samples.b),
+                          "ratio": ratio}}),
+    );
+}
+
+/// Steady RSS once per tool: `--idle` seconds of nothing, then VmRSS.
+fn steady_memory(cfg: &Config, report: &mut Report) {
+    let mut samples = Vec::new();
+    for tool in TOOLS {
+        let mut running = Running::start(tool, cfg);
+        std::thread::sleep(cfg.idle);
+        let rss = status_kb(running.pid(), "VmRSS:");
+        let hwm = status_kb(running.pid(), "VmHWM:");
+        running.stop();
+        samples.push(json!({"tool": tool.name(), "vm_rss_kb": rss, "vm_hwm_kb": hwm}));
+    }
+    let rss = |i: usize| samples[i]["vm_rss_kb"].as_u64().unwrap() as f64;
+    report.row(
+        &format!("steady RSS (idle {} s)", cfg.idle.as_secs()),
+        &fmt_mib(rss(0)),
+        &fmt_mib(rss(1)),
+        &format!("{:.2}", rss(0) / rss(1)),
+        "",
+        None,
+    );
+    report.json.insert(
+        "steady_memory".into(),
+        json!({"idle_secs": cfg.idle.as_secs(), "samples": samples}),
+    );
+}
+
+/// Runs `oomtrace-bench fork-storm N` and returns how long the storm took, in ms.
+fn timed_fork_storm(cfg: &Config) -> f64 {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["fork-storm", &cfg.forks.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "fork-storm: {out:?}");
+    let ns: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    ns / 1e6
+}
+
+/// The exit-path load: the caller times only the loop, not its own exec.
+fn fork_storm(n: usize) {
+    let started = clock_ns(libc::CLOCK_MONOTONIC);
+    for _ in 0..n {
+        // SAFETY: this process is single-threaded (nothing else runs in this
+        // mode), and the child only calls _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: ends the child at once, running nothing of the parent's.
+            unsafe { libc::_exit(0) };
+        }
+        assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+        let mut status = 0;
+        // SAFETY: waiting for the child we just forked.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+    }
+    println!("{}", clock_ns(libc::CLOCK_MONOTONIC) - started);
+}
+
+/// Baseline, oomtrace, bpftrace, baseline, ...: each tool's time is compared
+/// with the mean of the baselines just before and just after its round.
+fn exit_overhead(cfg: &Config, report: &mut Report) {
+    timed_fork_storm(cfg); // warm-up: page cache, the helper's first fork
+    let mut baseline = vec![timed_fork_storm(cfg)];
+    let mut samples = Samples::default();
+    for _ in 0..cfg.overhead_runs {
+        for tool in TOOLS {
+            let mut running = Running::start(tool, cfg);
+            samples.push(tool, timed_fork_storm(cfg));
+            running.stop();
+        }
+        baseline.push(timed_fork_storm(cfg));
+    }
+    let overheads = |with: &[f64]| -> Vec<f64> {
+        let around = |i: usize| (baseline[i] + baseline[i + 1]) / 2.0;
+        (0..with.len()).map(|i| with[i] / around(i) - 1.0).collect()
+    };
+    let (o, b) = (overheads(&samples.o), overheads(&samples.b));
+    let pct = |v: f64| format!("{:+.1}%", v * 100.0);
+    report.row(
+        &format!(
+            "exit-path overhead ({}k forks, median of {})",
+            cfg.forks / 1000,
+            cfg.overhead_runs
+        ),
+        &pct(median(&o)),
+        &pct(median(&b)),
+        "",
+        "<=2%",
+        Some(median(&o) <= 0.02),
+    );
+    report.json.insert(
+        "exit_overhead".into(),
+        json!({"forks": cfg.forks, "baseline_ms": baseline,
+               "oomtrace_ms": samples.o, "bpftrace_ms": samples.b,
+               "oomtrace_overhead": o, "bpftrace_overhead": b,
+               "median": {"baseline_ms": median(&baseline), "oomtrace_overhead": median(&o),
+                          "bpftrace_overhead": median(&b)}}),
+    );
+}
