@@ -71,6 +71,7 @@ pub struct CollectorStatus {
     /// `exit.observed = false`.
     pub exit_wait_ms: u64,
     pub oom_score_adj: OomScoreAdjStatus,
+    pub nice: NiceStatus,
 }
 
 /// The collector protects itself from the OOM killer it records.
@@ -81,6 +82,19 @@ pub struct OomScoreAdjStatus {
     pub applied: Option<i32>,
     /// Why the requested value could not be set (lowering it needs
     /// CAP_SYS_RESOURCE).
+    pub error: Option<String>,
+}
+
+/// The collector's CPU priority: during a storm the node's CPUs are busy
+/// with the processes being killed, and a record waits for the collector to
+/// be scheduled.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct NiceStatus {
+    pub requested: i32,
+    /// The collector's nice value now, as getpriority(2) reads it.
+    pub applied: Option<i32>,
+    /// Why the requested value could not be set (raising priority needs
+    /// CAP_SYS_NICE).
     pub error: Option<String>,
 }
 

@@ -2,6 +2,7 @@
 //! misbehaves. Correctness only; speed is measured by `cargo xtask bench`.
 
 use std::{
+    collections::HashSet,
     ffi::CString,
     io::{BufRead, BufReader},
     os::unix::ffi::OsStrExt,
@@ -10,14 +11,19 @@ use std::{
         atomic::{AtomicU32, Ordering},
         mpsc::{Receiver, channel},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
+
+use serde_json::Value;
 
 use crate::{
     cgroup::MemCgroup,
     collector::{Collector, Env},
     kmsg::Kmsg,
-    scenarios::{LIMIT, Workload, assert_exit_137, assert_matches_kernel, assert_sigkilled},
+    scenarios::{
+        LIMIT, Workload, assert_cgroup, assert_exit_137, assert_matches_kernel, assert_sigkilled,
+    },
+    storm::{self, Storm, StormOutcome, StormVictim},
 };
 
 const KILL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -222,4 +228,177 @@ pub fn tiny_ring_buffer_counts_every_loss(env: &Env) {
     assert_eq!(stop["type"], "stop", "{stop}");
     assert_eq!(stop["counters"]["lost_kills"], lost, "{stop}");
     assert_eq!(stop["counters"]["kills"], delivered, "{stop}");
+}
+
+/// The storm tests: 20 cgroups killing 10 allocators each, all at once.
+const STORM_CGROUPS: usize = 20;
+const STORM_KILLS_PER_CGROUP: usize = 10;
+/// Room for an allocator's few MiB of code and stack, so that each kill
+/// takes milliseconds.
+const STORM_LIMIT: u64 = 16 << 20;
+
+/// The storm's victims as the kernel saw them: every allocator died of
+/// SIGKILL, and the cgroups' oom_kill counters add up to one kill each.
+fn assert_storm_outcome(outcome: &StormOutcome) {
+    let expected = STORM_CGROUPS * STORM_KILLS_PER_CGROUP;
+    assert_eq!(outcome.victims.len(), expected, "allocators run");
+    assert_eq!(outcome.sigkilled(), expected, "allocators SIGKILLed");
+    assert_eq!(
+        outcome.kernel_kills(),
+        expected as u64,
+        "the kernel's oom_kill counters"
+    );
+}
+
+/// The storm's records: those whose victim cgroup is one of the storm's.
+fn storm_records<'a>(collector: &'a Collector, outcome: &StormOutcome) -> Vec<&'a Value> {
+    collector
+        .kills()
+        .filter(|r| {
+            let path = r["victim"]["cgroup"]["path"].as_str();
+            outcome
+                .cgroups
+                .iter()
+                .any(|c| path == Some(c.path.as_str()))
+        })
+        .collect()
+}
+
+/// 200 OOM kills across 20 cgroups within a few seconds: every kill the
+/// kernel counted is written exactly once, with the victim's pid, cgroup
+/// (path and id) and figures as the kernel logged them, joined with its
+/// exit 137.
+pub fn storm_every_kill_once(env: &Env) {
+    let mut collector = Collector::start(env, &[]);
+    let mut kmsg = Kmsg::open();
+    let outcome = storm::storm(env, STORM_CGROUPS, STORM_KILLS_PER_CGROUP, STORM_LIMIT);
+    assert_storm_outcome(&outcome);
+    for victim in &outcome.victims {
+        collector.kill_of(victim.pid, KILL_TIMEOUT);
+    }
+    let status = collector.stop_with(libc::SIGTERM);
+    assert_eq!(status.code(), Some(0));
+
+    for victim in &outcome.victims {
+        let records: Vec<&Value> = collector
+            .kills()
+            .filter(|r| r["victim"]["pid"] == victim.pid)
+            .collect();
+        assert_eq!(
+            records.len(),
+            1,
+            "one record for {}: {records:?}",
+            victim.pid
+        );
+        let record = records[0];
+        let kernel = kmsg.killed(victim.pid, KILL_TIMEOUT);
+        assert_matches_kernel(record, &kernel);
+        let cgroup = outcome
+            .cgroups
+            .iter()
+            .find(|c| c.path == victim.cgroup)
+            .expect("the victim's cgroup");
+        assert_cgroup(record, cgroup, &kernel);
+        assert_exit_137(record);
+    }
+    // Nothing else claims to be in the storm's cgroups.
+    assert_eq!(
+        storm_records(&collector, &outcome).len(),
+        outcome.victims.len(),
+        "records for the storm's cgroups"
+    );
+    let stop = collector.records.last().expect("records");
+    assert_eq!(stop["type"], "stop", "{stop}");
+    assert_eq!(stop["counters"]["lost_kills"], 0, "{stop}");
+    assert_eq!(stop["counters"]["lost_exits"], 0, "{stop}");
+    assert!(
+        collector.records.iter().all(|r| r["type"] != "lost"),
+        "no lost records"
+    );
+}
+
+/// SIGTERM while a storm is under way: every kill the kernel had counted by
+/// then (its record is queued before the count, in __oom_kill_process())
+/// is written, each line whole and each victim once; the last line is
+/// `stop` with counters that match what was written; exit status 0.
+pub fn sigterm_mid_storm_flushes_everything(env: &Env) {
+    let mut collector = Collector::start(env, &[]);
+    let storm = Storm::create(STORM_CGROUPS, STORM_LIMIT);
+    let in_storm = |r: &Value| {
+        let path = r["victim"]["cgroup"]["path"].as_str();
+        storm
+            .cgroups()
+            .iter()
+            .any(|c| path == Some(c.path.as_str()))
+    };
+    let (counted_before_sigterm, sigterm_at, (victims, _), storm_ended) =
+        std::thread::scope(|scope| {
+            let running = scope.spawn(|| {
+                let ran = storm.run(env, STORM_KILLS_PER_CGROUP);
+                (ran, Instant::now())
+            });
+            // A quarter of the storm written: well under way, far from done.
+            let mut seen = HashSet::new();
+            while seen.len() < STORM_CGROUPS * STORM_KILLS_PER_CGROUP / 4 {
+                let record = collector.kill_matching(
+                    |r| in_storm(r) && !seen.contains(&r["victim"]["pid"]),
+                    KILL_TIMEOUT,
+                );
+                seen.insert(record["victim"]["pid"].clone());
+            }
+            let counted = storm.kernel_kills();
+            let sigterm_at = Instant::now();
+            let status = collector.stop_with(libc::SIGTERM);
+            assert_eq!(status.code(), Some(0), "oomtrace's exit status");
+            let (ran, ended) = running.join().expect("the storm");
+            (counted, sigterm_at, ran, ended)
+        });
+    assert!(
+        sigterm_at < storm_ended,
+        "SIGTERM came after the storm: the test proves nothing"
+    );
+    assert_eq!(
+        victims.len(),
+        STORM_CGROUPS * STORM_KILLS_PER_CGROUP,
+        "allocators run"
+    );
+    assert!(
+        victims.iter().all(StormVictim::sigkilled),
+        "every allocator died of SIGKILL"
+    );
+    let written: Vec<&Value> = collector.kills().filter(|r| in_storm(r)).collect();
+    assert!(
+        written.len() as u64 >= counted_before_sigterm,
+        "{counted_before_sigterm} kills counted by the kernel before SIGTERM, {} written",
+        written.len()
+    );
+    let mut pids = HashSet::new();
+    for record in &written {
+        let pid = record["victim"]["pid"].as_u64().expect("pid") as u32;
+        assert!(pids.insert(pid), "written twice: {record}");
+        let victim = victims
+            .iter()
+            .find(|v| v.pid == pid)
+            .unwrap_or_else(|| panic!("not a storm victim: {record}"));
+        assert_eq!(
+            record["victim"]["cgroup"]["path"],
+            victim.cgroup.as_str(),
+            "{record}"
+        );
+        // Joined, or written at shutdown without its exit; never anything else.
+        if record["exit"]["observed"] == true {
+            assert_exit_137(record);
+        } else {
+            assert!(record["exit"]["code"].is_null(), "{record}");
+        }
+    }
+    let stop = collector.records.last().expect("records");
+    assert_eq!(stop["type"], "stop", "{stop}");
+    assert_eq!(stop["reason"], "SIGTERM", "{stop}");
+    assert_eq!(stop["counters"]["lost_kills"], 0, "{stop}");
+    assert_eq!(
+        stop["counters"]["kills"].as_u64(),
+        Some(collector.kills().count() as u64),
+        "every kill the collector read was written: {stop}"
+    );
 }

@@ -46,12 +46,14 @@ pub struct StormOutcome {
     pub victims: Vec<StormVictim>,
     /// From the first allocator's start to the last one's end.
     pub elapsed: Duration,
+    /// When the last allocator was reaped.
+    pub ended: Instant,
 }
 
 impl StormOutcome {
     /// The kernel's own count: the sum of the cgroups' `oom_kill` counters.
     pub fn kernel_kills(&self) -> u64 {
-        self.cgroups.iter().map(MemCgroup::oom_kills).sum()
+        kernel_kills(&self.cgroups)
     }
 
     /// How many allocators died of SIGKILL (the shell's 137).
@@ -64,39 +66,84 @@ impl StormOutcome {
     }
 }
 
-/// Creates `cgroups` memory cgroups limited to `limit` bytes and, in each at
-/// once (one thread per cgroup), runs `kills_per_cgroup` allocators
-/// (`oomtrace-workload alloc`) one after another, each until the OOM killer
-/// kills it. Returns once every allocator has been waited for.
-///
-/// Sequential within a cgroup, so that each kill has exactly one candidate
-/// (the cgroup holds nothing else) and the victim is known in advance.
-pub fn storm(env: &Env, cgroups: usize, kills_per_cgroup: usize, limit: u64) -> StormOutcome {
-    assert!(cgroups > 0 && kills_per_cgroup > 0, "an empty storm");
-    let groups: Vec<MemCgroup> = (0..cgroups)
-        .map(|i| MemCgroup::create(&format!("storm{i}"), Some(limit)))
-        .collect();
-    let victims = Mutex::new(Vec::with_capacity(cgroups * kills_per_cgroup));
-    let started = Instant::now();
-    // Scoped threads: a panic in one (an allocator that is never killed)
-    // reaches the caller, after which `groups` is dropped and the cgroups
-    // are removed along with whatever is left in them.
-    std::thread::scope(|scope| {
-        for group in &groups {
-            let victims = &victims;
-            scope.spawn(move || {
-                for _ in 0..kills_per_cgroup {
-                    let victim = run_until_killed(env, group);
-                    victims.lock().expect("victims lock").push(victim);
-                }
-            });
+/// The storm's memory cgroups, created before it starts so that their
+/// counters can be read while it runs.
+pub struct Storm {
+    cgroups: Vec<MemCgroup>,
+}
+
+impl Storm {
+    /// Creates `cgroups` memory cgroups limited to `limit` bytes.
+    pub fn create(cgroups: usize, limit: u64) -> Self {
+        assert!(cgroups > 0, "an empty storm");
+        Self {
+            cgroups: (0..cgroups)
+                .map(|i| MemCgroup::create(&format!("storm{i}"), Some(limit)))
+                .collect(),
         }
-    });
-    StormOutcome {
-        cgroups: groups,
-        victims: victims.into_inner().expect("victims lock"),
-        elapsed: started.elapsed(),
     }
+
+    pub fn cgroups(&self) -> &[MemCgroup] {
+        &self.cgroups
+    }
+
+    /// The kernel's count so far: the sum of the cgroups' `oom_kill` counters.
+    pub fn kernel_kills(&self) -> u64 {
+        kernel_kills(&self.cgroups)
+    }
+
+    /// In each cgroup at once (one thread per cgroup), runs
+    /// `kills_per_cgroup` allocators (`oomtrace-workload alloc`) one after
+    /// another, each until the OOM killer kills it. Returns once every
+    /// allocator has been waited for.
+    ///
+    /// Sequential within a cgroup, so that each kill has exactly one
+    /// candidate (the cgroup holds nothing else) and the victim is known in
+    /// advance.
+    pub fn run(&self, env: &Env, kills_per_cgroup: usize) -> (Vec<StormVictim>, Duration) {
+        assert!(kills_per_cgroup > 0, "an empty storm");
+        let victims = Mutex::new(Vec::with_capacity(self.cgroups.len() * kills_per_cgroup));
+        let started = Instant::now();
+        // Scoped threads: a panic in one (an allocator that is never killed)
+        // reaches the caller; dropping the Storm then removes the cgroups
+        // along with whatever is left in them.
+        std::thread::scope(|scope| {
+            for group in &self.cgroups {
+                let victims = &victims;
+                scope.spawn(move || {
+                    for _ in 0..kills_per_cgroup {
+                        let victim = run_until_killed(env, group);
+                        victims.lock().expect("victims lock").push(victim);
+                    }
+                });
+            }
+        });
+        (
+            victims.into_inner().expect("victims lock"),
+            started.elapsed(),
+        )
+    }
+
+    /// Runs the storm (see [`Storm::run`]) and hands over the cgroups with
+    /// its outcome.
+    pub fn run_to_end(self, env: &Env, kills_per_cgroup: usize) -> StormOutcome {
+        let (victims, elapsed) = self.run(env, kills_per_cgroup);
+        StormOutcome {
+            cgroups: self.cgroups,
+            victims,
+            elapsed,
+            ended: Instant::now(),
+        }
+    }
+}
+
+/// Creates the cgroups and runs the storm: see [`Storm::run`].
+pub fn storm(env: &Env, cgroups: usize, kills_per_cgroup: usize, limit: u64) -> StormOutcome {
+    Storm::create(cgroups, limit).run_to_end(env, kills_per_cgroup)
+}
+
+fn kernel_kills(cgroups: &[MemCgroup]) -> u64 {
+    cgroups.iter().map(MemCgroup::oom_kills).sum()
 }
 
 /// Runs one allocator in `group` and waits for it to end.

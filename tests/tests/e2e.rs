@@ -30,6 +30,8 @@ scenario! {
     attribution::container_child_killed_container_survives,
     faults::stuck_victims_are_evicted_at_the_cap,
     faults::tiny_ring_buffer_counts_every_loss,
+    faults::storm_every_kill_once,
+    faults::sigterm_mid_storm_flushes_everything,
     operations::no_privileges_is_a_clear_error,
     operations::signals_write_stop,
     operations::closed_stdout_is_quiet,

@@ -41,6 +41,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         exit_wait_ms: 0,
         // Try what `run` would: tells whether the protection will hold here.
         oom_score_adj: super::protect_self(-1000),
+        nice: super::prioritize_self(-10),
     };
     let start = super::start_record(host, &tracer, collector, Vec::new());
     drop(tracer); // detaches everything

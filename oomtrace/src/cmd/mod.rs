@@ -10,7 +10,7 @@ use crate::{
     clock,
     host::HostFacts,
     probes::{self, BtfSource, OomKillProbe, ProbeOptions, VictimProbe},
-    schema::{CollectorStatus, OomScoreAdjStatus, SCHEMA_VERSION, Start},
+    schema::{CollectorStatus, NiceStatus, OomScoreAdjStatus, SCHEMA_VERSION, Start},
 };
 
 /// How to attach: shared by `run` and `check`, so that `check` tells the
@@ -99,6 +99,36 @@ pub fn protect_self(requested: i32) -> OomScoreAdjStatus {
         .ok()
         .and_then(|s| s.trim().parse().ok());
     OomScoreAdjStatus {
+        requested,
+        applied,
+        error,
+    }
+}
+
+/// Sets the collector's nice value. setpriority(PRIO_PROCESS, 0) applies to
+/// the calling thread only on Linux, so this runs on the thread that then
+/// runs the event loop (a current-thread runtime: the only thread that
+/// writes records).
+pub fn prioritize_self(requested: i32) -> NiceStatus {
+    // SAFETY: setpriority takes plain integers.
+    let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, requested) };
+    let error = (set != 0).then(|| {
+        let e = std::io::Error::last_os_error();
+        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+            " (a negative nice value needs CAP_SYS_NICE)"
+        } else {
+            ""
+        };
+        format!("cannot set the collector's nice value to {requested}: {e}{hint}")
+    });
+    // getpriority can legitimately return -1, so errno tells failure apart.
+    // SAFETY: errno is thread-local; getpriority takes plain integers.
+    let applied = unsafe {
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
+        (*libc::__errno_location() == 0).then_some(nice)
+    };
+    NiceStatus {
         requested,
         applied,
         error,

@@ -46,6 +46,15 @@ pub struct RunArgs {
     #[arg(long, default_value_t = -1000, allow_negative_numbers = true, value_name = "N",
           value_parser = clap::value_parser!(i32).range(-1000..=1000))]
     pub oom_score_adj: i32,
+    /// oomtrace's own nice value. During a storm the CPUs are busy with the
+    /// very processes being killed; the default, -10, lets the collector
+    /// write each record within milliseconds of the exit (it needs a few
+    /// ms of CPU per hundred kills, so it takes little from anyone). Needs
+    /// CAP_SYS_NICE; if refused, the start record says so and tracing goes
+    /// on. 0 leaves it alone.
+    #[arg(long, default_value_t = -10, allow_negative_numbers = true, value_name = "N",
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub nice: i32,
     /// Where the node's root filesystem is, for the kubelet's pod log
     /// directories (var/log/pods, var/log/containers) that give
     /// `k8s.namespace`, `k8s.pod` and `k8s.container`. In a DaemonSet that
@@ -81,6 +90,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             "{error}; the collector is as killable as any process"
         ));
     }
+    let nice = super::prioritize_self(args.nice);
+    if let Some(error) = &nice.error {
+        log::warn!("{error}; continuing");
+        notes.push(format!(
+            "{error}; records may be late while the CPUs are busy"
+        ));
+    }
     super::raise_memlock_limit();
 
     let host = HostFacts::gather();
@@ -93,6 +109,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         pid: std::process::id(),
         exit_wait_ms: args.exit_wait.as_millis() as u64,
         oom_score_adj,
+        nice,
     };
     let start = super::start_record(host.clone(), &tracer, collector, notes);
 

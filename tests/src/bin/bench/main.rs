@@ -20,10 +20,11 @@
 //!
 //! Usage: oomtrace-bench [--oomtrace PATH] [--workload PATH] [--bpftrace PATH]
 //!                       [--out FILE] [--quick] [--idle SECS]
+//!                       [--only ready|memory|overhead|storm]...
 //!        oomtrace-bench fork-storm N   (the exit-path load: N × fork()+_exit(0);
 //!                                       prints the nanoseconds it took)
 //! Prints a table and writes every raw sample and median to FILE
-//! (default bench.json).
+//! (default bench.json). `--only` (repeatable) measures just those figures.
 #![allow(
     clippy::unwrap_used,
     reason = "a benchmark harness: failing loudly is the point"
@@ -78,6 +79,14 @@ pub(crate) struct Config {
     pub(crate) cgroups: usize,
     pub(crate) kills_per_cgroup: usize,
     pub(crate) idle: Duration,
+    /// The figures to measure (`--only`); empty for all of them.
+    pub(crate) only: Vec<String>,
+}
+
+impl Config {
+    fn wants(&self, figure: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|f| f == figure)
+    }
 }
 
 fn main() {
@@ -100,10 +109,18 @@ fn main() {
         host["cpus"]
     );
     report.json.insert("host".into(), host);
-    ready_time(&cfg, &mut report);
-    steady_memory(&cfg, &mut report);
-    exit_overhead(&cfg, &mut report);
-    storm_capture(&cfg, &mut report);
+    if cfg.wants("ready") {
+        ready_time(&cfg, &mut report);
+    }
+    if cfg.wants("memory") {
+        steady_memory(&cfg, &mut report);
+    }
+    if cfg.wants("overhead") {
+        exit_overhead(&cfg, &mut report);
+    }
+    if cfg.wants("storm") {
+        storm_capture(&cfg, &mut report);
+    }
     report.row("sampler cost", "n/a (no sampler yet)", "", "", "", None);
     report.finish(&cfg.out);
 }
@@ -116,7 +133,7 @@ fn parse(args: Vec<String>) -> Config {
         .to_path_buf();
     let (mut oomtrace, mut workload) = (dir.join("oomtrace"), dir.join("oomtrace-workload"));
     let (mut bpftrace, mut out) = ("bpftrace".to_string(), PathBuf::from("bench.json"));
-    let (mut quick, mut idle) = (false, None);
+    let (mut quick, mut idle, mut only) = (false, None, Vec::new());
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
@@ -127,7 +144,10 @@ fn parse(args: Vec<String>) -> Config {
             "--out" => out = PathBuf::from(value()),
             "--quick" => quick = true,
             "--idle" => idle = Some(value().parse().expect("--idle SECS")),
-            other => panic!("unknown argument {other} (see the comment at the top of bench.rs)"),
+            "--only" => only.push(value()),
+            other => {
+                panic!("unknown argument {other} (see the comment at the top of bench/main.rs)")
+            }
         }
     }
     // --quick: enough of everything to see that it works, not to trust.
@@ -143,6 +163,7 @@ fn parse(args: Vec<String>) -> Config {
         cgroups: pick(20, 10),
         kills_per_cgroup: pick(10, 5),
         idle: Duration::from_secs(idle.unwrap_or(if quick { 5 } else { 30 })),
+        only,
     }
 }
 
