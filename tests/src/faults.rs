@@ -367,6 +367,12 @@ pub fn sigterm_mid_storm_flushes_everything(env: &Env) {
         "every allocator died of SIGKILL"
     );
     let written: Vec<&Value> = collector.kills().filter(|r| in_storm(r)).collect();
+    eprintln!(
+        "SIGTERM mid-storm: {counted_before_sigterm} kills counted before it, {} written, {} in \
+         the whole storm",
+        written.len(),
+        victims.len()
+    );
     assert!(
         written.len() as u64 >= counted_before_sigterm,
         "{counted_before_sigterm} kills counted by the kernel before SIGTERM, {} written",
