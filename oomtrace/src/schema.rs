@@ -22,7 +22,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
-    Start(Start),
+    Start(Box<Start>),
     OomKill(Box<OomKill>),
     Lost(Lost),
     Stop(Stop),

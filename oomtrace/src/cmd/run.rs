@@ -170,7 +170,7 @@ async fn event_loop(
         attributor: Attributor::new(&args.host_root, page_size),
     };
     // The ready signal: every probe is attached or has definitively failed.
-    if let Err(e) = collector.sink.write(&Record::Start(start)) {
+    if let Err(e) = collector.sink.write(&Record::Start(Box::new(start))) {
         return quiet_if_closed(e);
     }
 
