@@ -127,7 +127,9 @@ enum Cmd {
     ///   ready time      exec to the ready signal (oomtrace's `start` record,
     ///                   bpftrace's "probes attached")
     ///   memory          steady RSS after --idle seconds; peak RSS (VmHWM)
-    ///   exit overhead   20,000 fork()+_exit(0), with each tool and without
+    ///   exit overhead   10,000 fork()+_exit(0), with each tool and without
+    ///                   (CPU and wall time, 15 paired rounds), and the exit
+    ///                   hook's own run time per exit (kernel bpf_stats)
     ///   storm capture   20 cgroups x 10 OOM kills at once: kills recorded
     ///                   against the kernel's oom_kill counters, joined to
     ///                   exit 137, CPU seconds

@@ -39,9 +39,9 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use oomtrace_tests::{Env, cgroup};
 use serde_json::{Value, json};
 
-use report::{Report, Samples, fmt_mib, fmt_ms, median, ms};
+use report::{Report, Samples, fmt_mib, fmt_ms, median, ms, percentile, ratio_text};
 use storm_capture::storm_capture;
-use tool::{Running, TOOLS, clock_ns, status_kb};
+use tool::{Running, TOOLS, Tool, clock_ns, status_kb};
 
 /// What bpftrace runs: the same work as oomtrace's hooks, minus the
 /// enrichment. mark_victim stores the victim in a map; every process exit
@@ -157,8 +157,8 @@ fn parse(args: Vec<String>) -> Config {
         bpftrace,
         out,
         ready_runs: pick(7, 3),
-        overhead_runs: pick(5, 3),
-        forks: pick(20_000, 5_000),
+        overhead_runs: pick(15, 3),
+        forks: pick(10_000, 5_000),
         storm_rounds: pick(3, 1),
         cgroups: pick(20, 10),
         kills_per_cgroup: pick(10, 5),
@@ -239,19 +239,53 @@ fn steady_memory(cfg: &Config, report: &mut Report) {
     );
 }
 
-/// Runs `oomtrace-bench fork-storm N` and returns how long the storm took, in ms.
-fn timed_fork_storm(cfg: &Config) -> f64 {
+/// One fork storm's cost, in ms.
+#[derive(Clone, Copy)]
+struct StormCost {
+    wall_ms: f64,
+    /// CPU time of the storm process and all its children: the exit hooks
+    /// run in the exiting child, so their cost lands here, without the
+    /// scheduling noise that wall time has.
+    cpu_ms: f64,
+}
+
+/// A pause after starting or stopping a tool, so that its own start-up and
+/// teardown (BTF parsing, freeing its memory) do not land in a timed storm.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// Picks one figure of a [`StormCost`].
+type CostOf = fn(&StormCost) -> f64;
+
+/// Runs `oomtrace-bench fork-storm N` and returns what the storm cost.
+fn timed_fork_storm(cfg: &Config) -> StormCost {
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["fork-storm", &cfg.forks.to_string()])
         .output()
         .unwrap();
     assert!(out.status.success(), "fork-storm: {out:?}");
-    let ns: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    ns / 1e6
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ns: Vec<f64> = text
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    StormCost {
+        wall_ms: ns[0] / 1e6,
+        cpu_ms: ns[1] / 1e6,
+    }
 }
 
 /// The exit-path load: the caller times only the loop, not its own exec.
+/// Pinned to one CPU, so that migrations do not add noise. Prints the wall
+/// time and the CPU time (self and children), in ns.
 fn fork_storm(n: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and
+    // sched_setaffinity only touch the set we pass.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        libc::CPU_SET(cpus - 1, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
     let started = clock_ns(libc::CLOCK_MONOTONIC);
     for _ in 0..n {
         // SAFETY: this process is single-threaded (nothing else runs in this
@@ -266,34 +300,65 @@ fn fork_storm(n: usize) {
         // SAFETY: waiting for the child we just forked.
         unsafe { libc::waitpid(pid, &mut status, 0) };
     }
-    println!("{}", clock_ns(libc::CLOCK_MONOTONIC) - started);
+    let wall = clock_ns(libc::CLOCK_MONOTONIC) - started;
+    let cpu = rusage_ns(libc::RUSAGE_SELF) + rusage_ns(libc::RUSAGE_CHILDREN);
+    println!("{wall} {cpu}");
 }
 
-/// Baseline, oomtrace, bpftrace, baseline, ...: each tool's time is compared
+/// User + system time from getrusage(2), in ns.
+fn rusage_ns(who: i32) -> u64 {
+    // SAFETY: getrusage fills the struct we own.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(who, &mut usage);
+        usage
+    };
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    ns(usage.ru_utime) + ns(usage.ru_stime)
+}
+
+/// Baseline, oomtrace, bpftrace, baseline, ...: each tool's cost is compared
 /// with the mean of the baselines just before and just after its round.
+/// Then one more storm per tool with the kernel's BPF run-time statistics
+/// on, for the exact time its programs took per exit (the statistics cost
+/// a clock read per run, so they stay off during the timed rounds).
 fn exit_overhead(cfg: &Config, report: &mut Report) {
     timed_fork_storm(cfg); // warm-up: page cache, the helper's first fork
     let mut baseline = vec![timed_fork_storm(cfg)];
-    let mut samples = Samples::default();
+    let (mut with_o, mut with_b) = (Vec::new(), Vec::new());
     for _ in 0..cfg.overhead_runs {
         for tool in TOOLS {
             let mut running = Running::start(tool, cfg);
-            samples.push(tool, timed_fork_storm(cfg));
+            std::thread::sleep(SETTLE);
+            let cost = timed_fork_storm(cfg);
             running.stop();
+            std::thread::sleep(SETTLE);
+            match tool {
+                Tool::Oomtrace => with_o.push(cost),
+                Tool::Bpftrace => with_b.push(cost),
+            }
         }
         baseline.push(timed_fork_storm(cfg));
     }
-    let overheads = |with: &[f64]| -> Vec<f64> {
-        let around = |i: usize| (baseline[i] + baseline[i + 1]) / 2.0;
-        (0..with.len()).map(|i| with[i] / around(i) - 1.0).collect()
+    let hook_ns = TOOLS.map(|tool| hook_ns_per_exit(cfg, tool));
+    let overheads = |with: &[StormCost], f: CostOf| -> Vec<f64> {
+        let around = |i: usize| (f(&baseline[i]) + f(&baseline[i + 1])) / 2.0;
+        (0..with.len())
+            .map(|i| f(&with[i]) / around(i) - 1.0)
+            .collect()
     };
-    let (o, b) = (overheads(&samples.o), overheads(&samples.b));
+    let cpu: CostOf = |c| c.cpu_ms;
+    let wall: CostOf = |c| c.wall_ms;
+    let (o, b) = (overheads(&with_o, cpu), overheads(&with_b, cpu));
+    let (o_wall, b_wall) = (overheads(&with_o, wall), overheads(&with_b, wall));
+    let series = |costs: &[StormCost], f: CostOf| -> Vec<f64> { costs.iter().map(f).collect() };
     let pct = |v: f64| format!("{:+.1}%", v * 100.0);
     report.row(
         &format!(
-            "exit-path overhead ({}k forks, median of {})",
+            "exit-path overhead, CPU ({}k forks, median of {}, IQR {})",
             cfg.forks / 1000,
-            cfg.overhead_runs
+            cfg.overhead_runs,
+            pct_range(&o)
         ),
         &pct(median(&o)),
         &pct(median(&b)),
@@ -301,12 +366,86 @@ fn exit_overhead(cfg: &Config, report: &mut Report) {
         "<=2%",
         Some(median(&o) <= 0.02),
     );
+    // What one fork+exit costs without any tool, for scale.
+    let per_exit_ns = median(&series(&baseline, cpu)) * 1e6 / cfg.forks as f64;
+    let share = |ns: Option<f64>| ns.map_or("n/a".into(), |ns| pct(ns / per_exit_ns));
+    report.row(
+        "exit hook run time per exit (bpf_stats)",
+        &hook_ns[0].map_or("n/a".into(), |ns| {
+            format!("{ns:.0} ns ({})", share(Some(ns)))
+        }),
+        &hook_ns[1].map_or("n/a".into(), |ns| {
+            format!("{ns:.0} ns ({})", share(Some(ns)))
+        }),
+        &match hook_ns {
+            [Some(o), Some(b)] => ratio_text(o, b),
+            _ => String::new(),
+        },
+        "",
+        None,
+    );
+    report.row(
+        "exit-path overhead, wall time (median)",
+        &pct(median(&o_wall)),
+        &pct(median(&b_wall)),
+        "",
+        "",
+        None,
+    );
     report.json.insert(
         "exit_overhead".into(),
-        json!({"forks": cfg.forks, "baseline_ms": baseline,
-               "oomtrace_ms": samples.o, "bpftrace_ms": samples.b,
-               "oomtrace_overhead": o, "bpftrace_overhead": b,
-               "median": {"baseline_ms": median(&baseline), "oomtrace_overhead": median(&o),
-                          "bpftrace_overhead": median(&b)}}),
+        json!({"forks": cfg.forks,
+               "baseline_cpu_ms": series(&baseline, cpu), "baseline_wall_ms": series(&baseline, wall),
+               "oomtrace_cpu_ms": series(&with_o, cpu), "oomtrace_wall_ms": series(&with_o, wall),
+               "bpftrace_cpu_ms": series(&with_b, cpu), "bpftrace_wall_ms": series(&with_b, wall),
+               "oomtrace_overhead_cpu": o, "bpftrace_overhead_cpu": b,
+               "oomtrace_overhead_wall": o_wall, "bpftrace_overhead_wall": b_wall,
+               "hook_ns_per_exit": {"oomtrace": hook_ns[0], "bpftrace": hook_ns[1]},
+               "baseline_cpu_ns_per_exit": per_exit_ns,
+               "median": {"oomtrace_overhead_cpu": median(&o), "bpftrace_overhead_cpu": median(&b),
+                          "oomtrace_overhead_wall": median(&o_wall),
+                          "bpftrace_overhead_wall": median(&b_wall)}}),
     );
+}
+
+/// Run time of every eBPF program `tool` loaded, per fork+exit of one storm,
+/// from the kernel's own accounting (BPF_ENABLE_STATS, Linux 5.8+): the
+/// exit hook, and anything else of the tool's that ran. None where the
+/// kernel does not keep the statistics.
+fn hook_ns_per_exit(cfg: &Config, tool: Tool) -> Option<f64> {
+    let stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        Ok(fd) => fd,
+        Err(e) => {
+            println!("bpf run-time statistics unavailable: {e}");
+            return None;
+        }
+    };
+    let before_tool = program_run_times();
+    let mut running = Running::start(tool, cfg);
+    let before = program_run_times();
+    timed_fork_storm(cfg);
+    let after = program_run_times();
+    running.stop();
+    drop(stats);
+    let ns: u64 = after
+        .iter()
+        .filter(|(id, _)| !before_tool.contains_key(id))
+        .map(|(id, ns)| ns - before.get(id).copied().unwrap_or(0))
+        .sum();
+    Some(ns as f64 / cfg.forks as f64)
+}
+
+/// Every loaded eBPF program's id and total run time so far, in ns.
+fn program_run_times() -> std::collections::HashMap<u32, u64> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| (p.id(), p.run_time().as_nanos() as u64))
+        .collect()
+}
+
+/// The interquartile range of `values` (fractions), as "-1.2..+3.4%": how
+/// far apart the rounds were, i.e. how much of a median is noise.
+fn pct_range(values: &[f64]) -> String {
+    let (lo, hi) = (percentile(values, 25.0), percentile(values, 75.0));
+    format!("{:+.1}..{:+.1}%", lo * 100.0, hi * 100.0)
 }
