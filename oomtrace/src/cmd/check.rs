@@ -117,6 +117,18 @@ fn report(start: &Start) -> String {
             }
         }
     }
+    let me = &start.collector;
+    out.push_str("\ncollector (what `run` will get)\n");
+    let setting = |name: &str, requested: i32, applied: Option<i32>, error: &Option<String>| {
+        let now = applied.map_or("unknown".into(), |v| v.to_string());
+        match error {
+            None => format!("  {name:<17} {requested} (now {now})\n"),
+            Some(e) => format!("  {name:<17} {requested} REFUSED, stays {now}: {e}\n"),
+        }
+    };
+    let adj = &me.oom_score_adj;
+    out.push_str(&setting("oom_score_adj", adj.requested, adj.applied, &adj.error));
+    out.push_str(&setting("nice", me.nice.requested, me.nice.applied, &me.nice.error));
     if !start.notes.is_empty() {
         out.push_str("\nnotes\n");
         for note in &start.notes {
