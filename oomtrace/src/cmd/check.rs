@@ -127,8 +127,18 @@ fn report(start: &Start) -> String {
         }
     };
     let adj = &me.oom_score_adj;
-    out.push_str(&setting("oom_score_adj", adj.requested, adj.applied, &adj.error));
-    out.push_str(&setting("nice", me.nice.requested, me.nice.applied, &me.nice.error));
+    out.push_str(&setting(
+        "oom_score_adj",
+        adj.requested,
+        adj.applied,
+        &adj.error,
+    ));
+    out.push_str(&setting(
+        "nice",
+        me.nice.requested,
+        me.nice.applied,
+        &me.nice.error,
+    ));
     if !start.notes.is_empty() {
         out.push_str("\nnotes\n");
         for note in &start.notes {
