@@ -70,31 +70,21 @@ pub struct CollectorStatus {
     /// How long a kill waits for its victim's exit before it is written with
     /// `exit.observed = false`.
     pub exit_wait_ms: u64,
-    pub oom_score_adj: OomScoreAdjStatus,
-    pub nice: NiceStatus,
+    pub oom_score_adj: SelfSetting,
+    pub nice: SelfSetting,
 }
 
-/// The collector protects itself from the OOM killer it records.
+/// A setting the collector applies to itself at start: its oom_score_adj
+/// (so the OOM killer it records spares it; lowering needs
+/// CAP_SYS_RESOURCE) and its nice value (so records keep up while the CPUs
+/// are busy with the processes being killed; raising priority needs
+/// CAP_SYS_NICE).
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
-pub struct OomScoreAdjStatus {
+pub struct SelfSetting {
     pub requested: i32,
-    /// The value now in /proc/self/oom_score_adj.
+    /// The value in effect now (/proc/self/oom_score_adj, getpriority(2)).
     pub applied: Option<i32>,
-    /// Why the requested value could not be set (lowering it needs
-    /// CAP_SYS_RESOURCE).
-    pub error: Option<String>,
-}
-
-/// The collector's CPU priority: during a storm the node's CPUs are busy
-/// with the processes being killed, and a record waits for the collector to
-/// be scheduled.
-#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
-pub struct NiceStatus {
-    pub requested: i32,
-    /// The collector's nice value now, as getpriority(2) reads it.
-    pub applied: Option<i32>,
-    /// Why the requested value could not be set (raising priority needs
-    /// CAP_SYS_NICE).
+    /// Why the requested value could not be set.
     pub error: Option<String>,
 }
 

@@ -250,18 +250,10 @@ fn assert_storm_outcome(outcome: &StormOutcome) {
     );
 }
 
-/// The storm's records: those whose victim cgroup is one of the storm's.
-fn storm_records<'a>(collector: &'a Collector, outcome: &StormOutcome) -> Vec<&'a Value> {
-    collector
-        .kills()
-        .filter(|r| {
-            let path = r["victim"]["cgroup"]["path"].as_str();
-            outcome
-                .cgroups
-                .iter()
-                .any(|c| path == Some(c.path.as_str()))
-        })
-        .collect()
+/// Whether `record`'s victim lived in one of the storm's cgroups.
+fn in_cgroups(record: &Value, cgroups: &[MemCgroup]) -> bool {
+    let path = record["victim"]["cgroup"]["path"].as_str();
+    cgroups.iter().any(|c| path == Some(c.path.as_str()))
 }
 
 /// 200 OOM kills across 20 cgroups within a few seconds: every kill the
@@ -303,7 +295,10 @@ pub fn storm_every_kill_once(env: &Env) {
     }
     // Nothing else claims to be in the storm's cgroups.
     assert_eq!(
-        storm_records(&collector, &outcome).len(),
+        collector
+            .kills()
+            .filter(|r| in_cgroups(r, &outcome.cgroups))
+            .count(),
         outcome.victims.len(),
         "records for the storm's cgroups"
     );
@@ -324,13 +319,7 @@ pub fn storm_every_kill_once(env: &Env) {
 pub fn sigterm_mid_storm_flushes_everything(env: &Env) {
     let mut collector = Collector::start(env, &[]);
     let storm = Storm::create(STORM_CGROUPS, STORM_LIMIT);
-    let in_storm = |r: &Value| {
-        let path = r["victim"]["cgroup"]["path"].as_str();
-        storm
-            .cgroups()
-            .iter()
-            .any(|c| path == Some(c.path.as_str()))
-    };
+    let in_storm = |r: &Value| in_cgroups(r, storm.cgroups());
     let (counted_before_sigterm, sigterm_at, (victims, _), storm_ended) =
         std::thread::scope(|scope| {
             let running = scope.spawn(|| {

@@ -8,7 +8,7 @@ use super::ProbeArgs;
 use crate::{
     host::{HostFacts, privileges},
     probes,
-    schema::{CollectorStatus, Start},
+    schema::{CollectorStatus, SelfSetting, Start},
 };
 
 #[derive(Debug, clap::Args)]
@@ -119,26 +119,15 @@ fn report(start: &Start) -> String {
     }
     let me = &start.collector;
     out.push_str("\ncollector (what `run` will get)\n");
-    let setting = |name: &str, requested: i32, applied: Option<i32>, error: &Option<String>| {
-        let now = applied.map_or("unknown".into(), |v| v.to_string());
-        match error {
-            None => format!("  {name:<17} {requested} (now {now})\n"),
-            Some(e) => format!("  {name:<17} {requested} REFUSED, stays {now}: {e}\n"),
+    let setting = |name: &str, s: &SelfSetting| {
+        let now = s.applied.map_or("unknown".into(), |v| v.to_string());
+        match &s.error {
+            None => format!("  {name:<17} {} (now {now})\n", s.requested),
+            Some(e) => format!("  {name:<17} {} REFUSED, stays {now}: {e}\n", s.requested),
         }
     };
-    let adj = &me.oom_score_adj;
-    out.push_str(&setting(
-        "oom_score_adj",
-        adj.requested,
-        adj.applied,
-        &adj.error,
-    ));
-    out.push_str(&setting(
-        "nice",
-        me.nice.requested,
-        me.nice.applied,
-        &me.nice.error,
-    ));
+    out.push_str(&setting("oom_score_adj", &me.oom_score_adj));
+    out.push_str(&setting("nice", &me.nice));
     if !start.notes.is_empty() {
         out.push_str("\nnotes\n");
         for note in &start.notes {

@@ -10,7 +10,7 @@ use crate::{
     clock,
     host::HostFacts,
     probes::{self, BtfSource, OomKillProbe, ProbeOptions, VictimProbe},
-    schema::{CollectorStatus, NiceStatus, OomScoreAdjStatus, SCHEMA_VERSION, Start},
+    schema::{CollectorStatus, SCHEMA_VERSION, SelfSetting, Start},
 };
 
 /// How to attach: shared by `run` and `check`, so that `check` tells the
@@ -85,7 +85,7 @@ pub fn start_record(
 /// Writes `requested` to /proc/self/oom_score_adj: the recorder must outlive
 /// the processes it records. Failure (lowering needs CAP_SYS_RESOURCE) is
 /// reported, never fatal.
-pub fn protect_self(requested: i32) -> OomScoreAdjStatus {
+pub fn protect_self(requested: i32) -> SelfSetting {
     let path = "/proc/self/oom_score_adj";
     let error = std::fs::write(path, requested.to_string()).err().map(|e| {
         let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
@@ -98,7 +98,7 @@ pub fn protect_self(requested: i32) -> OomScoreAdjStatus {
     let applied = std::fs::read_to_string(path)
         .ok()
         .and_then(|s| s.trim().parse().ok());
-    OomScoreAdjStatus {
+    SelfSetting {
         requested,
         applied,
         error,
@@ -109,7 +109,7 @@ pub fn protect_self(requested: i32) -> OomScoreAdjStatus {
 /// the calling thread only on Linux, so this runs on the thread that then
 /// runs the event loop (a current-thread runtime: the only thread that
 /// writes records).
-pub fn prioritize_self(requested: i32) -> NiceStatus {
+pub fn prioritize_self(requested: i32) -> SelfSetting {
     // SAFETY: setpriority takes plain integers.
     let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, requested) };
     let error = (set != 0).then(|| {
@@ -128,7 +128,7 @@ pub fn prioritize_self(requested: i32) -> NiceStatus {
         let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
         (*libc::__errno_location() == 0).then_some(nice)
     };
-    NiceStatus {
+    SelfSetting {
         requested,
         applied,
         error,
