@@ -123,6 +123,8 @@ fn test_steps(opts: &TestOpts) -> Result<()> {
         "oomtrace",
         "--package",
         "oomtrace-ebpf",
+        "--package",
+        "xtask",
         "--lib",
         "--bins",
     ]))

@@ -9,16 +9,19 @@
 //! lines it prints on the serial console; the host kernel runs the same
 //! matrix natively, so one table covers both.
 
+mod boot;
+mod table;
+
 use std::{
-    collections::BTreeMap,
-    io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+
+use boot::boot;
+use table::{Row, parse, print_table, verdict};
 
 use crate::util::{apt_install, capture, cargo_cmd, is_debian_like, is_root, run, target_dir};
 
@@ -48,26 +51,6 @@ impl Default for VmOpts {
 /// Per VM. Under TCG on two cores the full matrix takes minutes; a hung
 /// kernel must not hold CI forever.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 900;
-
-/// One `OOMTRACE-MATRIX` line.
-#[derive(Clone, Debug)]
-struct Line {
-    mode: String,
-    scenario: String,
-    result: String,
-    secs: String,
-    why: String,
-}
-
-/// Everything one kernel reported.
-struct Row {
-    kernel: String,
-    cgroup: String,
-    in_vm: bool,
-    lines: Vec<Line>,
-    done: bool,
-}
-
 pub fn vmtest(opts: &VmOpts) -> Result<()> {
     let started = Instant::now();
     ensure_vm_tools()?;
@@ -252,235 +235,4 @@ fn host_row(bins: &Path, mode: Option<&str>) -> Result<Row> {
     let text = String::from_utf8_lossy(&output.stdout);
     print!("{text}");
     Ok(parse(text.lines(), false))
-}
-
-/// Boots `vmlinuz` with the initramfs and collects the matrix lines from its
-/// serial console (also saved to target/vmtest/NAME.log).
-fn boot(name: &str, vmlinuz: &Path, initramfs: &Path, work: &Path, opts: &VmOpts) -> Result<Row> {
-    let mut append = "console=ttyS0 loglevel=1 panic=-1".to_string();
-    if let Some(mode) = &opts.mode {
-        append.push_str(&format!(" oomtrace.mode={mode}"));
-    }
-    println!(
-        "booting {name} (qemu, software emulation; up to {}s)",
-        opts.timeout.as_secs()
-    );
-    // /dev/kvm exists on this machine kind, but Debian kernels crash in early
-    // boot under it; TCG is slower and reliable.
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-m",
-            "1024",
-            "-smp",
-            "2",
-            "-nographic",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(vmlinuz)
-        .arg("-initrd")
-        .arg(initramfs)
-        .args(["-append", &append])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting qemu-system-x86_64")?;
-    let stdout = child.stdout.take().context("qemu stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let log_path = work.join(format!("{name}.log"));
-    let mut log = std::fs::File::create(&log_path)?;
-    let deadline = Instant::now() + opts.timeout;
-    let mut lines = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                let line = line.trim_end_matches('\r').to_string();
-                writeln!(log, "{line}")?;
-                if line.starts_with("OOMTRACE-") {
-                    println!("  {line}");
-                }
-                lines.push(line);
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                println!(
-                    "  TIMEOUT after {}s: killing the VM",
-                    opts.timeout.as_secs()
-                );
-                let _ = child.kill();
-                break;
-            }
-        }
-    }
-    let _ = child.wait();
-    let row = parse(lines.iter().map(String::as_str), true);
-    if !row.done {
-        println!(
-            "  no OOMTRACE-MATRIX-DONE line; the console is in {}",
-            log_path.display()
-        );
-    }
-    Ok(Row {
-        kernel: if row.kernel.is_empty() {
-            name.to_string()
-        } else {
-            row.kernel
-        },
-        ..row
-    })
-}
-
-fn parse<'a>(lines: impl Iterator<Item = &'a str>, in_vm: bool) -> Row {
-    let mut row = Row {
-        kernel: String::new(),
-        cgroup: String::new(),
-        in_vm,
-        lines: Vec::new(),
-        done: false,
-    };
-    for line in lines {
-        // The console can put kernel output in front of ours on one line.
-        let Some(start) = line.find("OOMTRACE-MATRIX") else {
-            continue;
-        };
-        let line = &line[start..];
-        if line.starts_with("OOMTRACE-MATRIX-DONE") {
-            row.done = true;
-            continue;
-        }
-        let (fields, why) = match line.split_once(" why=") {
-            Some((f, w)) => (f, w.to_string()),
-            None => (line, String::new()),
-        };
-        let map: BTreeMap<&str, &str> = fields
-            .split_whitespace()
-            .filter_map(|w| w.split_once('='))
-            .collect();
-        let get = |k: &str| map.get(k).copied().unwrap_or("").to_string();
-        row.kernel = get("kernel");
-        row.cgroup = get("cgroup");
-        row.lines.push(Line {
-            mode: get("mode"),
-            scenario: get("scenario"),
-            result: get("result"),
-            secs: get("secs"),
-            why,
-        });
-    }
-    row
-}
-
-fn print_table(rows: &[Row]) {
-    println!(
-        "\n{:<30} {:<6} {:<12} {:<10} notes",
-        "kernel", "cgroup", "mode", "result"
-    );
-    for row in rows {
-        let kernel = format!("{}{}", row.kernel, if row.in_vm { "" } else { " (host)" });
-        let mut modes: Vec<&str> = Vec::new();
-        for line in &row.lines {
-            if !modes.contains(&line.mode.as_str()) {
-                modes.push(&line.mode);
-            }
-        }
-        if modes.is_empty() {
-            println!(
-                "{kernel:<30} {:<6} {:<12} {:<10} did not report",
-                row.cgroup, "-", "FAIL"
-            );
-        }
-        for mode in modes {
-            let of_mode: Vec<&Line> = row.lines.iter().filter(|l| l.mode == mode).collect();
-            let pass = of_mode.iter().filter(|l| l.result == "pass").count();
-            let failed: Vec<String> = of_mode
-                .iter()
-                .filter(|l| l.result == "fail")
-                .map(|l| format!("{} ({})", l.scenario, l.why))
-                .collect();
-            // A mode that does not attach reports one `scenario=-` line; a
-            // scenario this kernel cannot run (cgroup v2 only) is n/a alone.
-            let mode_na = of_mode
-                .iter()
-                .find(|l| l.result == "n/a" && l.scenario == "-");
-            let skipped: Vec<String> = of_mode
-                .iter()
-                .filter(|l| l.result == "n/a" && l.scenario != "-")
-                .map(|l| format!("{}: n/a ({})", l.scenario, l.why))
-                .collect();
-            let ran = of_mode.len() - skipped.len();
-            let (result, notes) = if let Some(na) = mode_na {
-                ("n/a".to_string(), na.why.clone())
-            } else if failed.is_empty() {
-                let secs: f64 = of_mode
-                    .iter()
-                    .filter_map(|l| l.secs.parse::<f64>().ok())
-                    .sum();
-                let mut notes = format!("{secs:.0}s");
-                for s in &skipped {
-                    notes.push_str("; ");
-                    notes.push_str(s);
-                }
-                (format!("{pass}/{ran} pass"), notes)
-            } else {
-                (
-                    format!("{pass}/{ran} pass"),
-                    format!("FAILED: {}", failed.join("; ")),
-                )
-            };
-            println!(
-                "{kernel:<30} {:<6} {mode:<12} {result:<10} {notes}",
-                row.cgroup
-            );
-        }
-        if !row.done && !row.lines.is_empty() {
-            println!(
-                "{kernel:<30} {:<6} {:<12} {:<10} the run did not finish",
-                row.cgroup, "-", "FAIL"
-            );
-        }
-    }
-    println!();
-}
-
-/// Fails on any failed scenario, on a run that did not finish, and on a VM
-/// kernel that lacks an attach mode: the Debian kernels have them all, so a
-/// mode that does not attach there is a bug. The host may lack modes.
-fn verdict(rows: &[Row]) -> Result<()> {
-    let mut problems = Vec::new();
-    for row in rows {
-        if !row.done {
-            problems.push(format!("{}: the matrix did not finish", row.kernel));
-        }
-        for line in &row.lines {
-            match line.result.as_str() {
-                "pass" => {}
-                "n/a" if !row.in_vm => {}
-                "n/a" => problems.push(format!(
-                    "{}: mode {} did not attach: {}",
-                    row.kernel, line.mode, line.why
-                )),
-                _ => problems.push(format!(
-                    "{}: {} / {} failed: {}",
-                    row.kernel, line.mode, line.scenario, line.why
-                )),
-            }
-        }
-    }
-    if problems.is_empty() {
-        return Ok(());
-    }
-    bail!("the kernel matrix failed:\n  {}", problems.join("\n  "))
 }

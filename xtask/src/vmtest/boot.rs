@@ -1,0 +1,216 @@
+//! One VM: qemu boots a kernel with the initramfs; its serial console is
+//! read for the matrix lines, saved, and shown when the run fails.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result};
+
+use super::{
+    VmOpts,
+    table::{Row, parse},
+};
+
+/// How many times a VM that never reached our /init is booted. A kernel that
+/// dies in early boot under emulation (seen in CI with multi-threaded TCG,
+/// see `boot_once`) says nothing about oomtrace, so such a boot is tried
+/// once more, and the table says so. A VM that reached /init and then failed
+/// is never retried.
+const BOOT_ATTEMPTS: usize = 2;
+
+/// Lines of the serial console shown when a VM does not finish.
+const CONSOLE_TAIL: usize = 40;
+
+/// Boots `vmlinuz` with the initramfs and collects the matrix lines from its
+/// serial console (also saved to target/vmtest/NAME.log, and its tail printed
+/// when the run does not finish).
+pub fn boot(
+    name: &str,
+    vmlinuz: &Path,
+    initramfs: &Path,
+    work: &Path,
+    opts: &VmOpts,
+) -> Result<Row> {
+    let mut attempt = 1;
+    loop {
+        let console = boot_once(name, vmlinuz, initramfs, work, opts, attempt)?;
+        let mut row = parse(console.lines.iter().map(String::as_str), true);
+        if !row.done {
+            print_console_tail(&console);
+        }
+        if !console.reached_init && attempt < BOOT_ATTEMPTS {
+            println!(
+                "  the VM never reached /init ({}); booting it once more",
+                console.ending
+            );
+            attempt += 1;
+            continue;
+        }
+        if row.kernel.is_empty() {
+            row.kernel = name.to_string();
+        }
+        if attempt > 1 {
+            row.notes.push(format!(
+                "booted {attempt} times: the first boot never reached /init"
+            ));
+        }
+        if !row.done {
+            row.notes.push(if console.reached_init {
+                format!("/init started, then {}", console.ending)
+            } else {
+                format!("never reached /init: {}", console.ending)
+            });
+        }
+        return Ok(row);
+    }
+}
+
+/// What one boot printed on its serial console, and how it ended.
+struct Console {
+    lines: Vec<String>,
+    /// Our /init printed OOMTRACE-VM-BOOTED.
+    reached_init: bool,
+    /// "qemu exited with ...", or the timeout.
+    ending: String,
+    log_path: PathBuf,
+}
+
+fn boot_once(
+    name: &str,
+    vmlinuz: &Path,
+    initramfs: &Path,
+    work: &Path,
+    opts: &VmOpts,
+    attempt: usize,
+) -> Result<Console> {
+    let mut append = "console=ttyS0 loglevel=1 panic=-1".to_string();
+    if let Some(mode) = &opts.mode {
+        append.push_str(&format!(" oomtrace.mode={mode}"));
+    }
+    println!(
+        "booting {name} (qemu, software emulation; up to {}s){}",
+        opts.timeout.as_secs(),
+        if attempt > 1 { ", attempt 2" } else { "" }
+    );
+    // /dev/kvm exists on this machine kind, but Debian kernels crash in early
+    // boot under it, so this is software emulation. One host thread runs both
+    // vCPUs (`thread=single`): with one thread per vCPU, the kernel's live
+    // code patching (text_poke_bp's int3 dance) raced here, about one boot in
+    // 40 died in early boot with "Oops: int3" in enqueue_timer. The guest
+    // still has two CPUs; the matrix takes ~5% longer.
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg,thread=single",
+            "-cpu",
+            "max",
+            "-m",
+            "1024",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args(["-append", &append])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Bytes, not `lines()`: firmware and a dying kernel can print bytes
+        // that are not UTF-8, and `lines()` would stop reading at the first.
+        let mut reader = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if tx.send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let suffix = if attempt > 1 { ".attempt2" } else { "" };
+    let log_path = work.join(format!("{name}{suffix}.log"));
+    let mut log = std::fs::File::create(&log_path)?;
+    let deadline = Instant::now() + opts.timeout;
+    let mut lines = Vec::new();
+    let mut reached_init = false;
+    let mut timed_out = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let line = line.trim_end_matches(['\r', '\n']).to_string();
+                writeln!(log, "{line}")?;
+                // The console can put firmware escapes or kernel output in
+                // front of ours on one line.
+                if let Some(at) = line.find("OOMTRACE-") {
+                    let ours = &line[at..];
+                    reached_init |= ours.starts_with("OOMTRACE-VM-BOOTED");
+                    println!("  {ours}");
+                }
+                lines.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                println!(
+                    "  TIMEOUT after {}s: killing the VM",
+                    opts.timeout.as_secs()
+                );
+                timed_out = true;
+                let _ = child.kill();
+                break;
+            }
+        }
+    }
+    let status = child.wait();
+    let ending = if timed_out {
+        format!("timed out after {}s", opts.timeout.as_secs())
+    } else {
+        match status {
+            Ok(s) => format!("qemu exited ({s})"),
+            Err(e) => format!("qemu's status unknown: {e}"),
+        }
+    };
+    Ok(Console {
+        lines,
+        reached_init,
+        ending,
+        log_path,
+    })
+}
+
+/// The end of the serial console, so a failure in CI explains itself (a
+/// kernel panic, a crash of /init) without the log file.
+fn print_console_tail(console: &Console) {
+    println!(
+        "  no OOMTRACE-MATRIX-DONE line ({}); the last lines of the console ({}):",
+        console.ending,
+        console.log_path.display()
+    );
+    let from = console.lines.len().saturating_sub(CONSOLE_TAIL);
+    for line in &console.lines[from..] {
+        // Drop terminal escapes and other control characters.
+        let clean: String = line
+            .chars()
+            .filter(|c| !c.is_control() || *c == '\t')
+            .collect();
+        println!("  | {clean}");
+    }
+}
