@@ -206,11 +206,49 @@ fn print_console_tail(console: &Console) {
     );
     let from = console.lines.len().saturating_sub(CONSOLE_TAIL);
     for line in &console.lines[from..] {
-        // Drop terminal escapes and other control characters.
-        let clean: String = line
-            .chars()
-            .filter(|c| !c.is_control() || *c == '\t')
-            .collect();
-        println!("  | {clean}");
+        println!("  | {}", printable(line));
+    }
+}
+
+/// `line` without the firmware's terminal escapes (`ESC c`, `ESC [ ... J`)
+/// and other control characters, so a CI log shows only text.
+fn printable(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                // A CSI sequence runs to its final byte, a letter; any other
+                // escape is one character long.
+                if chars.next() == Some('[') {
+                    for c in chars.by_ref() {
+                        if c.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\t' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn firmware_escapes_are_dropped() {
+        assert_eq!(
+            printable("\u{1b}c\u{1b}[?7l\u{1b}[2J\u{1b}[0mSeaBIOS (version 1.16.2)\r"),
+            "SeaBIOS (version 1.16.2)"
+        );
+        assert_eq!(
+            printable("[    1.37] Oops: int3: 0000 [#1] PREEMPT SMP"),
+            "[    1.37] Oops: int3: 0000 [#1] PREEMPT SMP"
+        );
     }
 }
