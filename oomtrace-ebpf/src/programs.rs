@@ -38,8 +38,9 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// costs one read of a random bucket head (htab_map_lookup_elem). The bucket
 /// array grows with max_entries, so it is kept small enough to stay in cache:
 /// measured with `cargo xtask bench` (bpf_stats run time per exit, against
-/// bpftrace's 4096-entry map in the same run), 16384 entries ran 1.21-1.41x
-/// bpftrace's time, 4096 ran 0.97-1.05x. 4096 victims still waiting for
+/// bpftrace's 4096-entry map in the same run, five runs each), 16384
+/// entries ran 1.10-1.41x bpftrace's time (median 1.27), 4096 ran
+/// 0.92-1.18x (median 1.05). 4096 victims still waiting for
 /// their exits at once is far beyond any storm; past it, a kill is marked
 /// `exit_untracked` and counted (VICTIMS_FULL), never dropped.
 #[map]
