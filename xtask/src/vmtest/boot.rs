@@ -56,7 +56,7 @@ pub fn boot(
         }
         if attempt > 1 {
             row.notes.push(format!(
-                "booted {attempt} times: the first boot never reached /init"
+                "booted {attempt} times: the earlier boots never reached /init"
             ));
         }
         if !row.done {
@@ -92,10 +92,15 @@ fn boot_once(
     if let Some(mode) = &opts.mode {
         append.push_str(&format!(" oomtrace.mode={mode}"));
     }
+    // A retry is numbered, in the message and in its log's name.
+    let retry = if attempt > 1 {
+        format!("attempt{attempt}")
+    } else {
+        String::new()
+    };
     println!(
-        "booting {name} (qemu, software emulation; up to {}s){}",
+        "booting {name} (qemu, software emulation; up to {}s) {retry}",
         opts.timeout.as_secs(),
-        if attempt > 1 { ", attempt 2" } else { "" }
     );
     // /dev/kvm exists on this machine kind, but Debian kernels crash in early
     // boot under it, so this is software emulation. One host thread runs both
@@ -145,8 +150,11 @@ fn boot_once(
             }
         }
     });
-    let suffix = if attempt > 1 { ".attempt2" } else { "" };
-    let log_path = work.join(format!("{name}{suffix}.log"));
+    let log_path = if retry.is_empty() {
+        work.join(format!("{name}.log"))
+    } else {
+        work.join(format!("{name}.{retry}.log"))
+    };
     let mut log = std::fs::File::create(&log_path)?;
     let deadline = Instant::now() + opts.timeout;
     let mut lines = Vec::new();
