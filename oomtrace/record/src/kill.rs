@@ -1,0 +1,424 @@
+//! `oom_kill` and `late_exit`: one kill, and the exit that closes it.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::Origin;
+
+/// One process the kernel's OOM killer marked as a victim.
+///
+/// Written when the victim's exit is seen, or after the collector's exit
+/// wait (`start.collector.exit_wait_ms`) without it: records are therefore
+/// in exit order, and `seq` gives the kernel's order.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct OomKill {
+    /// Always 1 in this version of the format.
+    pub schema: u32,
+    #[serde(flatten)]
+    pub origin: Origin,
+    /// The kernel's sequence number of this kill, from 0 at each collector
+    /// start (`run_id`).
+    pub seq: u64,
+    /// When `mark_victim` fired, RFC 3339 UTC with nanoseconds.
+    pub time: String,
+    /// The same instant in CLOCK_BOOTTIME nanoseconds.
+    pub boot_ns: u64,
+    /// The hook that saw the kill.
+    pub source: KillSource,
+    pub victim: Victim,
+    pub trigger: Trigger,
+    pub oom: Oom,
+    /// The victim's memory cgroup at the kill. Null in classic tracepoint
+    /// mode, where the victim's task is out of reach.
+    pub memcg: Option<Memcg>,
+    pub exit: Exit,
+    /// The container the victim ran in, from its cgroup path. Null outside
+    /// a container, for a layout oomtrace does not know (then only the raw
+    /// `victim.cgroup.path` tells), and in classic tracepoint mode.
+    pub container: Option<Container>,
+    /// The Kubernetes pod, when the victim's cgroup is a kubelet pod's.
+    pub k8s: Option<K8s>,
+    /// The innermost systemd unit in the victim's cgroup path that is not a
+    /// container's own scope: `nginx.service`, `session-3.scope`,
+    /// `user@1000.service`. Null when not under a unit.
+    pub systemd_unit: Option<String>,
+    /// Whether the victim's container keeps running. `false` when the kill
+    /// takes it down: the victim was its PID 1 (`victim.container_init`), or
+    /// `memory.oom.group` on the container's cgroup or above it (up to the
+    /// memcg that fired) makes the kernel kill every process in it. `true`
+    /// when a lesser process died and the container carries on: the runtime
+    /// reports nothing and `kubectl describe pod` shows no OOMKilled. Null
+    /// outside a container, when `container_init` or `oom_group` is unknown,
+    /// or when a group set below the container's cgroup may or may not hold
+    /// PID 1.
+    pub container_survives: Option<bool>,
+}
+
+/// The hook that saw a kill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KillSource {
+    /// The raw tracepoint `mark_victim`, reading the victim's task_struct.
+    RawTracepoint,
+    /// The classic tracepoint `oom:mark_victim`, with only its format's
+    /// fields.
+    Tracepoint,
+    /// A value from a newer oomtrace (read, never written).
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
+}
+
+/// The process the kernel killed, as it was at the moment it was marked.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Victim {
+    /// Process id (thread-group id), as /proc and `kill` use it. Null in
+    /// classic tracepoint mode, which knows only the thread.
+    pub pid: Option<u32>,
+    /// The thread the kernel marked, normally equal to `pid`.
+    pub tid: Option<u32>,
+    /// The process id inside the victim's own pid namespace. Null in classic
+    /// tracepoint mode.
+    pub ns_pid: Option<u32>,
+    /// Whether the victim was PID 1 of its pid namespace (a container's
+    /// init), so that its container died with it. Null in classic
+    /// tracepoint mode.
+    pub container_init: Option<bool>,
+    /// Task name. Bytes that are not UTF-8 are replaced by U+FFFD and
+    /// `comm_hex` then has the exact bytes. Null where the classic
+    /// tracepoint has only `pid` (kernels before 6.9).
+    pub comm: Option<String>,
+    /// The exact `comm` bytes as lowercase hex, only when they are not valid
+    /// UTF-8; otherwise null.
+    pub comm_hex: Option<String>,
+    /// Real uid, as dmesg prints it.
+    pub uid: Option<u32>,
+    /// -1000…1000, from `signal_struct`.
+    pub oom_score_adj: Option<i16>,
+    /// `mm->total_vm`.
+    pub total_vm_bytes: Option<u64>,
+    /// `mm_pgtables_bytes(mm)`.
+    pub pgtables_bytes: Option<u64>,
+    pub rss: Rss,
+    pub cgroup: CgroupRef,
+}
+
+/// Resident memory by kind, as `get_mm_counter()` counts it for
+/// MM_ANONPAGES, MM_FILEPAGES and MM_SHMEMPAGES: the numbers dmesg prints.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Rss {
+    /// Anonymous memory (heap, stacks, private mappings).
+    pub anon_bytes: Option<u64>,
+    /// Mapped file pages (binaries, libraries, mmapped files).
+    pub file_bytes: Option<u64>,
+    /// Shared memory and tmpfs pages mapped by the process.
+    pub shmem_bytes: Option<u64>,
+}
+
+/// The victim's cgroup, read inside the kernel at the kill, so it is right
+/// even when the runtime removes the cgroup right after.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct CgroupRef {
+    /// The cgroup's kernfs id (the inode number of its directory). Null in
+    /// classic tracepoint mode, and for a path deeper than 16 levels.
+    pub id: Option<u64>,
+    /// Its path inside the hierarchy with the memory controller, as
+    /// /proc/PID/cgroup shows it. Null when `id` is.
+    pub path: Option<String>,
+}
+
+/// The task whose allocation ran out of memory (`current` at the kill).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Trigger {
+    /// Its process id. The trigger is often not the victim: the kernel
+    /// kills the biggest task, not the one that asked last.
+    pub pid: Option<u32>,
+    /// Its thread id.
+    pub tid: Option<u32>,
+    /// As `victim.comm`; null only if unreadable.
+    pub comm: Option<String>,
+    /// As `victim.comm_hex`.
+    pub comm_hex: Option<String>,
+}
+
+/// Why this victim, and which limit: from `oom_kill_process` when fentry or
+/// a kprobe is attached there (see `start.probes`), else derived.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Oom {
+    /// The kind of OOM (`oc->constraint`). Null when `oom_kill_process` is
+    /// not hooked.
+    pub constraint: Option<Constraint>,
+    /// The memory cgroup whose limit fired. With `oom_kill_process` hooked
+    /// it is `oc->memcg`. Without the hook it is derived: the nearest of the
+    /// victim's memcg levels whose usage, read in the kernel at the kill, is
+    /// within the charge slack of its limit (8 pages + 65 pages per CPU, at
+    /// most 1/8 of the limit). Null for a global OOM, and when neither way
+    /// knows it (no hook and no level at its limit, e.g. a v1 `memsw`
+    /// limit; classic tracepoint without the hook).
+    pub memcg_path: Option<String>,
+    /// The chosen process's badness (`oom_badness()`: pages of RSS, swap and
+    /// page tables, plus oom_score_adj × totalpages / 1000).
+    pub points: Option<i64>,
+    /// Pages the OOM was judged against: the memcg's limit, or RAM + swap.
+    pub totalpages: Option<u64>,
+    /// The process the kernel chose; other members of a `memory.oom.group`
+    /// kill differ from it.
+    pub chosen_pid: Option<u32>,
+    /// How `memcg_path` is known; null when it is not.
+    pub memcg_source: Option<MemcgSource>,
+    /// Whose limit fired. Null when neither the fired memcg nor a global
+    /// constraint is known.
+    pub limit_scope: Option<LimitScope>,
+}
+
+/// `enum oom_constraint` (include/linux/oom.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Constraint {
+    /// CONSTRAINT_NONE: the whole node ran out of memory.
+    Global,
+    /// CONSTRAINT_CPUSET: the allowed NUMA nodes of a cpuset.
+    Cpuset,
+    /// CONSTRAINT_MEMORY_POLICY: an mbind/set_mempolicy node set.
+    Mempolicy,
+    /// CONSTRAINT_MEMCG: a memory cgroup's limit.
+    Memcg,
+    /// A value from a newer oomtrace (read, never written).
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
+}
+
+/// How `oom.memcg_path` is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MemcgSource {
+    /// From `oom_kill_process`'s `oc->memcg`: the kernel's own answer.
+    OomKillProcess,
+    /// Derived: the nearest of the victim's memcg and its ancestors whose
+    /// usage, read in the kernel at the kill, was at its limit.
+    UsageAtLimit,
+    /// A value from a newer oomtrace (read, never written).
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
+}
+
+/// Whose memory limit the kill enforced, named as an operator reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    /// The victim's container's own limit (`docker run --memory`, a
+    /// Kubernetes container's `resources.limits.memory`): the memcg that
+    /// fired is the container's cgroup or one inside it.
+    Container,
+    /// The Kubernetes pod's limit: the kubelet's pod cgroup, which has one
+    /// when every container in the pod has a memory limit.
+    Pod,
+    /// Any other cgroup's limit: a systemd slice or service (`MemoryMax=`),
+    /// the kubelet's QoS or `kubepods` level (node allocatable), a cgroup an
+    /// operator made, or the victim's own cgroup when it is in no container.
+    Cgroup,
+    /// No cgroup's limit: the whole machine ran out of memory.
+    Node,
+    /// A value from a newer oomtrace (read, never written).
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
+}
+
+/// The victim's memory cgroup, read in the kernel at the kill.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Memcg {
+    /// Its path (the victim's cgroup on cgroup v1; on v2 the nearest cgroup
+    /// with the memory controller enabled).
+    pub path: Option<String>,
+    /// `memory.usage_in_bytes` (v1) / `memory.current` (v2) at the kill.
+    pub usage_bytes: u64,
+    /// Null when the cgroup has no limit.
+    pub limit_bytes: Option<u64>,
+    /// The memcg and every ancestor up to the root, leaf first.
+    pub levels: Vec<MemcgLevel>,
+}
+
+/// One memory cgroup on the way from the victim's up to the root.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct MemcgLevel {
+    /// Its path; `/` for the root.
+    pub path: Option<String>,
+    /// Its usage at the kill.
+    pub usage_bytes: u64,
+    /// Null when this level has no limit.
+    pub limit_bytes: Option<u64>,
+    /// `memory.oom.group`: when set (Kubernetes sets it on cgroup v2
+    /// containers since 1.28), a kill takes every process under the highest
+    /// such level up to the memcg that fired. Null when this kernel's BTF
+    /// lacks `mem_cgroup::oom_group`.
+    pub oom_group: Option<bool>,
+}
+
+/// A victim's exit, as the kernel's `sched_process_exit` saw it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Exit {
+    /// In `oom_kill`: the exit was seen within the collector's exit wait.
+    /// Always true in `late_exit`.
+    pub observed: bool,
+    /// As a shell reports it: 128 + signal for a signal death (137 for
+    /// SIGKILL), else the exit status. Null when not observed, and with
+    /// `--no-btf` (exit_code unreadable).
+    pub code: Option<i32>,
+    /// The signal that ended the process (9 for SIGKILL); null for a normal
+    /// exit and when `code` is.
+    pub signal: Option<i32>,
+    /// Milliseconds from the kill to the exit (for a multi-threaded victim,
+    /// to its last thread's exit).
+    pub delay_ms: Option<f64>,
+}
+
+/// The exit of a victim whose `oom_kill` record was written before the exit
+/// came (`exit.observed: false` there): a victim slower to die than the
+/// collector's exit wait, such as one the OOM reaper had to help, or one
+/// stuck in the kernel. The collector keeps watching for such exits for
+/// `start.collector.exit_retention_ms`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct LateExit {
+    /// Always 1 in this version of the format.
+    pub schema: u32,
+    #[serde(flatten)]
+    pub origin: Origin,
+    /// The `seq` of the `oom_kill` record (same `run_id`) this exit closes.
+    pub seq: u64,
+    /// When the exit happened, RFC 3339 UTC with nanoseconds.
+    pub time: String,
+    /// The same instant in CLOCK_BOOTTIME nanoseconds.
+    pub boot_ns: u64,
+    /// The victim's `pid` (or, in classic tracepoint mode, `tid`) as in its
+    /// `oom_kill` record.
+    pub pid: Option<u32>,
+    /// The victim's `tid` as in its `oom_kill` record.
+    pub tid: Option<u32>,
+    pub exit: Exit,
+}
+
+/// A container, named by its runtime's id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Container {
+    /// The full 64-hex-digit id, as in the cgroup path (`docker ps
+    /// --no-trunc`, `crictl ps -o json`).
+    pub id: String,
+    /// Null where the path cannot tell: a kubelet cgroupfs path
+    /// (`/kubepods/…/pod<uid>/<id>`) is the same for every CRI runtime.
+    pub runtime: Option<Runtime>,
+}
+
+/// The container engine whose naming the cgroup path follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Runtime {
+    #[serde(rename = "docker")]
+    Docker,
+    /// Kubernetes' CRI plugin (`cri-containerd-`) and nerdctl.
+    #[serde(rename = "containerd")]
+    Containerd,
+    #[serde(rename = "cri-o")]
+    CriO,
+    #[serde(rename = "podman")]
+    Podman,
+    /// A value from a newer oomtrace (read, never written).
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
+}
+
+/// Kubernetes names: the pod UID and QoS class from the kubelet's pod
+/// cgroup, and the namespace, pod and container names from the kubelet's
+/// log directories under `--host-root` (null when not found there: the logs
+/// are elsewhere, or the pod was deleted before its first kill was seen).
+/// oomtrace talks to no API server: no labels, annotations or owners.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct K8s {
+    /// The pod's namespace.
+    pub namespace: Option<String>,
+    /// The pod's name.
+    pub pod: Option<String>,
+    /// In dashed form. For a static pod this is the kubelet's hash of its
+    /// manifest, not the mirror pod's UID.
+    pub pod_uid: Option<String>,
+    /// The container's name in the pod spec; null when only the pod is
+    /// known.
+    pub container: Option<String>,
+    pub qos: Option<Qos>,
+}
+
+/// The pod's QoS class, from the kubelet's cgroup level above the pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Qos {
+    /// The pod cgroup sits directly under `kubepods`.
+    Guaranteed,
+    Burstable,
+    /// Serialized `besteffort`, the kubelet's own spelling.
+    BestEffort,
+    /// A value from a newer oomtrace (read, never written).
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
+}
+
+/// `comm` as the record carries it: the name, and its exact bytes in hex
+/// when they are not UTF-8. `raw` is the kernel's NUL-padded array.
+pub fn comm_fields(raw: &[u8]) -> (String, Option<String>) {
+    let bytes = raw.split(|b| *b == 0).next().unwrap_or_default();
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (s.to_string(), None),
+        Err(_) => (
+            String::from_utf8_lossy(bytes).into_owned(),
+            Some(bytes.iter().map(|b| format!("{b:02x}")).collect()),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_round_trips_through_json() {
+        let raw = b"a\"b\\c\nd\xffe\0\0\0";
+        let (comm, hex) = comm_fields(raw);
+        assert_eq!(comm, "a\"b\\c\nd\u{fffd}e");
+        assert_eq!(hex.as_deref(), Some("6122625c630a64ff65"));
+        let line = serde_json::to_string(&serde_json::json!({ "comm": comm, "comm_hex": hex }))
+            .expect("serialize");
+        assert!(!line.contains('\n'), "one line: {line}");
+        let back: serde_json::Value = serde_json::from_str(&line).expect("parse");
+        let hex = back["comm_hex"].as_str().expect("hex");
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit"))
+            .collect();
+        assert_eq!(bytes, b"a\"b\\c\nd\xffe");
+        assert_eq!(comm_fields(b"stress\0\0"), ("stress".into(), None));
+    }
+
+    #[test]
+    fn closed_sets_keep_their_spelling() {
+        fn json(value: impl Serialize) -> String {
+            serde_json::to_string(&value).expect("serialize")
+        }
+        assert_eq!(json(&LimitScope::Pod), "\"pod\"");
+        assert_eq!(json(&Constraint::Memcg), "\"memcg\"");
+        assert_eq!(json(&MemcgSource::UsageAtLimit), "\"usage_at_limit\"");
+        assert_eq!(json(&KillSource::RawTracepoint), "\"raw_tracepoint\"");
+        assert_eq!(json(&Runtime::CriO), "\"cri-o\"");
+        assert_eq!(json(&Qos::BestEffort), "\"besteffort\"");
+    }
+
+    #[test]
+    fn values_from_a_newer_oomtrace_are_read() {
+        let scope: LimitScope = serde_json::from_str("\"namespace\"").expect("read");
+        assert_eq!(scope, LimitScope::Unknown);
+        let runtime: Runtime = serde_json::from_str("\"kata\"").expect("read");
+        assert_eq!(runtime, Runtime::Unknown);
+    }
+
+}

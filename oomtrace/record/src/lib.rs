@@ -1,0 +1,99 @@
+//! oomtrace's output records: the public contract, schema version 1.
+//!
+//! `oomtrace run` writes one of these per line, as JSON (NDJSON) or as text.
+//! This crate holds their types and nothing else of the collector: the
+//! collector fills them, and `oomtrace report`, the tests and anyone's own
+//! code read them with [`read`].
+//!
+//! Rules every record follows:
+//! - `type` names the record and `schema` is [`SCHEMA_VERSION`].
+//! - `hostname`, `boot_id` and `run_id` say where it comes from: together
+//!   with `seq` they identify a kill across collector restarts and nodes.
+//! - Sizes are bytes. `time` is RFC 3339 UTC with nanoseconds and `boot_ns`
+//!   is CLOCK_BOOTTIME (the clock of `bpf_ktime_get_boot_ns`).
+//! - A value this kernel or attach mode cannot give is `null`: never made
+//!   up, never read from a guessed offset.
+//!
+//! Compatibility: within a schema version, fields are only added, and every
+//! added field is optional in the JSON Schema (`#[serde(default)]` here), so
+//! records written before it still validate and still read. Renaming or
+//! removing a field, or changing its meaning, bumps `schema`. Unknown fields,
+//! record types and enum values (from a newer oomtrace) are read, not
+//! rejected: they come out as [`Record::Unknown`] and `Unknown` variants.
+
+mod kill;
+pub mod read;
+mod schema;
+mod session;
+pub mod text;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use kill::{
+    CgroupRef, Constraint, Container, Exit, K8s, KillSource, LateExit, LimitScope, Memcg,
+    MemcgLevel, MemcgSource, Oom, OomKill, Qos, Rss, Runtime, Trigger, Victim, comm_fields,
+};
+pub use schema::{field_tables, json_schema};
+pub use session::{
+    AttachAttempt, AttachMode, CgroupMode, CollectorStatus, Counters, Hook, HostFacts, Lost,
+    MemoryController, ProbeStatus, SelfSetting, Start, Stop, StopReason,
+};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One line of output.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    Start(Box<Start>),
+    OomKill(Box<OomKill>),
+    LateExit(Box<LateExit>),
+    Lost(Box<Lost>),
+    Stop(Box<Stop>),
+    /// A record type from a newer oomtrace (read, never written).
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
+}
+
+impl Record {
+    /// The record's `type`, as written.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Start(_) => "start",
+            Self::OomKill(_) => "oom_kill",
+            Self::LateExit(_) => "late_exit",
+            Self::Lost(_) => "lost",
+            Self::Stop(_) => "stop",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    pub fn origin(&self) -> Option<&Origin> {
+        match self {
+            Self::Start(r) => Some(&r.origin),
+            Self::OomKill(r) => Some(&r.origin),
+            Self::LateExit(r) => Some(&r.origin),
+            Self::Lost(r) => Some(&r.origin),
+            Self::Stop(r) => Some(&r.origin),
+            Self::Unknown => None,
+        }
+    }
+}
+
+/// Where a record comes from, in every record. Null only in records written
+/// before these fields existed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Origin {
+    /// The node's hostname (`/proc/sys/kernel/hostname`).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`): new at every
+    /// boot, different on every node.
+    #[serde(default)]
+    pub boot_id: Option<String>,
+    /// Random, new at every collector start: `seq` restarts at 0 with it.
+    #[serde(default)]
+    pub run_id: Option<String>,
+}
