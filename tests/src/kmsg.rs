@@ -47,6 +47,8 @@ pub struct Kmsg {
     /// logged in either order.
     seen: Vec<KilledProcess>,
     contexts: Vec<OomKillLine>,
+    /// How often the kernel overwrote records before they were read (EPIPE).
+    overruns: u32,
 }
 
 impl Kmsg {
@@ -64,7 +66,28 @@ impl Kmsg {
             file,
             seen: Vec::new(),
             contexts: Vec::new(),
+            overruns: 0,
         }
+    }
+
+    /// Every `Killed process` line read so far, in the order logged.
+    pub fn seen(&self) -> &[KilledProcess] {
+        &self.seen
+    }
+
+    /// How often records were overwritten before this reader got to them:
+    /// lines may be missing from [`Kmsg::seen`] if this is not 0. The log
+    /// is a ring (128 KiB here, CONFIG_LOG_BUF_SHIFT=17), and each memcg OOM
+    /// also dumps a few KiB of state, so a long storm must be read as it
+    /// goes ([`Kmsg::poll`]).
+    pub fn overruns(&self) -> u32 {
+        self.overruns
+    }
+
+    /// Reads every record logged so far, without waiting.
+    pub fn poll(&mut self) {
+        let mut buf = vec![0u8; 8192];
+        while self.read_one(&mut buf) {}
     }
 
     /// Waits for the kernel's `Killed process` line about `pid`.
@@ -75,36 +98,45 @@ impl Kmsg {
             if let Some(found) = self.seen.iter().find(|k| k.pid == pid) {
                 return found.clone();
             }
-            match self.file.read(&mut buf) {
-                Ok(n) => {
-                    let record = String::from_utf8_lossy(&buf[..n]);
-                    // "PRIO,SEQ,TIME,FLAGS;MESSAGE\n"
-                    if let Some((_, message)) = record.split_once(';') {
-                        let line = message.lines().next().unwrap_or("");
-                        if let Some(context) = parse_oom_kill_line(line) {
-                            self.contexts.push(context);
-                        } else if let Some(mut killed) = parse_killed(line) {
-                            killed.context = self
-                                .contexts
-                                .iter()
-                                .rev()
-                                .find(|c| c.pid == killed.pid)
-                                .cloned();
-                            self.seen.push(killed);
-                        }
+            if !self.read_one(&mut buf) {
+                assert!(
+                    Instant::now() < deadline,
+                    "no `Killed process {pid}` line in the kernel log within {timeout:?}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Reads one record; false if there is none yet.
+    fn read_one(&mut self, buf: &mut [u8]) -> bool {
+        match self.file.read(buf) {
+            Ok(n) => {
+                let record = String::from_utf8_lossy(&buf[..n]);
+                // "PRIO,SEQ,TIME,FLAGS;MESSAGE\n"
+                if let Some((_, message)) = record.split_once(';') {
+                    let line = message.lines().next().unwrap_or("");
+                    if let Some(context) = parse_oom_kill_line(line) {
+                        self.contexts.push(context);
+                    } else if let Some(mut killed) = parse_killed(line) {
+                        killed.context = self
+                            .contexts
+                            .iter()
+                            .rev()
+                            .find(|c| c.pid == killed.pid)
+                            .cloned();
+                        self.seen.push(killed);
                     }
                 }
-                // EPIPE: records were overwritten under us; keep reading.
-                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "no `Killed process {pid}` line in the kernel log within {timeout:?}"
-                    );
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => panic!("reading /dev/kmsg: {e}"),
+                true
             }
+            // EPIPE: records were overwritten under us; keep reading.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
+                self.overruns += 1;
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(e) => panic!("reading /dev/kmsg: {e}"),
         }
     }
 }

@@ -24,13 +24,30 @@
 //!       Prints `init HOST-PID` at once, and `init-status STATUS` (the raw
 //!       wait status) when PID 1 ends; exits 0. It stays outside DIR, like
 //!       a runtime's shim.
+//!   oomtrace-workload exec-in DIR PROGRAM ARGS...
+//!       moves into the cgroup DIR, then execs PROGRAM (from PATH): a shell
+//!       pipeline started this way has the shell and every process it forks
+//!       inside DIR from the start, as a container's entrypoint has.
+//!   oomtrace-workload leader-exit [--cgroup DIR] [--adj N]
+//!       starts a thread named `allocator` that prints `worker TID` and
+//!       allocates until the OOM kill, while the main thread leaves on its
+//!       own with the raw exit(2) system call (SYS_exit, not exit_group): the
+//!       leader is a zombie while the process lives on in its worker, as
+//!       with a runtime whose main thread returns early. The parent's wait
+//!       status is the process's: SIGKILL.
+//!   oomtrace-workload exec-from-thread [--cgroup DIR] ALLOC-ARGS...
+//!       three threads: the leader and an idle thread sleep, a third prints
+//!       `exec from TID` and execve()s `oomtrace-workload alloc ALLOC-ARGS`.
+//!       The kernel's de_thread() ends the other threads and gives the
+//!       exec'ing thread the leader's pid, so the allocator that is then
+//!       OOM-killed has the pid the process started with.
 #![allow(
     clippy::unwrap_used,
     reason = "a test helper: failing loudly is the point"
 )]
 
 use std::{
-    io::Read,
+    io::{Read, Write},
     os::unix::process::{CommandExt, ExitStatusExt},
     process::Command,
     time::Duration,
@@ -91,13 +108,22 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("alloc") => alloc(parse(&args[1..])),
+        Some("exec-in") => match &args[1..] {
+            [dir, program, rest @ ..] => exec_in(dir, program, rest),
+            _ => die("usage: oomtrace-workload exec-in DIR PROGRAM ARGS..."),
+        },
+        Some("leader-exit") => leader_exit(parse(&args[1..])),
+        Some("exec-from-thread") => exec_from_thread(&args[1..]),
         Some("parent") => parent(&args[1..]),
         Some("pidns") => pidns(&args[1..]),
         Some("fuse-hold") => match &args[1..] {
             [dir] => fuse_hold(dir),
             _ => die("usage: oomtrace-workload fuse-hold DIR"),
         },
-        _ => die("usage: oomtrace-workload alloc|parent ..."),
+        _ => die(
+            "usage: oomtrace-workload alloc|parent|pidns|fuse-hold|exec-in|leader-exit|\
+             exec-from-thread ...",
+        ),
     }
 }
 
@@ -153,7 +179,7 @@ fn pidns(args: &[String]) {
 /// A FUSE server that never answers (see the usage above). Only FUSE_INIT
 /// is answered, with the 7.22 reply layout, which every kernel accepts.
 fn fuse_hold(dir: &str) {
-    use std::{ffi::CString, io::Write, os::fd::AsRawFd};
+    use std::{ffi::CString, os::fd::AsRawFd};
     const FUSE_INIT: u32 = 26;
     let dev = std::fs::OpenOptions::new()
         .read(true)
@@ -213,14 +239,89 @@ fn fuse_hold(dir: &str) {
     }
 }
 
-fn alloc(o: Options) {
+/// Moves this process (every thread of it) into the cgroup at `dir`.
+fn join_cgroup(dir: &str) {
+    // "0" means the writing process itself.
+    std::fs::write(format!("{dir}/cgroup.procs"), "0").unwrap();
+}
+
+/// `--cgroup` and `--adj`, before any thread is started.
+fn settle(o: &Options) {
     if let Some(dir) = &o.cgroup {
-        // "0" means the writing process itself.
-        std::fs::write(format!("{dir}/cgroup.procs"), "0").unwrap();
+        join_cgroup(dir);
     }
     if let Some(adj) = o.adj {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string()).unwrap();
     }
+}
+
+fn exec_in(dir: &str, program: &str, args: &[String]) {
+    join_cgroup(dir);
+    let error = Command::new(program).args(args).exec();
+    die(&format!("exec {program}: {error}"));
+}
+
+/// This thread's id.
+fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+fn leader_exit(o: Options) {
+    settle(&o);
+    let pid = std::process::id();
+    std::thread::Builder::new()
+        .name("allocator".into())
+        .spawn(move || {
+            // Allocate only once the leader is gone (a zombie while this
+            // thread lives), so that the kill finds it gone.
+            let leader = format!("/proc/{pid}/task/{pid}/stat");
+            while !std::fs::read_to_string(&leader)
+                .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            println!("worker {}", gettid());
+            std::io::stdout().flush().unwrap();
+            eat_memory()
+        })
+        .unwrap();
+    // SAFETY: SYS_exit ends only the calling thread; nothing of this thread
+    // is used afterwards (Rust's main never returns, no destructor runs).
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
+    unreachable!("SYS_exit returned");
+}
+
+fn exec_from_thread(alloc_args: &[String]) {
+    let (cgroup, alloc_args) = match alloc_args {
+        [flag, dir, rest @ ..] if flag == "--cgroup" => (Some(dir.as_str()), rest),
+        rest => (None, rest),
+    };
+    if let Some(dir) = cgroup {
+        join_cgroup(dir);
+    }
+    std::thread::spawn(|| {
+        loop {
+            std::thread::sleep(Duration::from_secs(60))
+        }
+    });
+    let alloc_args = alloc_args.to_vec();
+    std::thread::spawn(move || {
+        println!("exec from {}", gettid());
+        std::io::stdout().flush().unwrap();
+        let error = Command::new(std::env::current_exe().unwrap())
+            .arg("alloc")
+            .args(&alloc_args)
+            .exec();
+        die(&format!("exec from a thread: {error}"));
+    });
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+fn alloc(o: Options) {
+    settle(&o);
     if let Some(comm) = &o.comm {
         let mut name = comm.clone();
         name.push(0);
