@@ -29,12 +29,13 @@
 //!       pipeline started this way has the shell and every process it forks
 //!       inside DIR from the start, as a container's entrypoint has.
 //!   oomtrace-workload leader-exit [--cgroup DIR] [--adj N]
-//!       starts a thread named `allocator` that prints `worker TID` and
-//!       allocates until the OOM kill, while the main thread leaves on its
-//!       own with the raw exit(2) system call (SYS_exit, not exit_group): the
-//!       leader is a zombie while the process lives on in its worker, as
-//!       with a runtime whose main thread returns early. The parent's wait
-//!       status is the process's: SIGKILL.
+//!       starts a thread named `allocator`, then the main thread leaves on
+//!       its own with the raw exit(2) system call (SYS_exit, not
+//!       exit_group): the leader is a zombie while the process lives on in
+//!       its worker, as with a program whose main thread ends early. Once the
+//!       leader is a zombie, the worker prints `worker TID` and allocates
+//!       until the OOM kill. The parent's wait status is the process's:
+//!       SIGKILL.
 //!   oomtrace-workload exec-from-thread [--cgroup DIR] ALLOC-ARGS...
 //!       three threads: the leader and an idle thread sleep, a third prints
 //!       `exec from TID` and execve()s `oomtrace-workload alloc ALLOC-ARGS`.
