@@ -11,8 +11,8 @@ use aya_ebpf::helpers::{
     generated::{bpf_probe_read_kernel as bpf_probe_read_kernel_raw, bpf_probe_read_kernel_str},
 };
 use oomtrace_ebpf::{
-    CGROUP_NAME_MAX, CGROUP_NAMES_LEN, Config, FieldOffset, KernelOffsets, KillRecord,
-    MAX_CGROUP_DEPTH, MarkVictimLayout,
+    CGROUP_NAME_MAX, CGROUP_NAMES_LEN, Config, FieldOffset, KernelOffsets, KillRecord, Known,
+    MAX_CGROUP_DEPTH, MarkVictimLayout, VictimKey,
 };
 
 // Load-time globals, overridden by the collector (`EbpfLoader::override_global`).
@@ -21,66 +21,16 @@ use oomtrace_ebpf::{
 // onto the 512-byte eBPF stack. The volatile read is what keeps the compiler
 // from folding in these all-absent defaults.
 #[unsafe(no_mangle)]
-pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
-    task_pid: FieldOffset::ABSENT,
-    task_tgid: FieldOffset::ABSENT,
-    task_comm: FieldOffset::ABSENT,
-    task_mm: FieldOffset::ABSENT,
-    task_signal: FieldOffset::ABSENT,
-    task_real_cred: FieldOffset::ABSENT,
-    task_cgroups: FieldOffset::ABSENT,
-    task_exit_code: FieldOffset::ABSENT,
-    task_group_leader: FieldOffset::ABSENT,
-    task_thread_pid: FieldOffset::ABSENT,
-    signal_oom_score_adj: FieldOffset::ABSENT,
-    signal_live: FieldOffset::ABSENT,
-    cred_uid: FieldOffset::ABSENT,
-    mm_total_vm: FieldOffset::ABSENT,
-    mm_pgtables_bytes: FieldOffset::ABSENT,
-    mm_rss_file: FieldOffset::ABSENT,
-    mm_rss_anon: FieldOffset::ABSENT,
-    mm_rss_shmem: FieldOffset::ABSENT,
-    css_set_memory_css: FieldOffset::ABSENT,
-    css_set_dfl_cgrp: FieldOffset::ABSENT,
-    css_cgroup: FieldOffset::ABSENT,
-    css_parent: FieldOffset::ABSENT,
-    cgroup_kn: FieldOffset::ABSENT,
-    kn_name: FieldOffset::ABSENT,
-    kn_parent: FieldOffset::ABSENT,
-    kn_id: FieldOffset::ABSENT,
-    memcg_css: FieldOffset::ABSENT,
-    memcg_usage: FieldOffset::ABSENT,
-    memcg_max: FieldOffset::ABSENT,
-    memcg_oom_group: FieldOffset::ABSENT,
-    pid_level: FieldOffset::ABSENT,
-    pid_numbers: FieldOffset::ABSENT,
-    upid_nr: FieldOffset::ABSENT,
-    upid_size: FieldOffset::ABSENT,
-    oc_memcg: FieldOffset::ABSENT,
-    oc_totalpages: FieldOffset::ABSENT,
-    oc_chosen: FieldOffset::ABSENT,
-    oc_chosen_points: FieldOffset::ABSENT,
-    oc_constraint: FieldOffset::ABSENT,
-};
+pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets::ABSENT;
 
 #[unsafe(no_mangle)]
-pub static MARK_VICTIM_LAYOUT: MarkVictimLayout = MarkVictimLayout {
-    pid: FieldOffset::ABSENT,
-    comm: FieldOffset::ABSENT,
-    total_vm: FieldOffset::ABSENT,
-    anon_rss: FieldOffset::ABSENT,
-    file_rss: FieldOffset::ABSENT,
-    shmem_rss: FieldOffset::ABSENT,
-    uid: FieldOffset::ABSENT,
-    pgtables: FieldOffset::ABSENT,
-    oom_score_adj: FieldOffset::ABSENT,
-};
+pub static MARK_VICTIM_LAYOUT: MarkVictimLayout = MarkVictimLayout::ABSENT;
 
 #[unsafe(no_mangle)]
 pub static CONFIG: Config = Config {
     page_shift: 12,
     cgroup_v2_memory: 0,
-    exit_key_is_tid: 0,
+    victim_key: VictimKey::Tgid as u32,
     _pad: 0,
 };
 
@@ -96,13 +46,32 @@ pub fn field(f: *const FieldOffset) -> Option<usize> {
     }
 }
 
-/// `field(addr_of!(KERNEL_OFFSETS.$name))`
+/// The offset of kernel field `$name` (see oomtrace-ebpf/src/fields.rs), if
+/// this kernel has it.
 macro_rules! off {
     ($name:ident) => {
         $crate::kernel::field(core::ptr::addr_of!($crate::kernel::KERNEL_OFFSETS.$name))
     };
 }
 pub(crate) use off;
+
+/// Reads kernel field `$name` of the struct at `$base`, as the type the
+/// field table declares for it.
+macro_rules! read_field {
+    ($base:expr, $name:ident) => {
+        $crate::kernel::read::<oomtrace_ebpf::kernel_field_type::$name>($base, off!($name))
+    };
+}
+pub(crate) use read_field;
+
+/// Reads pointer field `$name` of the struct at `$base`; null when absent or
+/// unreadable.
+macro_rules! read_ptr_field {
+    ($base:expr, $name:ident) => {
+        read_field!($base, $name).unwrap_or(core::ptr::null())
+    };
+}
+pub(crate) use read_ptr_field;
 
 #[inline(always)]
 pub fn config_flag(f: *const u32) -> bool {
@@ -114,6 +83,16 @@ pub fn config_flag(f: *const u32) -> bool {
 pub fn page_shift() -> u32 {
     // SAFETY: reads the `CONFIG` static.
     unsafe { read_volatile(addr_of!(CONFIG.page_shift)) }
+}
+
+#[inline(always)]
+pub fn victim_key_rule() -> VictimKey {
+    // SAFETY: reads the `CONFIG` static.
+    if unsafe { read_volatile(addr_of!(CONFIG.victim_key)) } == VictimKey::Tid as u32 {
+        VictimKey::Tid
+    } else {
+        VictimKey::Tgid
+    }
 }
 
 /// Reads a `T` at `base + offset`, if the field exists on this kernel and the
@@ -128,25 +107,48 @@ pub fn read<T>(base: *const u8, offset: Option<usize>) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset).cast::<T>()).ok() }
 }
 
-/// `task->signal`, `task->mm`, ...: a pointer field.
+/// A memory counter as get_mm_counter() returns it, in bytes: never
+/// negative (per-CPU batching can leave the shared count briefly below zero).
 #[inline(always)]
-pub fn read_ptr(base: *const u8, offset: Option<usize>) -> *const u8 {
-    read::<*const u8>(base, offset).unwrap_or(core::ptr::null())
+pub fn mm_counter_bytes(pages: Option<i64>) -> Option<u64> {
+    Some((pages?.max(0) as u64) << page_shift())
 }
 
-/// A memory counter as get_mm_counter() returns it: pages, never negative
-/// (per-CPU batching can leave the shared count briefly below zero).
+/// Zeroes a whole record in one helper call: bpf_probe_read_kernel zeroes
+/// its destination when the source cannot be read
+/// (bpf_probe_read_kernel_common() in kernel/trace/bpf_trace.c), and
+/// address 0 never can be. Then every `Known` starts unknown and no byte of
+/// an earlier record in the ring buffer crosses over.
 #[inline(always)]
-pub fn read_mm_counter_bytes(mm: *const u8, offset: Option<usize>) -> Option<u64> {
-    let pages: i64 = read(mm, offset)?;
-    Some((pages.max(0) as u64) << page_shift())
+pub fn zero<T>(rec: *mut T) {
+    // SAFETY: `rec` is a live reservation of size_of::<T>() bytes; the helper
+    // writes exactly that many.
+    unsafe {
+        bpf_probe_read_kernel_raw(
+            rec.cast(),
+            core::mem::size_of::<T>() as u32,
+            core::ptr::null(),
+        );
+    }
 }
 
-/// The kernfs id of a cgroup: what /proc/PID/cgroup's path resolves to, and
-/// what `name_to_handle_at()` returns for its directory.
+/// Sets a record's `Known` field.
+#[inline(always)]
+pub fn set<T: Copy + Default>(field: *mut Known<T>, value: Option<T>) {
+    if let Some(value) = value {
+        // SAFETY: `field` points into a live reservation.
+        unsafe {
+            (*field).value = value;
+            (*field).known = 1;
+        }
+    }
+}
+
+/// The kernfs node of a cgroup: its `kn_id` is what /proc/PID/cgroup's path
+/// resolves to, and what `name_to_handle_at()` returns for its directory.
 #[inline(always)]
 pub fn cgroup_kn(cgroup: *const u8) -> *const u8 {
-    read_ptr(cgroup, off!(cgroup_kn))
+    read_ptr_field!(cgroup, cgroup_kn)
 }
 
 /// The victim's own cgroup: on cgroup v2 the task's default-hierarchy cgroup
@@ -155,9 +157,9 @@ pub fn cgroup_kn(cgroup: *const u8) -> *const u8 {
 #[inline(always)]
 pub fn victim_cgroup(css_set: *const u8, memory_css: *const u8) -> *const u8 {
     if config_flag(addr_of!(CONFIG.cgroup_v2_memory)) {
-        read_ptr(css_set, off!(css_set_dfl_cgrp))
+        read_ptr_field!(css_set, css_set_dfl_cgrp)
     } else {
-        read_ptr(memory_css, off!(css_cgroup))
+        read_ptr_field!(memory_css, css_cgroup)
     }
 }
 
@@ -187,11 +189,7 @@ fn read_or_zero<T: Copy>(base: *const u8, offset: usize) -> T {
 /// `rec.cgroup_names`. Returns true when the walk reached the root.
 #[inline(always)]
 pub fn walk_cgroup_path(rec: *mut KillRecord, mut kn: *const u8) -> bool {
-    // SAFETY: `rec` is a live ring-buffer reservation of a KillRecord.
-    unsafe {
-        (*rec).cgroup_depth = 0;
-        (*rec).cgroup_names_len = 0;
-    }
+    use oomtrace_ebpf::kernel_field_type as ty;
     let (Some(parent_at), Some(name_at), Some(id_at)) =
         (off!(kn_parent), off!(kn_name), off!(kn_id))
     else {
@@ -203,15 +201,16 @@ pub fn walk_cgroup_path(rec: *mut KillRecord, mut kn: *const u8) -> bool {
     let mut used: usize = 0;
     let mut depth: usize = 0;
     let mut complete = false;
-    // SAFETY: as above; every index is bounded by MAX_CGROUP_DEPTH or masked
-    // into the names buffer, whose slack covers one full name.
+    // SAFETY: `rec` is a live, zeroed reservation; every index is bounded by
+    // MAX_CGROUP_DEPTH or masked into the names buffer, whose slack covers
+    // one full name.
     unsafe {
         let names = addr_of!((*rec).cgroup_names) as *mut u8;
         let ids = addr_of!((*rec).cgroup_ids) as *mut u64;
         for level in 0..MAX_CGROUP_DEPTH {
-            let id: u64 = read_or_zero(kn, id_at);
+            let id: ty::kn_id = read_or_zero(kn, id_at);
             ids.add(level).write(id);
-            let parent: *const u8 = read_or_zero(kn, parent_at);
+            let parent: ty::kn_parent = read_or_zero(kn, parent_at);
             if parent.is_null() {
                 // `kn` is the hierarchy's root (its id stays in this slot).
                 complete = true;
@@ -223,7 +222,7 @@ pub fn walk_cgroup_path(rec: *mut KillRecord, mut kn: *const u8) -> bool {
             // The mask is a no-op at run time (used < CGROUP_NAMES_LEN, a power
             // of two) but lets the verifier prove the write stays in bounds.
             let start = used & (CGROUP_NAMES_LEN - 1);
-            let name: *const u8 = read_or_zero(kn, name_at);
+            let name: ty::kn_name = read_or_zero(kn, name_at);
             let copied = bpf_probe_read_kernel_str(
                 names.add(start).cast(),
                 CGROUP_NAME_MAX as u32,
@@ -248,8 +247,7 @@ pub fn walk_cgroup_path(rec: *mut KillRecord, mut kn: *const u8) -> bool {
 /// Returns true when the walk reached the root.
 #[inline(always)]
 pub fn walk_memcg_levels(rec: *mut KillRecord, mut css: *const u8) -> bool {
-    // SAFETY: `rec` is a live ring-buffer reservation.
-    unsafe { (*rec).memcg_depth = 0 };
+    use oomtrace_ebpf::kernel_field_type as ty;
     let (Some(parent_at), Some(cgroup_at), Some(kn_at), Some(id_at), Some(usage_at), Some(max_at)) = (
         off!(css_parent),
         off!(css_cgroup),
@@ -260,14 +258,15 @@ pub fn walk_memcg_levels(rec: *mut KillRecord, mut css: *const u8) -> bool {
     ) else {
         return false;
     };
-    // Optional: when BTF lacks it the byte read is meaningless, and the
-    // caller does not mark it valid. Read unconditionally to stay branch-free.
-    let group_at = off!(memcg_oom_group).unwrap_or(0);
+    // Optional: when BTF lacks it the byte read is meaningless, and stays
+    // unknown in the record. Read unconditionally to stay branch-free.
+    let group_at = off!(memcg_oom_group);
+    let group_read_at = group_at.unwrap_or(0);
     let mut depth: usize = 0;
     let mut complete = false;
     // SAFETY: as in walk_cgroup_path.
     unsafe {
-        let groups = addr_of!((*rec).memcg_oom_group) as *mut u8;
+        let groups = addr_of!((*rec).memcg_oom_group.value) as *mut u8;
         let ids = addr_of!((*rec).memcg_ids) as *mut u64;
         let usages = addr_of!((*rec).memcg_usage_pages) as *mut u64;
         let maxes = addr_of!((*rec).memcg_max_pages) as *mut u64;
@@ -276,17 +275,24 @@ pub fn walk_memcg_levels(rec: *mut KillRecord, mut css: *const u8) -> bool {
                 complete = depth > 0;
                 break;
             }
-            let cgroup: *const u8 = read_or_zero(css, cgroup_at);
-            let kn: *const u8 = read_or_zero(cgroup, kn_at);
-            ids.add(level).write(read_or_zero(kn, id_at));
-            let usage: i64 = read_or_zero(css, usage_at);
+            let cgroup: ty::css_cgroup = read_or_zero(css, cgroup_at);
+            let kn: ty::cgroup_kn = read_or_zero(cgroup, kn_at);
+            ids.add(level).write(read_or_zero::<ty::kn_id>(kn, id_at));
+            let usage: ty::memcg_usage = read_or_zero(css, usage_at);
             usages.add(level).write(usage.max(0) as u64);
-            maxes.add(level).write(read_or_zero(css, max_at));
-            groups.add(level).write(read_or_zero(css, group_at));
+            maxes
+                .add(level)
+                .write(read_or_zero::<ty::memcg_max>(css, max_at));
+            groups
+                .add(level)
+                .write(read_or_zero::<ty::memcg_oom_group>(css, group_read_at));
             depth = level + 1;
             css = read_or_zero(css, parent_at);
         }
         (*rec).memcg_depth = depth as u32;
+        if complete && group_at.is_some() {
+            (*rec).memcg_oom_group.known = 1;
+        }
     }
     complete
 }

@@ -7,15 +7,20 @@
 //! `#[repr(C)]` with explicit padding, so its layout is the same on both.
 //!
 //! Units: sizes leave the kernel in bytes, times in CLOCK_BOOTTIME nanoseconds
-//! (`bpf_ktime_get_boot_ns`). A field whose bit in `valid` is clear was not
-//! read (this kernel or attach mode cannot give it, or the read failed), and
-//! the collector writes it as `null`.
+//! (`bpf_ktime_get_boot_ns`). A value the programs could not read (this
+//! kernel lacks the field, or the read failed) is a [`Known`] with `known`
+//! clear, and the collector writes it as `null`.
 #![no_std]
+
+mod fields;
+
+pub use fields::{Anchor, FieldRule, KernelField, KernelOffsets, KernelPtr, kernel_field_type};
 
 /// `TASK_COMM_LEN` in include/linux/sched.h.
 pub const COMM_LEN: usize = 16;
-/// How many cgroup levels (leaf first) the programs walk before giving up.
-/// Kubernetes paths are 4–6 levels deep; deeper ones are flagged truncated.
+/// How many cgroup levels (leaf first) the programs walk before giving up:
+/// a deeper path is not reported (null), never cut short. Kubernetes paths
+/// are 4–6 levels deep.
 pub const MAX_CGROUP_DEPTH: usize = 16;
 /// A kernfs name is at most `NAME_MAX` (255) bytes plus its NUL.
 pub const CGROUP_NAME_MAX: usize = 256;
@@ -33,48 +38,16 @@ pub const RECORD_EXIT: u32 = 2;
 pub const SOURCE_RAW_TRACEPOINT: u32 = 1;
 pub const SOURCE_TRACEPOINT: u32 = 2;
 
-/// Bits of [`KillRecord::valid`].
-pub mod kill_valid {
-    pub const VICTIM_TID: u64 = 1 << 0;
-    pub const VICTIM_TGID: u64 = 1 << 1;
-    pub const VICTIM_COMM: u64 = 1 << 2;
-    pub const VICTIM_UID: u64 = 1 << 3;
-    pub const VICTIM_OOM_SCORE_ADJ: u64 = 1 << 4;
-    pub const TOTAL_VM: u64 = 1 << 5;
-    pub const RSS_ANON: u64 = 1 << 6;
-    pub const RSS_FILE: u64 = 1 << 7;
-    pub const RSS_SHMEM: u64 = 1 << 8;
-    pub const PGTABLES: u64 = 1 << 9;
-    /// `victim_ns_pid` and `victim_pid_ns_level` were read from the
-    /// thread-group leader's `struct pid`.
-    pub const VICTIM_NS_PID: u64 = 1 << 10;
-    /// The cgroup walk reached the root: `cgroup_*` is the complete path.
-    pub const CGROUP_PATH: u64 = 1 << 11;
-    /// The memcg walk reached the root: `memcg_*` covers every ancestor.
-    pub const MEMCG_LEVELS: u64 = 1 << 12;
-    /// `oom_*` came from `oom_kill_process` (fentry or kprobe).
-    /// `oom_memcg_id` is 0 there for a global OOM.
-    pub const OOM_CONTEXT: u64 = 1 << 13;
-    pub const TRIGGER_COMM: u64 = 1 << 14;
-    /// The victim could not be added to the exit-join map (it was full), so
-    /// no exit will be reported for it.
-    pub const EXIT_UNTRACKED: u64 = 1 << 15;
-    /// `cgroup_*` holds the path of the memcg whose limit fired
-    /// (`oom_memcg_id`), not the victim's: set by the classic tracepoint,
-    /// which does not know the victim's task, when `oom_kill_process` is
-    /// hooked. Never set together with `CGROUP_PATH`.
-    pub const OOM_MEMCG_PATH: u64 = 1 << 16;
-    /// `memcg_oom_group` was read (this kernel's BTF has
-    /// `mem_cgroup::oom_group`).
-    pub const MEMCG_OOM_GROUP: u64 = 1 << 17;
-}
-
-/// Bits of [`ExitRecord::valid`].
-pub mod exit_valid {
-    /// `exit_code` was read from `task_struct::exit_code`.
-    pub const EXIT_CODE: u32 = 1 << 0;
-    /// The exiting thread was the last of its thread group.
-    pub const GROUP_DEAD: u32 = 1 << 1;
+/// What [`KillRecord::cgroup_path_of`] says the `cgroup_*` walk holds.
+pub mod cgroup_path_of {
+    /// Nothing: the walk did not run or did not reach the root.
+    pub const NONE: u32 = 0;
+    /// The victim's own cgroup, up to the root.
+    pub const VICTIM: u32 = 1;
+    /// The memcg whose limit fired (`oom_kill_process`'s `oc->memcg`), up to
+    /// the root: what the classic tracepoint, which does not know the
+    /// victim's task, can still name.
+    pub const OOM_MEMCG: u32 = 2;
 }
 
 /// Indexes into the `COUNTERS` array map.
@@ -83,16 +56,54 @@ pub mod counter {
     pub const LOST_KILLS: u32 = 0;
     /// Exit records the ring buffer had no room for.
     pub const LOST_EXITS: u32 = 1;
-    /// Victims the `VICTIMS` map had no room for.
-    pub const VICTIMS_FULL: u32 = 2;
+    /// Victims the `VICTIMS` map had no room for: their kills are written
+    /// without exits (`KillRecord::victim_key` unknown).
+    pub const UNTRACKED_VICTIMS: u32 = 2;
     /// The next kill sequence number.
     pub const KILL_SEQ: u32 = 3;
     pub const LEN: u32 = 4;
 }
 
+/// A value the programs read, or not. `known == 0` means it was not read
+/// (this kernel or attach mode cannot give it, or the read failed), and
+/// `value` is then zero. The programs zero a whole record before filling
+/// it, so nothing stale crosses over.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Known<T> {
+    pub value: T,
+    pub known: u32,
+    pub _pad: u32,
+}
+
+impl<T: Copy + Default> Known<T> {
+    pub fn new(value: T) -> Self {
+        Self {
+            value,
+            known: 1,
+            _pad: 0,
+        }
+    }
+
+    pub fn from_option(value: Option<T>) -> Self {
+        match value {
+            Some(value) => Self::new(value),
+            None => Self::default(),
+        }
+    }
+
+    pub fn get(&self) -> Option<T> {
+        (self.known != 0).then_some(self.value)
+    }
+
+    pub fn is_known(&self) -> bool {
+        self.known != 0
+    }
+}
+
 /// A byte offset read from the running kernel's BTF. `present == 0` means the
 /// field does not exist on this kernel: the program then skips the read and
-/// leaves the record's `valid` bit clear, instead of reading a wrong offset.
+/// leaves the record's value unknown, instead of reading a wrong offset.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FieldOffset {
@@ -113,67 +124,52 @@ impl FieldOffset {
     }
 }
 
-/// Offsets of kernel struct fields, computed in userspace from the running
-/// kernel's BTF and handed to the programs as the `KERNEL_OFFSETS` global.
-/// Rust eBPF has no CO-RE relocations yet; this is the replacement.
+/// Run-time switches, the `CONFIG` global.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelOffsets {
-    // struct task_struct
-    pub task_pid: FieldOffset,
-    pub task_tgid: FieldOffset,
-    pub task_comm: FieldOffset,
-    pub task_mm: FieldOffset,
-    pub task_signal: FieldOffset,
-    pub task_real_cred: FieldOffset,
-    pub task_cgroups: FieldOffset,
-    pub task_exit_code: FieldOffset,
-    pub task_group_leader: FieldOffset,
-    pub task_thread_pid: FieldOffset,
-    // struct signal_struct
-    pub signal_oom_score_adj: FieldOffset,
-    pub signal_live: FieldOffset,
-    // struct cred
-    pub cred_uid: FieldOffset,
-    // struct mm_struct. The RSS offsets point at the counter value that
-    // get_mm_counter() reads: `rss_stat[i].count` (percpu_counter, 6.2+) or
-    // `rss_stat.count[i]` (atomic_long_t, before 6.2).
-    pub mm_total_vm: FieldOffset,
-    pub mm_pgtables_bytes: FieldOffset,
-    pub mm_rss_file: FieldOffset,
-    pub mm_rss_anon: FieldOffset,
-    pub mm_rss_shmem: FieldOffset,
-    // struct css_set: `subsys[memory_cgrp_id]`, and the default-hierarchy cgroup.
-    pub css_set_memory_css: FieldOffset,
-    pub css_set_dfl_cgrp: FieldOffset,
-    // struct cgroup_subsys_state
-    pub css_cgroup: FieldOffset,
-    pub css_parent: FieldOffset,
-    // struct cgroup
-    pub cgroup_kn: FieldOffset,
-    // struct kernfs_node (`parent` became `__parent` in 6.15)
-    pub kn_name: FieldOffset,
-    pub kn_parent: FieldOffset,
-    pub kn_id: FieldOffset,
-    // struct mem_cgroup: where its `css` sits (oom_control holds a mem_cgroup
-    // pointer), and usage/max relative to that css (css_set holds css pointers).
-    pub memcg_css: FieldOffset,
-    pub memcg_usage: FieldOffset,
-    pub memcg_max: FieldOffset,
-    /// `mem_cgroup::oom_group` (bool, `memory.oom.group`), relative to the css.
-    pub memcg_oom_group: FieldOffset,
-    // struct pid / struct upid
-    pub pid_level: FieldOffset,
-    pub pid_numbers: FieldOffset,
-    pub upid_nr: FieldOffset,
-    /// `sizeof(struct upid)`, carried as an offset so that it has a present flag.
-    pub upid_size: FieldOffset,
-    // struct oom_control
-    pub oc_memcg: FieldOffset,
-    pub oc_totalpages: FieldOffset,
-    pub oc_chosen: FieldOffset,
-    pub oc_chosen_points: FieldOffset,
-    pub oc_constraint: FieldOffset,
+pub struct Config {
+    /// log2 of the page size, for pages→bytes.
+    pub page_shift: u32,
+    /// The memory controller is on the cgroup2 (default) hierarchy, so the
+    /// victim's cgroup is `css_set->dfl_cgrp`; on cgroup v1 it is the memory
+    /// css's own cgroup.
+    pub cgroup_v2_memory: u32,
+    /// How `VICTIMS` is keyed: a [`VictimKey`].
+    pub victim_key: u32,
+    pub _pad: u32,
+}
+
+/// How the `VICTIMS` map is keyed. The programs' victim registry
+/// (`oomtrace-ebpf/src/registry.rs`) is the only code that applies this
+/// rule: it registers each victim under its key, writes the key into the
+/// kill record ([`KillRecord::victim_key`]), and looks every exiting task up
+/// by the same rule. Userspace only ever uses the key the record carries.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VictimKey {
+    /// The thread-group id: the process dies when its last thread exits.
+    Tgid = 0,
+    /// The thread id, for the classic tracepoint, which knows only the
+    /// marked thread.
+    Tid = 1,
+}
+
+/// How many victims `VICTIMS` holds at once. Every exit on the node looks
+/// itself up there, so the map is kept small enough for its bucket array to
+/// stay in cache (see the map's definition in registry.rs for the
+/// measurements).
+pub const VICTIMS_CAPACITY: u32 = 4096;
+
+/// Value of the `VICTIMS` hash map: lets the exit hook name the kill it
+/// closes, and tell the victim from a later process given the same pid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VictimEntry {
+    pub kill_seq: u64,
+    /// The victim's thread-group leader's `start_time`, or 0 when unknown
+    /// (classic tracepoint mode): an exiting task with this key but another
+    /// start time is a new process that reused the pid, not the victim.
+    pub start_time: u64,
 }
 
 /// Field offsets of the classic `oom:mark_victim` tracepoint record, read at
@@ -195,29 +191,18 @@ pub struct MarkVictimLayout {
     pub oom_score_adj: FieldOffset,
 }
 
-/// Run-time switches, the `CONFIG` global.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Config {
-    /// log2 of the page size, for pages→bytes.
-    pub page_shift: u32,
-    /// The memory controller is on the cgroup2 (default) hierarchy, so the
-    /// victim's cgroup is `css_set->dfl_cgrp`; on cgroup v1 it is the memory
-    /// css's own cgroup.
-    pub cgroup_v2_memory: u32,
-    /// The exit hook keys `VICTIMS` by thread id (classic tracepoint mode,
-    /// which knows only the victim thread's pid) instead of by tgid.
-    pub exit_key_is_tid: u32,
-    pub _pad: u32,
-}
-
-/// Value of the `VICTIMS` hash map, keyed by the victim's tgid (or tid, see
-/// [`Config::exit_key_is_tid`]): lets the exit hook name the kill it closes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VictimEntry {
-    pub kill_seq: u64,
-    pub kill_boot_ns: u64,
+impl MarkVictimLayout {
+    pub const ABSENT: Self = Self {
+        pid: FieldOffset::ABSENT,
+        comm: FieldOffset::ABSENT,
+        total_vm: FieldOffset::ABSENT,
+        anon_rss: FieldOffset::ABSENT,
+        file_rss: FieldOffset::ABSENT,
+        shmem_rss: FieldOffset::ABSENT,
+        uid: FieldOffset::ABSENT,
+        pgtables: FieldOffset::ABSENT,
+        oom_score_adj: FieldOffset::ABSENT,
+    };
 }
 
 /// What `oom_kill_process(struct oom_control *oc, const char *message)` knows
@@ -246,7 +231,8 @@ pub struct OomContext {
 }
 
 /// One OOM kill, as `mark_victim` saw it. Built in place in the ring buffer
-/// (it is far larger than the 512-byte eBPF stack).
+/// (it is far larger than the 512-byte eBPF stack), after the whole
+/// reservation has been zeroed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct KillRecord {
@@ -254,55 +240,60 @@ pub struct KillRecord {
     pub source: u32,
     pub seq: u64,
     pub boot_ns: u64,
-    /// `kill_valid` bits.
-    pub valid: u64,
 
-    pub victim_tid: u32,
-    pub victim_tgid: u32,
-    pub victim_uid: u32,
+    pub total_vm_bytes: Known<u64>,
+    pub rss_anon_bytes: Known<u64>,
+    pub rss_file_bytes: Known<u64>,
+    pub rss_shmem_bytes: Known<u64>,
+    pub pgtables_bytes: Known<u64>,
+    /// From `oom_kill_process`, when it is hooked.
+    pub oom: Known<OomContext>,
+    /// The `seq` of an earlier kill that registered this same process and
+    /// still waits for its exit: out_of_memory() marks a dying `current`
+    /// again without a new kill (task_will_free_mem()). That kill's exit
+    /// closes this one too.
+    pub same_victim_as: Known<u64>,
+
+    /// The key the victim is registered under in `VICTIMS`. Unknown when it
+    /// is not registered by this kill: its pid is unknown, the map was full
+    /// (then no exit will come for it), or `same_victim_as` holds it.
+    pub victim_key: Known<u32>,
+    pub victim_tid: Known<u32>,
+    pub victim_tgid: Known<u32>,
+    pub victim_uid: Known<u32>,
     /// The victim's tgid as seen inside its own pid namespace.
-    pub victim_ns_pid: u32,
-    pub victim_pid_ns_level: u32,
-    pub victim_oom_score_adj: i32,
-    pub victim_comm: [u8; COMM_LEN],
-    pub total_vm_bytes: u64,
-    pub rss_anon_bytes: u64,
-    pub rss_file_bytes: u64,
-    pub rss_shmem_bytes: u64,
-    pub pgtables_bytes: u64,
-
+    pub victim_ns_pid: Known<u32>,
+    pub victim_oom_score_adj: Known<i32>,
+    pub victim_comm: Known<[u8; COMM_LEN]>,
+    pub trigger_comm: Known<[u8; COMM_LEN]>,
     pub trigger_tid: u32,
     pub trigger_tgid: u32,
-    pub trigger_comm: [u8; COMM_LEN],
 
-    pub oom_constraint: u32,
-    pub oom_chosen_tgid: u32,
-    pub oom_chosen_points: i64,
-    pub oom_totalpages: u64,
-    pub oom_memcg_id: u64,
-
-    /// The victim's cgroup, leaf first: `cgroup_depth` kernfs ids, and as many
-    /// NUL-terminated names packed into `cgroup_names` (`cgroup_names_len`
-    /// bytes used). The root cgroup has no name; when the walk reached it
-    /// (`kill_valid::CGROUP_PATH`) and `cgroup_depth < MAX_CGROUP_DEPTH`, its
-    /// id is `cgroup_ids[cgroup_depth]`.
+    /// What the cgroup walk below holds: a [`cgroup_path_of`] value. Leaf
+    /// first: `cgroup_depth` kernfs ids, and as many NUL-terminated names
+    /// packed into `cgroup_names` (`cgroup_names_len` bytes used). The root
+    /// cgroup has no name; when the walk reached it and `cgroup_depth <
+    /// MAX_CGROUP_DEPTH`, its id is `cgroup_ids[cgroup_depth]`.
+    pub cgroup_path_of: u32,
     pub cgroup_depth: u32,
     pub cgroup_names_len: u32,
-    pub cgroup_ids: [u64; MAX_CGROUP_DEPTH],
-    pub cgroup_names: [u8; CGROUP_NAMES_SIZE],
-
+    /// The memcg walk below reached the root memcg.
+    pub memcg_complete: u32,
     /// The victim's memory cgroup and its ancestors, leaf first, up to and
     /// including the root memcg: kernfs id, `memory.usage` and `memory.max`
     /// (pages) of each, read at the moment of the kill.
     pub memcg_depth: u32,
     pub _pad: u32,
+    pub cgroup_ids: [u64; MAX_CGROUP_DEPTH],
     pub memcg_ids: [u64; MAX_CGROUP_DEPTH],
     pub memcg_usage_pages: [u64; MAX_CGROUP_DEPTH],
     pub memcg_max_pages: [u64; MAX_CGROUP_DEPTH],
     /// `memory.oom.group` of each level (1 = set): with it, the kernel kills
     /// every task under the highest such memcg between the victim's and the
-    /// one whose limit fired (mem_cgroup_get_oom_group()).
-    pub memcg_oom_group: [u8; MAX_CGROUP_DEPTH],
+    /// one whose limit fired (mem_cgroup_get_oom_group()). Unknown where BTF
+    /// lacks `mem_cgroup::oom_group`.
+    pub memcg_oom_group: Known<[u8; MAX_CGROUP_DEPTH]>,
+    pub cgroup_names: [u8; CGROUP_NAMES_SIZE],
 }
 
 /// A victim's exit, from `sched_process_exit`.
@@ -310,17 +301,14 @@ pub struct KillRecord {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExitRecord {
     pub kind: u32,
-    /// `exit_valid` bits.
-    pub valid: u32,
+    pub _pad: u32,
     pub boot_ns: u64,
     /// The `seq` of the [`KillRecord`] this exit closes.
     pub kill_seq: u64,
-    pub tid: u32,
-    pub tgid: u32,
     /// `task_struct::exit_code` as do_exit() set it: the wait status
     /// (signal number in bits 0–6, exit status in bits 8–15).
-    pub exit_code: i32,
-    pub _pad: u32,
+    pub exit_code: Known<i32>,
+    pub _pad2: u32,
 }
 
 #[cfg(feature = "user")]
@@ -340,25 +328,50 @@ mod tests {
     use super::*;
     use core::mem::{align_of, size_of};
 
-    /// No implicit padding: the size is exactly the sum of the fields, so both
-    /// compilers agree on every offset and no uninitialised byte crosses over.
+    /// No implicit padding: each size is exactly the sum of its fields, so
+    /// both compilers agree on every offset.
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FieldOffset>(), 8);
-        assert_eq!(size_of::<KernelOffsets>(), 39 * 8);
+        assert_eq!(size_of::<KernelOffsets>(), KernelOffsets::FIELDS.len() * 8);
         assert_eq!(size_of::<MarkVictimLayout>(), 9 * 8);
         assert_eq!(size_of::<Config>(), 16);
         assert_eq!(size_of::<VictimEntry>(), 16);
         assert_eq!(size_of::<OomContext>(), 40);
-        assert_eq!(size_of::<ExitRecord>(), 40);
-        let kill_fixed = 4 + 4 + 8 + 8 + 8 // header
-            + 6 * 4 + COMM_LEN + 5 * 8 // victim
-            + 2 * 4 + COMM_LEN // trigger
-            + 4 + 4 + 8 + 8 + 8 // oom context
-            + 4 + 4 + 8 * MAX_CGROUP_DEPTH + CGROUP_NAMES_SIZE
-            + 4 + 4 + 3 * 8 * MAX_CGROUP_DEPTH
-            + MAX_CGROUP_DEPTH;
+        assert_eq!(size_of::<Known<u32>>(), 12);
+        assert_eq!(size_of::<Known<u64>>(), 16);
+        assert_eq!(size_of::<Known<[u8; COMM_LEN]>>(), COMM_LEN + 8);
+        assert_eq!(size_of::<ExitRecord>(), 4 + 4 + 8 + 8 + 12 + 4);
+        let known = |n: usize| n + 8;
+        let kill_fixed = 4 + 4 + 8 + 8 // header
+            + 6 * known(8) + known(40) // sizes, alias, oom context
+            + 5 * known(4) + known(4) + 2 * known(COMM_LEN) + 2 * 4 // ids, names
+            + 6 * 4 // walk headers
+            + 4 * 8 * MAX_CGROUP_DEPTH + known(MAX_CGROUP_DEPTH) + CGROUP_NAMES_SIZE;
         assert_eq!(size_of::<KillRecord>(), kill_fixed);
         assert!(align_of::<KillRecord>() <= 8, "ring buffer aligns to 8");
+    }
+
+    #[test]
+    fn every_kernel_field_is_listed_once() {
+        let mut offsets = KernelOffsets::ABSENT;
+        assert_eq!(offsets.slots_mut().count(), KernelOffsets::FIELDS.len());
+        for (i, field) in KernelOffsets::FIELDS.iter().enumerate() {
+            assert!(
+                KernelOffsets::FIELDS[..i]
+                    .iter()
+                    .all(|f| f.name != field.name),
+                "{} twice",
+                field.name
+            );
+            assert_eq!(offsets.get(field.name), Some(FieldOffset::ABSENT));
+        }
+        // Slot order is FIELDS order: setting slot i sets field i.
+        for (i, slot) in offsets.slots_mut().enumerate() {
+            *slot = FieldOffset::at(i as u32);
+        }
+        for (i, field) in KernelOffsets::FIELDS.iter().enumerate() {
+            assert_eq!(offsets.get(field.name), Some(FieldOffset::at(i as u32)));
+        }
     }
 }

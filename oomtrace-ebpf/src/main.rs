@@ -12,8 +12,12 @@
 //! - `oom_kill_process_{fentry,kprobe}` and `_{fexit,kretprobe}`:
 //!   `static void oom_kill_process(struct oom_control *oc, const char *message)`
 //!   in mm/oom_kill.c.
-//! - `process_exit_{raw,tp}`: `sched_process_exit`, which do_exit() fires after
-//!   setting `tsk->exit_code` and decrementing `signal->live`.
+//! - `sched_process_exit_{raw,tp}`: `sched_process_exit`, which do_exit()
+//!   fires after setting `tsk->exit_code` and decrementing `signal->live`.
+//!
+//! Modules: `programs` (the entry points), `registry` (the `VICTIMS` map and
+//! its key rule), `maps` (the record stream and counters), `kernel` (reads
+//! of kernel memory at offsets from BTF).
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 // Inline BPF assembly, for the one atomic instruction core does not offer here.
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
@@ -21,7 +25,11 @@
 #[cfg(target_arch = "bpf")]
 mod kernel;
 #[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
 mod programs;
+#[cfg(target_arch = "bpf")]
+mod registry;
 
 /// The host build of this binary is empty: the programs exist only for the
 /// bpf target. (`cargo build --workspace` still type-checks the crate.)

@@ -1,16 +1,15 @@
-//! The programs and maps. See the crate docs in main.rs for the kernel
-//! prototypes they depend on.
+//! The programs. See the crate docs in main.rs for the kernel prototypes
+//! they depend on.
 
-use core::ptr::addr_of;
+use core::ptr::{addr_of, addr_of_mut};
 
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str},
     },
-    macros::{fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, RingBuf},
+    macros::{fentry, fexit, kprobe, kretprobe, raw_tracepoint, tracepoint},
     programs::{
         FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
         TracePointContext,
@@ -18,62 +17,18 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use oomtrace_ebpf::{
-    COMM_LEN, ExitRecord, KillRecord, OomContext, RECORD_EXIT, RECORD_KILL, SOURCE_RAW_TRACEPOINT,
-    SOURCE_TRACEPOINT, VictimEntry, counter, exit_valid, kill_valid,
+    COMM_LEN, ExitRecord, KillRecord, Known, OomContext, RECORD_EXIT, RECORD_KILL,
+    SOURCE_RAW_TRACEPOINT, SOURCE_TRACEPOINT, cgroup_path_of, counter,
 };
 
-use crate::kernel::{
-    CONFIG, MARK_VICTIM_LAYOUT, cgroup_kn, config_flag, field, off, page_shift, read,
-    read_mm_counter_bytes, read_ptr, victim_cgroup, walk_cgroup_path, walk_memcg_levels,
+use crate::{
+    kernel::{
+        MARK_VICTIM_LAYOUT, cgroup_kn, field, mm_counter_bytes, off, page_shift, read, read_field,
+        read_ptr_field, set, victim_cgroup, walk_cgroup_path, walk_memcg_levels, zero,
+    },
+    maps::{EVENTS, OOM_CONTEXTS, bump},
+    registry,
 };
-
-/// The one ordered stream of records to the collector. 1 MiB holds ~100 kill
-/// records; the collector can resize it (`map_max_entries`).
-#[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
-
-/// Victims waiting for their exit: the only map the exit hook touches.
-///
-/// Every exit on the node looks itself up here and misses, and the miss
-/// costs one read of a random bucket head (htab_map_lookup_elem). The bucket
-/// array grows with max_entries, so it is kept small enough to stay in cache:
-/// measured with `cargo xtask bench` (bpf_stats run time per exit, against
-/// bpftrace's 4096-entry map in the same run, five runs each), 16384
-/// entries ran 1.10-1.41x bpftrace's time (median 1.27), 4096 ran
-/// 0.92-1.18x (median 1.05). 4096 victims still waiting for
-/// their exits at once is far beyond any storm; past it, a kill is marked
-/// `exit_untracked` and counted (VICTIMS_FULL), never dropped.
-#[map]
-static VICTIMS: HashMap<u32, VictimEntry> = HashMap::with_max_entries(4096, 0);
-
-/// `oom_kill_process` context, keyed by the killing thread's pid_tgid.
-#[map]
-static OOM_CONTEXTS: HashMap<u64, OomContext> = HashMap::with_max_entries(1024, 0);
-
-/// Loss counters and the kill sequence (see `oomtrace_ebpf::counter`).
-#[map]
-static COUNTERS: Array<u64> = Array::with_max_entries(counter::LEN, 0);
-
-/// Adds one to a counter and returns its previous value.
-#[inline(always)]
-fn bump(index: u32) -> u64 {
-    let Some(value) = COUNTERS.get_ptr_mut(index) else {
-        return 0;
-    };
-    let mut previous: u64 = 1;
-    // core's AtomicU64::fetch_add is not available on the bpf target (it has
-    // no compare-and-swap), so this is the instruction itself: BPF_ATOMIC
-    // BPF_ADD|BPF_FETCH (Linux 5.12+), atomic across CPUs.
-    // SAFETY: `value` is an 8-byte aligned u64 in the array's value area.
-    unsafe {
-        core::arch::asm!(
-            "{v} = atomic_fetch_add((u64 *)({p} + 0), {v})",
-            p = in(reg) value,
-            v = inout(reg) previous,
-        );
-    }
-    previous
-}
 
 // ---------------------------------------------------------------------------
 // mark_victim: one record per OOM victim.
@@ -91,11 +46,25 @@ pub fn mark_victim_raw(ctx: RawTracePointContext) -> i32 {
     };
     let rec = entry.as_mut_ptr();
     begin_kill_record(rec, SOURCE_RAW_TRACEPOINT);
-    fill_victim_from_task(rec, task);
-    if !is_marked(rec, kill_valid::VICTIM_TGID) {
-        debug!(&ctx, "mark_victim: could not read the victim's task_struct");
+    // SAFETY: `rec` is a live reservation.
+    unsafe {
+        set(
+            addr_of_mut!((*rec).victim_tid),
+            read_field!(task, task_pid).map(|p| p as u32),
+        );
+        set(
+            addr_of_mut!((*rec).victim_tgid),
+            read_field!(task, task_tgid).map(|p| p as u32),
+        );
+        if !(*rec).victim_tgid.is_known() {
+            debug!(&ctx, "mark_victim: could not read the victim's task_struct");
+        }
     }
-    finish_kill_record(rec);
+    // Registered before the slow part of the record, so that the victim's
+    // exit finds its entry even when one of its threads races to it.
+    registry::register(rec, registry::process_start_time(task).unwrap_or(0));
+    fill_victim_from_task(rec, task);
+    attach_oom_context(rec);
     entry.submit(0);
     0
 }
@@ -113,101 +82,31 @@ pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
     let rec = entry.as_mut_ptr();
     begin_kill_record(rec, SOURCE_TRACEPOINT);
     fill_victim_from_tracepoint(&ctx, rec);
-    finish_kill_record(rec);
+    registry::register(rec, 0);
+    attach_oom_context(rec);
     walk_oom_memcg_path(rec);
     entry.submit(0);
     0
 }
 
-/// Sets `valid` bits in the record itself. The bits stay in ring-buffer
-/// memory (volatile, so the compiler cannot keep them in a register): to the
-/// verifier they are then an unknown value, not one constant per path. With
-/// a dozen optional reads, per-path constants would give it 2^12 states to
-/// tell apart, and it gives up at a million instructions.
-#[inline(always)]
-fn mark(rec: *mut KillRecord, bits: u64) {
-    // SAFETY: `rec` is a live reservation; `valid` is a plain u64.
-    unsafe {
-        let valid = core::ptr::addr_of_mut!((*rec).valid);
-        core::ptr::write_volatile(valid, core::ptr::read_volatile(valid) | bits);
-    }
-}
-
-#[inline(always)]
-fn is_marked(rec: *mut KillRecord, bits: u64) -> bool {
-    // SAFETY: as in `mark`.
-    unsafe { core::ptr::read_volatile(addr_of!((*rec).valid)) & bits != 0 }
-}
-
-/// Header and trigger (`current`, the task whose allocation ran out); zeroes
-/// every victim field so that nothing stale from the ring buffer leaks out.
+/// Zeroes the record, numbers the kill, and fills in the header and the
+/// trigger (`current`, the task whose allocation ran out).
 #[inline(always)]
 fn begin_kill_record(rec: *mut KillRecord, source: u32) {
+    zero(rec);
     let pid_tgid = bpf_get_current_pid_tgid();
-    let comm = bpf_get_current_comm();
-    // SAFETY: `rec` is a live reservation; only plain integer fields are written.
+    // SAFETY: `rec` is a live, zeroed reservation.
     unsafe {
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*rec).valid), 0);
         (*rec).kind = RECORD_KILL;
         (*rec).source = source;
+        (*rec).seq = bump(counter::KILL_SEQ);
         (*rec).boot_ns = bpf_ktime_get_boot_ns();
-        (*rec).victim_tid = 0;
-        (*rec).victim_tgid = 0;
-        (*rec).victim_uid = 0;
-        (*rec).victim_ns_pid = 0;
-        (*rec).victim_pid_ns_level = 0;
-        (*rec).victim_oom_score_adj = 0;
-        (*rec).victim_comm = [0; COMM_LEN];
-        (*rec).total_vm_bytes = 0;
-        (*rec).rss_anon_bytes = 0;
-        (*rec).rss_file_bytes = 0;
-        (*rec).rss_shmem_bytes = 0;
-        (*rec).pgtables_bytes = 0;
         (*rec).trigger_tid = pid_tgid as u32;
         (*rec).trigger_tgid = (pid_tgid >> 32) as u32;
-        (*rec).trigger_comm = comm.unwrap_or([0; COMM_LEN]);
-        (*rec).cgroup_depth = 0;
-        (*rec).cgroup_names_len = 0;
-        (*rec).memcg_depth = 0;
-        (*rec)._pad = 0;
-    }
-    if comm.is_ok() {
-        mark(rec, kill_valid::TRIGGER_COMM);
-    }
-}
-
-/// Attaches the `oom_kill_process` context, numbers the kill, and registers
-/// the victim for the exit hook.
-#[inline(always)]
-fn finish_kill_record(rec: *mut KillRecord) {
-    attach_oom_context(rec);
-    let seq = bump(counter::KILL_SEQ);
-    // SAFETY: `rec` is a live reservation.
-    let (key, known, boot_ns) = unsafe {
-        (*rec).seq = seq;
-        if config_flag(addr_of!(CONFIG.exit_key_is_tid)) {
-            (
-                (*rec).victim_tid,
-                is_marked(rec, kill_valid::VICTIM_TID),
-                (*rec).boot_ns,
-            )
-        } else {
-            (
-                (*rec).victim_tgid,
-                is_marked(rec, kill_valid::VICTIM_TGID),
-                (*rec).boot_ns,
-            )
-        }
-    };
-    let entry = VictimEntry {
-        kill_seq: seq,
-        kill_boot_ns: boot_ns,
-    };
-    if !known || VICTIMS.insert(key, entry, 0).is_err() {
-        if known {
-            bump(counter::VICTIMS_FULL);
-        }
-        mark(rec, kill_valid::EXIT_UNTRACKED);
+        set(
+            addr_of_mut!((*rec).trigger_comm),
+            bpf_get_current_comm().ok(),
+        );
     }
 }
 
@@ -216,66 +115,52 @@ fn fill_victim_from_task(rec: *mut KillRecord, task: *const u8) {
     // SAFETY: `rec` is a live reservation; `task` is only read through
     // bpf_probe_read_kernel.
     unsafe {
-        if let Some(tid) = read::<i32>(task, off!(task_pid)) {
-            (*rec).victim_tid = tid as u32;
-            mark(rec, kill_valid::VICTIM_TID);
-        }
-        if let Some(tgid) = read::<i32>(task, off!(task_tgid)) {
-            (*rec).victim_tgid = tgid as u32;
-            mark(rec, kill_valid::VICTIM_TGID);
-        }
-        if let Some(comm) = read::<[u8; COMM_LEN]>(task, off!(task_comm)) {
-            (*rec).victim_comm = comm;
-            mark(rec, kill_valid::VICTIM_COMM);
-        }
+        set(
+            addr_of_mut!((*rec).victim_comm),
+            read_field!(task, task_comm),
+        );
         // task_uid(): the real credentials, as the tracepoint and dmesg use.
-        let cred = read_ptr(task, off!(task_real_cred));
-        if let Some(uid) = read::<u32>(cred, off!(cred_uid)) {
-            (*rec).victim_uid = uid;
-            mark(rec, kill_valid::VICTIM_UID);
-        }
-        let signal = read_ptr(task, off!(task_signal));
-        if let Some(adj) = read::<i16>(signal, off!(signal_oom_score_adj)) {
-            (*rec).victim_oom_score_adj = i32::from(adj);
-            mark(rec, kill_valid::VICTIM_OOM_SCORE_ADJ);
-        }
+        let cred = read_ptr_field!(task, task_real_cred);
+        set(addr_of_mut!((*rec).victim_uid), read_field!(cred, cred_uid));
+        let signal = read_ptr_field!(task, task_signal);
+        set(
+            addr_of_mut!((*rec).victim_oom_score_adj),
+            read_field!(signal, signal_oom_score_adj).map(i32::from),
+        );
 
         // The same counters __oom_kill_process() prints to dmesg.
-        let mm = read_ptr(task, off!(task_mm));
-        if let Some(pages) = read::<u64>(mm, off!(mm_total_vm)) {
-            (*rec).total_vm_bytes = pages << page_shift();
-            mark(rec, kill_valid::TOTAL_VM);
-        }
-        if let Some(bytes) = read::<i64>(mm, off!(mm_pgtables_bytes)) {
-            (*rec).pgtables_bytes = bytes.max(0) as u64;
-            mark(rec, kill_valid::PGTABLES);
-        }
-        if let Some(bytes) = read_mm_counter_bytes(mm, off!(mm_rss_anon)) {
-            (*rec).rss_anon_bytes = bytes;
-            mark(rec, kill_valid::RSS_ANON);
-        }
-        if let Some(bytes) = read_mm_counter_bytes(mm, off!(mm_rss_file)) {
-            (*rec).rss_file_bytes = bytes;
-            mark(rec, kill_valid::RSS_FILE);
-        }
-        if let Some(bytes) = read_mm_counter_bytes(mm, off!(mm_rss_shmem)) {
-            (*rec).rss_shmem_bytes = bytes;
-            mark(rec, kill_valid::RSS_SHMEM);
-        }
+        let mm = read_ptr_field!(task, task_mm);
+        set(
+            addr_of_mut!((*rec).total_vm_bytes),
+            read_field!(mm, mm_total_vm).map(|pages| pages << page_shift()),
+        );
+        set(
+            addr_of_mut!((*rec).pgtables_bytes),
+            read_field!(mm, mm_pgtables_bytes).map(|bytes| bytes.max(0) as u64),
+        );
+        set(
+            addr_of_mut!((*rec).rss_anon_bytes),
+            mm_counter_bytes(read_field!(mm, mm_rss_anon)),
+        );
+        set(
+            addr_of_mut!((*rec).rss_file_bytes),
+            mm_counter_bytes(read_field!(mm, mm_rss_file)),
+        );
+        set(
+            addr_of_mut!((*rec).rss_shmem_bytes),
+            mm_counter_bytes(read_field!(mm, mm_rss_shmem)),
+        );
 
         fill_pid_namespace(rec, task);
 
-        let css_set = read_ptr(task, off!(task_cgroups));
-        let memory_css = read_ptr(css_set, off!(css_set_memory_css));
+        let css_set = read_ptr_field!(task, task_cgroups);
+        let memory_css = read_ptr_field!(css_set, css_set_memory_css);
         let cgroup = victim_cgroup(css_set, memory_css);
         if walk_cgroup_path(rec, cgroup_kn(cgroup)) {
-            mark(rec, kill_valid::CGROUP_PATH);
+            (*rec).cgroup_path_of = cgroup_path_of::VICTIM;
         }
         if walk_memcg_levels(rec, memory_css) {
-            mark(rec, kill_valid::MEMCG_LEVELS);
-            if off!(memcg_oom_group).is_some() {
-                mark(rec, kill_valid::MEMCG_OOM_GROUP);
-            }
+            (*rec).memcg_complete = 1;
         }
     }
 }
@@ -287,9 +172,9 @@ fn fill_victim_from_task(rec: *mut KillRecord, task: *const u8) {
 fn fill_pid_namespace(rec: *mut KillRecord, task: *const u8) {
     /// MAX_PID_NS_LEVEL in include/linux/pid_namespace.h.
     const MAX_PID_NS_LEVEL: u32 = 32;
-    let leader = read_ptr(task, off!(task_group_leader));
-    let pid = read_ptr(leader, off!(task_thread_pid));
-    let Some(level) = read::<u32>(pid, off!(pid_level)) else {
+    let leader = read_ptr_field!(task, task_group_leader);
+    let pid = read_ptr_field!(leader, task_thread_pid);
+    let Some(level) = read_field!(pid, pid_level) else {
         return;
     };
     if level > MAX_PID_NS_LEVEL {
@@ -300,15 +185,12 @@ fn fill_pid_namespace(rec: *mut KillRecord, task: *const u8) {
     else {
         return;
     };
-    let Some(ns_pid) = read::<i32>(pid, Some(numbers + level as usize * upid_size + nr)) else {
-        return;
-    };
+    let ns_pid = read::<oomtrace_ebpf::kernel_field_type::upid_nr>(
+        pid,
+        Some(numbers + level as usize * upid_size + nr),
+    );
     // SAFETY: `rec` is a live reservation.
-    unsafe {
-        (*rec).victim_ns_pid = ns_pid as u32;
-        (*rec).victim_pid_ns_level = level;
-    }
-    mark(rec, kill_valid::VICTIM_NS_PID);
+    unsafe { set(addr_of_mut!((*rec).victim_ns_pid), ns_pid.map(|p| p as u32)) };
 }
 
 #[inline(always)]
@@ -318,47 +200,47 @@ fn fill_victim_from_tracepoint(ctx: &TracePointContext, rec: *mut KillRecord) {
     // SAFETY: `rec` is a live reservation; `base` is the tracepoint record,
     // read only through bpf_probe_read_kernel at tracefs-given offsets.
     unsafe {
-        if let Some(pid) = read::<i32>(base, field(addr_of!((*layout).pid))) {
-            (*rec).victim_tid = pid as u32;
-            mark(rec, kill_valid::VICTIM_TID);
-        }
+        set(
+            addr_of_mut!((*rec).victim_tid),
+            read::<i32>(base, field(addr_of!((*layout).pid))).map(|p| p as u32),
+        );
         // __data_loc: low 16 bits are the string's offset in the record.
         if let Some(loc) = read::<u32>(base, field(addr_of!((*layout).comm))) {
             let src = base.wrapping_add((loc & 0xffff) as usize);
-            let dst = addr_of!((*rec).victim_comm) as *mut u8;
+            let dst = addr_of_mut!((*rec).victim_comm.value) as *mut u8;
             if bpf_probe_read_kernel_str(dst.cast(), COMM_LEN as u32, src.cast()) > 0 {
-                mark(rec, kill_valid::VICTIM_COMM);
+                (*rec).victim_comm.known = 1;
             }
         }
         let kb = |f| read::<u64>(base, field(f)).map(|kb| kb << 10);
-        if let Some(bytes) = kb(addr_of!((*layout).total_vm)) {
-            (*rec).total_vm_bytes = bytes;
-            mark(rec, kill_valid::TOTAL_VM);
-        }
-        if let Some(bytes) = kb(addr_of!((*layout).anon_rss)) {
-            (*rec).rss_anon_bytes = bytes;
-            mark(rec, kill_valid::RSS_ANON);
-        }
-        if let Some(bytes) = kb(addr_of!((*layout).file_rss)) {
-            (*rec).rss_file_bytes = bytes;
-            mark(rec, kill_valid::RSS_FILE);
-        }
-        if let Some(bytes) = kb(addr_of!((*layout).shmem_rss)) {
-            (*rec).rss_shmem_bytes = bytes;
-            mark(rec, kill_valid::RSS_SHMEM);
-        }
-        if let Some(bytes) = kb(addr_of!((*layout).pgtables)) {
-            (*rec).pgtables_bytes = bytes;
-            mark(rec, kill_valid::PGTABLES);
-        }
-        if let Some(uid) = read::<u32>(base, field(addr_of!((*layout).uid))) {
-            (*rec).victim_uid = uid;
-            mark(rec, kill_valid::VICTIM_UID);
-        }
-        if let Some(adj) = read::<i16>(base, field(addr_of!((*layout).oom_score_adj))) {
-            (*rec).victim_oom_score_adj = i32::from(adj);
-            mark(rec, kill_valid::VICTIM_OOM_SCORE_ADJ);
-        }
+        set(
+            addr_of_mut!((*rec).total_vm_bytes),
+            kb(addr_of!((*layout).total_vm)),
+        );
+        set(
+            addr_of_mut!((*rec).rss_anon_bytes),
+            kb(addr_of!((*layout).anon_rss)),
+        );
+        set(
+            addr_of_mut!((*rec).rss_file_bytes),
+            kb(addr_of!((*layout).file_rss)),
+        );
+        set(
+            addr_of_mut!((*rec).rss_shmem_bytes),
+            kb(addr_of!((*layout).shmem_rss)),
+        );
+        set(
+            addr_of_mut!((*rec).pgtables_bytes),
+            kb(addr_of!((*layout).pgtables)),
+        );
+        set(
+            addr_of_mut!((*rec).victim_uid),
+            read::<u32>(base, field(addr_of!((*layout).uid))),
+        );
+        set(
+            addr_of_mut!((*rec).victim_oom_score_adj),
+            read::<i16>(base, field(addr_of!((*layout).oom_score_adj))).map(i32::from),
+        );
     }
 }
 
@@ -366,24 +248,11 @@ fn fill_victim_from_tracepoint(ctx: &TracePointContext, rec: *mut KillRecord) {
 /// only while that call runs (see `OomContext`), so it belongs to this kill.
 #[inline(always)]
 fn attach_oom_context(rec: *mut KillRecord) {
-    // SAFETY: `rec` is a live reservation.
-    unsafe {
-        (*rec).oom_constraint = 0;
-        (*rec).oom_chosen_tgid = 0;
-        (*rec).oom_chosen_points = 0;
-        (*rec).oom_totalpages = 0;
-        (*rec).oom_memcg_id = 0;
-        let Some(context) = OOM_CONTEXTS.get_ptr(bpf_get_current_pid_tgid()) else {
-            return;
-        };
-        let context = *context;
-        (*rec).oom_constraint = context.constraint;
-        (*rec).oom_chosen_tgid = context.chosen_tgid;
-        (*rec).oom_chosen_points = context.chosen_points;
-        (*rec).oom_totalpages = context.totalpages;
-        (*rec).oom_memcg_id = context.memcg_id;
-    }
-    mark(rec, kill_valid::OOM_CONTEXT);
+    let Some(context) = OOM_CONTEXTS.get_ptr(bpf_get_current_pid_tgid()) else {
+        return;
+    };
+    // SAFETY: `rec` is a live reservation; `context` a map value pointer.
+    unsafe { set(addr_of_mut!((*rec).oom), Some(*context)) };
 }
 
 /// The classic tracepoint gives no task, so the victim's cgroup is unknown;
@@ -393,13 +262,11 @@ fn attach_oom_context(rec: *mut KillRecord) {
 /// victim's own path (and finds the fired memcg among its ancestors).
 #[inline(always)]
 fn walk_oom_memcg_path(rec: *mut KillRecord) {
-    let Some(context) = OOM_CONTEXTS.get_ptr(bpf_get_current_pid_tgid()) else {
-        return;
-    };
-    // SAFETY: a map value pointer, valid for this program run.
-    let kn = unsafe { (*context).memcg_kn } as *const u8;
+    // SAFETY: `rec` is a live reservation.
+    let kn = unsafe { (*rec).oom.value.memcg_kn } as *const u8;
     if !kn.is_null() && walk_cgroup_path(rec, kn) {
-        mark(rec, kill_valid::OOM_MEMCG_PATH);
+        // SAFETY: as above.
+        unsafe { (*rec).cgroup_path_of = cgroup_path_of::OOM_MEMCG };
     }
 }
 
@@ -437,16 +304,16 @@ pub fn oom_kill_process_kretprobe(_ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn save_oom_context<C: EbpfContext>(ctx: &C, oc: *const u8) {
     let (Some(constraint), Some(points), Some(totalpages)) = (
-        read::<u32>(oc, off!(oc_constraint)),
-        read::<i64>(oc, off!(oc_chosen_points)),
-        read::<u64>(oc, off!(oc_totalpages)),
+        read_field!(oc, oc_constraint),
+        read_field!(oc, oc_chosen_points),
+        read_field!(oc, oc_totalpages),
     ) else {
         debug!(ctx, "oom_kill_process: could not read struct oom_control");
         return;
     };
-    let chosen = read_ptr(oc, off!(oc_chosen));
+    let chosen = read_ptr_field!(oc, oc_chosen);
     // oc->memcg is NULL for a global OOM.
-    let memcg = read_ptr(oc, off!(oc_memcg));
+    let memcg = read_ptr_field!(oc, oc_memcg);
     let (memcg_id, memcg_kn) = if memcg.is_null() {
         (0, 0)
     } else {
@@ -454,13 +321,12 @@ fn save_oom_context<C: EbpfContext>(ctx: &C, oc: *const u8) {
             Some(css) => memcg.wrapping_add(css),
             None => core::ptr::null(),
         };
-        let cgroup = read_ptr(css, off!(css_cgroup));
-        let kn = cgroup_kn(cgroup);
-        (read::<u64>(kn, off!(kn_id)).unwrap_or(0), kn as u64)
+        let kn = cgroup_kn(read_ptr_field!(css, css_cgroup));
+        (read_field!(kn, kn_id).unwrap_or(0), kn as u64)
     };
     let context = OomContext {
         constraint,
-        chosen_tgid: read::<i32>(chosen, off!(task_tgid)).unwrap_or(0) as u32,
+        chosen_tgid: read_field!(chosen, task_tgid).unwrap_or(0) as u32,
         chosen_points: points,
         totalpages,
         memcg_id,
@@ -479,45 +345,24 @@ fn save_oom_context<C: EbpfContext>(ctx: &C, oc: *const u8) {
 // ---------------------------------------------------------------------------
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
-pub fn process_exit_raw(ctx: RawTracePointContext) -> i32 {
+pub fn sched_process_exit_raw(ctx: RawTracePointContext) -> i32 {
     on_exit(&ctx);
     0
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
-pub fn process_exit_tp(ctx: TracePointContext) -> u32 {
+pub fn sched_process_exit_tp(ctx: TracePointContext) -> u32 {
     on_exit(&ctx);
     0
 }
 
-/// Runs on every exit on the node, so the common case is one hash lookup
-/// that misses. Only a registered victim gets further.
+/// Runs on every exit on the node; only a registered victim's last exit
+/// gets past the registry's lookup.
 #[inline(always)]
 fn on_exit<C: EbpfContext>(ctx: &C) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let by_tid = config_flag(addr_of!(CONFIG.exit_key_is_tid));
-    let key = if by_tid {
-        pid_tgid as u32
-    } else {
-        (pid_tgid >> 32) as u32
-    };
-    let Some(entry) = VICTIMS.get_ptr(key) else {
+    let Some(entry) = registry::take_exiting() else {
         return;
     };
-    // SAFETY: a map value pointer from a successful lookup.
-    let entry = unsafe { *entry };
-
-    // current is the exiting task. do_exit() has already decremented
-    // signal->live, so the last thread of the group reads 0.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let live = read::<i32>(read_ptr(task, off!(task_signal)), off!(signal_live));
-    if !by_tid && live.is_some_and(|live| live != 0) {
-        return; // not the last thread; the process is not gone yet
-    }
-    // Several threads can get here at once; whoever removes the entry reports.
-    if VICTIMS.remove(key).is_err() {
-        return;
-    }
     let Some(mut slot) = EVENTS.reserve::<ExitRecord>(0) else {
         bump(counter::LOST_EXITS);
         debug!(
@@ -526,24 +371,16 @@ fn on_exit<C: EbpfContext>(ctx: &C) {
         );
         return;
     };
-    let exit_code = read::<i32>(task, off!(task_exit_code));
-    let mut valid = 0;
-    if exit_code.is_some() {
-        valid |= exit_valid::EXIT_CODE;
-    }
-    if live == Some(0) {
-        valid |= exit_valid::GROUP_DEAD;
-    }
+    // SAFETY: a plain helper call.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
     slot.write(ExitRecord {
         kind: RECORD_EXIT,
-        valid,
+        _pad: 0,
         // SAFETY: a plain helper call.
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
         kill_seq: entry.kill_seq,
-        tid: pid_tgid as u32,
-        tgid: (pid_tgid >> 32) as u32,
-        exit_code: exit_code.unwrap_or(0),
-        _pad: 0,
+        exit_code: Known::from_option(read_field!(task, task_exit_code)),
+        _pad2: 0,
     });
     slot.submit(0);
 }

@@ -160,6 +160,9 @@ pub fn classic_tracepoint_modes(env: &Env) {
             let mut expected: Vec<&str> = vec![
                 "type",
                 "schema",
+                "hostname",
+                "boot_id",
+                "run_id",
                 "seq",
                 "time",
                 "boot_ns",

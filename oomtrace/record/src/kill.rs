@@ -405,12 +405,15 @@ mod tests {
         fn json(value: impl Serialize) -> String {
             serde_json::to_string(&value).expect("serialize")
         }
-        assert_eq!(json(&LimitScope::Pod), "\"pod\"");
-        assert_eq!(json(&Constraint::Memcg), "\"memcg\"");
-        assert_eq!(json(&MemcgSource::UsageAtLimit), "\"usage_at_limit\"");
-        assert_eq!(json(&KillSource::RawTracepoint), "\"raw_tracepoint\"");
-        assert_eq!(json(&Runtime::CriO), "\"cri-o\"");
-        assert_eq!(json(&Qos::BestEffort), "\"besteffort\"");
+        assert_eq!(json(LimitScope::Pod), "\"pod\"");
+        assert_eq!(json(Constraint::Memcg), "\"memcg\"");
+        assert_eq!(json(MemcgSource::UsageAtLimit), "\"usage_at_limit\"");
+        assert_eq!(json(KillSource::RawTracepoint), "\"raw_tracepoint\"");
+        assert_eq!(json(Runtime::Docker), "\"docker\"");
+        assert_eq!(json(Runtime::Containerd), "\"containerd\"");
+        assert_eq!(json(Runtime::CriO), "\"cri-o\"");
+        assert_eq!(json(Runtime::Podman), "\"podman\"");
+        assert_eq!(json(Qos::BestEffort), "\"besteffort\"");
     }
 
     #[test]
@@ -420,5 +423,4 @@ mod tests {
         let runtime: Runtime = serde_json::from_str("\"kata\"").expect("read");
         assert_eq!(runtime, Runtime::Unknown);
     }
-
 }

@@ -21,8 +21,10 @@ pub fn json_schema() -> Value {
     settings
         .transforms
         .push(Box::new(RecursiveTransform(|schema: &mut Schema| {
-            let required: Option<Vec<Value>> =
-                schema.get("properties").and_then(Value::as_object).map(|p| {
+            let required: Option<Vec<Value>> = schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .map(|p| {
                     p.iter()
                         .filter(|(_, property)| property.get("default").is_none())
                         .map(|(name, _)| Value::from(name.as_str()))
@@ -61,7 +63,8 @@ pub fn field_tables() -> Vec<(String, String)> {
         else {
             continue;
         };
-        let mut rows = String::from("| field | type | always present | meaning |\n|---|---|---|---|\n");
+        let mut rows =
+            String::from("| field | type | always present | meaning |\n|---|---|---|---|\n");
         // The variant is `{$ref: the record's struct, properties: {type}}`.
         let body = resolve(&serde_json::json!({ "$ref": variant["$ref"] }), &defs);
         walk(&body, &defs, "", &mut rows, 0);
@@ -164,7 +167,8 @@ fn type_name(schema: &Value, nullable: bool, defs: &Map<String, Value>) -> Strin
     {
         name = format!("array of {}", type_name(&resolve(items, defs), false, defs));
     }
-    let schema_nullable = matches!(schema.get("type"), Some(Value::Array(t)) if t.iter().any(|t| t == "null"));
+    let schema_nullable =
+        matches!(schema.get("type"), Some(Value::Array(t)) if t.iter().any(|t| t == "null"));
     if nullable || schema_nullable {
         name.push_str(" or null");
     }
@@ -256,7 +260,11 @@ mod tests {
         ] {
             assert!(kill.contains(row), "{row} not in:\n{kill}");
         }
-        assert!(tables[0].1.contains("| `probes[].name` |"), "{}", tables[0].1);
+        assert!(
+            tables[0].1.contains("| `probes[].name` |"),
+            "{}",
+            tables[0].1
+        );
         for (name, table) in &tables {
             for line in table.lines().skip(2) {
                 assert!(

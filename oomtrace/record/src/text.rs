@@ -88,7 +88,7 @@ fn quoted(value: Option<&str>) -> String {
 
 /// A closed set's value as the JSON spells it (`raw_tracepoint`,
 /// `SIGTERM`): one spelling, the serde one.
-fn spelled(value: impl serde::Serialize) -> String {
+pub fn spelled(value: impl serde::Serialize) -> String {
     match serde_json::to_value(value) {
         Ok(serde_json::Value::String(name)) => name,
         _ => "?".into(),

@@ -4,12 +4,13 @@
 
 use std::path::Path;
 
+use oomtrace_record::{Constraint, K8s, LimitScope, MemcgSource, OomKill};
+
 use super::{
-    ChargeSlack, KubeletNames, LimitScope,
+    ChargeSlack, KubeletNames,
     cgroup_path::{components, locate},
     identify, limit_scope, nearest_limited_ancestor,
 };
-use crate::schema::{K8s, MemcgSource, OomKill};
 
 /// Per-collector attribution state: the kubelet name cache.
 pub struct Attributor {
@@ -28,7 +29,7 @@ impl Attributor {
     pub fn attribute(&mut self, kill: &mut OomKill) {
         self.fired_memcg(kill);
         let victim_path = kill.victim.cgroup.path.clone();
-        let global = kill.oom.constraint.as_deref() == Some("global");
+        let global = kill.oom.constraint == Some(Constraint::Global);
         kill.oom.limit_scope = match (&victim_path, &kill.oom.memcg_path) {
             (Some(victim), fired) => limit_scope(victim, fired.as_deref(), global),
             // Classic tracepoint: the victim's cgroup is unknown, but the
@@ -102,7 +103,7 @@ fn container_survives(kill: &OomKill, victim_path: &str) -> Option<bool> {
         Some(fired) => levels
             .iter()
             .position(|l| l.path.as_deref() == Some(fired.as_str()))?,
-        None if kill.oom.constraint.as_deref() == Some("global") => levels.len() - 1,
+        None if kill.oom.constraint == Some(Constraint::Global) => levels.len() - 1,
         None => return None,
     };
     let mut group = None;
@@ -125,7 +126,7 @@ fn container_survives(kill: &OomKill, victim_path: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::{Memcg, MemcgLevel};
+    use oomtrace_record::{Memcg, MemcgLevel};
     use serde_json::json;
 
     const ID: &str = "8d0a26fbd2dec0fbc2ffd5e0d4ff5cb2aab6ea8ab3f8e2a17e1d7ab92b53b0c4";
@@ -218,7 +219,7 @@ mod tests {
             Some(false),
             &pod_levels(None, Some(64 * MIB), Some(false)),
         );
-        k.oom.constraint = Some("memcg".into());
+        k.oom.constraint = Some(Constraint::Memcg);
         k.oom.memcg_path = Some(POD.into());
         let k = attribute(k);
         assert_eq!(k.oom.memcg_source, Some(MemcgSource::OomKillProcess));
@@ -229,7 +230,7 @@ mod tests {
             k8s.pod_uid.as_deref(),
             Some("0f4e3c53-1a2b-4c5d-9e8f-0123456789ab")
         );
-        assert_eq!(k8s.qos, Some(crate::attribution::Qos::Burstable));
+        assert_eq!(k8s.qos, Some(oomtrace_record::Qos::Burstable));
         // No log layout under the host root: names are unknown, not guessed.
         assert_eq!((k8s.namespace, k8s.pod, k8s.container), (None, None, None));
         assert_eq!(k.container_survives, Some(true));
@@ -273,7 +274,7 @@ mod tests {
             Some(false),
             &pod_levels(None, None, Some(false)),
         );
-        k.oom.constraint = Some("global".into());
+        k.oom.constraint = Some(Constraint::Global);
         let k = attribute(k);
         assert_eq!(k.oom.limit_scope, Some(LimitScope::Node));
         assert_eq!(k.oom.memcg_path, None);
@@ -338,7 +339,7 @@ mod tests {
     #[test]
     fn classic_tracepoint_scope_comes_from_the_fired_path() {
         let mut k = kill(None, None, &[]);
-        k.oom.constraint = Some("memcg".into());
+        k.oom.constraint = Some(Constraint::Memcg);
         k.oom.memcg_path = Some(container());
         let k = attribute(k);
         assert_eq!(k.oom.limit_scope, Some(LimitScope::Container));

@@ -41,7 +41,6 @@ pub struct FormatField {
     pub name: String,
     pub offset: u32,
     pub size: u32,
-    pub signed: bool,
 }
 
 /// The mount point of tracefs, if it is mounted (per /proc/self/mounts).
@@ -96,14 +95,14 @@ pub fn parse_format(text: &str) -> Result<Vec<FormatField>, String> {
         };
         // field:unsigned long total_vm;	offset:16;	size:8;	signed:0;
         let mut decl = None;
-        let (mut offset, mut size, mut signed) = (None, None, None);
+        let (mut offset, mut size) = (None, None);
         for part in rest.split(';').map(str::trim).filter(|p| !p.is_empty()) {
             if let Some(v) = part.strip_prefix("offset:") {
                 offset = v.parse::<u32>().ok();
             } else if let Some(v) = part.strip_prefix("size:") {
                 size = v.parse::<u32>().ok();
-            } else if let Some(v) = part.strip_prefix("signed:") {
-                signed = Some(v == "1");
+            } else if part.starts_with("signed:") {
+                // The programs read fields at their declared size and type.
             } else if decl.is_none() {
                 decl = Some(part);
             }
@@ -118,7 +117,6 @@ pub fn parse_format(text: &str) -> Result<Vec<FormatField>, String> {
             name,
             offset,
             size,
-            signed: signed.unwrap_or(false),
         });
     }
     if fields.is_empty() {
@@ -299,7 +297,7 @@ print fmt: \"pid=%d comm=%s total-vm=%lukB anon-rss=%lukB file-rss:%lukB shmem-r
         .expect("parse");
         assert_eq!(fields[0].c_type, "char[16]");
         assert_eq!(fields[0].name, "comm");
-        assert!(fields[1].signed);
+        assert_eq!((fields[1].offset, fields[1].size), (24, 4));
         assert!(parse_format("\tfield:int pid;\toffset:x;\tsize:4;\n").is_err());
         assert!(parse_format("name: nothing\n").is_err());
         assert!(

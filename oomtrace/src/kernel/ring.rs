@@ -1,9 +1,12 @@
-//! Ring-buffer bytes → the typed kernel records of `oomtrace_ebpf`.
+//! The ring buffer: the programs' one ordered stream of records, read and
+//! decoded into kernel events.
 
+use aya::maps::{MapData, RingBuf};
 use oomtrace_ebpf::{ExitRecord, KillRecord, RECORD_EXIT, RECORD_KILL};
 
+/// One record from the programs.
 #[derive(Debug)]
-pub enum KernelRecord {
+pub enum KernelEvent {
     Kill(Box<KillRecord>),
     Exit(ExitRecord),
 }
@@ -18,7 +21,7 @@ pub enum DecodeError {
 
 /// Decodes one record. The programs and this function compile the same
 /// `#[repr(C)]` types, so a size check is all the validation a record needs.
-pub fn decode(bytes: &[u8]) -> Result<KernelRecord, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     let kind = match bytes.get(..4) {
         Some(k) => u32::from_ne_bytes([k[0], k[1], k[2], k[3]]),
         None => {
@@ -29,8 +32,8 @@ pub fn decode(bytes: &[u8]) -> Result<KernelRecord, DecodeError> {
         }
     };
     match kind {
-        RECORD_KILL => read::<KillRecord>(bytes, kind).map(|r| KernelRecord::Kill(Box::new(r))),
-        RECORD_EXIT => read::<ExitRecord>(bytes, kind).map(KernelRecord::Exit),
+        RECORD_KILL => read::<KillRecord>(bytes, kind).map(|r| KernelEvent::Kill(Box::new(r))),
+        RECORD_EXIT => read::<ExitRecord>(bytes, kind).map(KernelEvent::Exit),
         kind => Err(DecodeError::UnknownKind { kind }),
     }
 }
@@ -47,28 +50,40 @@ fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
+/// Hands every record the kernel has queued to `deliver`, in ring order.
+/// Copies each out and releases its slot at once, so the ring never waits
+/// on what the receiver does with it.
+pub fn drain(ring: &mut RingBuf<MapData>, mut deliver: impl FnMut(KernelEvent)) {
+    while let Some(item) = ring.next() {
+        let decoded = decode(&item);
+        drop(item);
+        match decoded {
+            Ok(event) => deliver(event),
+            Err(e) => log::warn!("skipping a ring buffer record: {e}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oomtrace_ebpf::Known;
 
     #[test]
     fn exit_record_round_trips() {
         let rec = ExitRecord {
             kind: RECORD_EXIT,
-            valid: 1,
             boot_ns: 42,
             kill_seq: 7,
-            tid: 10,
-            tgid: 10,
-            exit_code: 9,
-            _pad: 0,
+            exit_code: Known::new(9),
+            ..Default::default()
         };
         // SAFETY: viewing a POD struct as bytes.
         let bytes = unsafe {
             std::slice::from_raw_parts((&raw const rec).cast::<u8>(), size_of::<ExitRecord>())
         };
         match decode(bytes) {
-            Ok(KernelRecord::Exit(back)) => assert_eq!(back, rec),
+            Ok(KernelEvent::Exit(back)) => assert_eq!(back, rec),
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(

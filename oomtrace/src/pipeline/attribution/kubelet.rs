@@ -28,13 +28,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
 use super::cgroup_path::is_container_id;
 
 /// The Kubernetes names of a victim. Null when not known.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct K8sNames {
     pub namespace: Option<String>,
     pub pod: Option<String>,

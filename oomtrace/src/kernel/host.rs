@@ -1,70 +1,55 @@
-//! Facts about the machine: kernel, cgroup layout, BTF, privileges. They go
-//! into the `start` record and `oomtrace check`, and they pick the attach plan.
+//! Facts about the machine (kernel, cgroup layout, BTF, privileges) and the
+//! collector's own process settings. The facts go into the `start` record and
+//! `oomtrace check`, and they pick the attach plan.
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use oomtrace_record::{CgroupMode, HostFacts, MemoryController, Origin, SelfSetting};
 
 pub const DEFAULT_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Where the memory controller lives decides how a victim's cgroup is named.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum CgroupMode {
-    /// Only cgroup v1 hierarchies.
-    V1,
-    /// cgroup v1 controllers plus a cgroup2 mount (systemd's "hybrid").
-    Hybrid,
-    /// Only the unified cgroup2 hierarchy.
-    V2,
-    /// No cgroup filesystem is mounted.
-    None,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct MemoryController {
-    /// `v1` or `v2`.
-    pub version: u8,
-    /// Mount point of the hierarchy that carries the memory controller.
-    pub mount: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct HostFacts {
-    pub hostname: String,
-    pub kernel_release: String,
-    pub cgroup_mode: CgroupMode,
-    /// The hierarchy with the memory controller, if any.
-    pub memory_controller: Option<MemoryController>,
-    /// Whether the kernel's BTF (`/sys/kernel/btf/vmlinux`) is present.
-    pub btf: bool,
-    /// Mount point of tracefs, if mounted.
-    pub tracefs: Option<String>,
-    pub page_size: u64,
-}
-
-impl HostFacts {
-    pub fn gather() -> Self {
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let (cgroup_mode, memory_controller) = cgroup_layout(&mounts, |p| {
-            std::fs::read_to_string(p.join("cgroup.controllers")).unwrap_or_default()
-        });
-        Self {
-            hostname: read_trimmed("/proc/sys/kernel/hostname").unwrap_or_default(),
-            kernel_release: read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_default(),
-            cgroup_mode,
-            memory_controller,
-            btf: Path::new(DEFAULT_BTF).exists(),
-            tracefs: crate::tracefs::find().map(|p| p.display().to_string()),
-            page_size: page_size(),
-        }
+/// Reads the facts of this machine.
+pub fn gather() -> HostFacts {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let (cgroup_mode, memory_controller) = cgroup_layout(&mounts, |p| {
+        std::fs::read_to_string(p.join("cgroup.controllers")).unwrap_or_default()
+    });
+    HostFacts {
+        hostname: read_trimmed("/proc/sys/kernel/hostname").unwrap_or_default(),
+        kernel_release: read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_default(),
+        cgroup_mode,
+        memory_controller,
+        btf: Path::new(DEFAULT_BTF).exists(),
+        tracefs: super::tracefs::find().map(|p| p.display().to_string()),
+        page_size: page_size(),
     }
+}
 
-    pub fn memory_on_v2(&self) -> bool {
-        self.memory_controller
-            .as_ref()
-            .is_some_and(|m| m.version == 2)
+/// Where this collector's records come from: the host, its boot, and this
+/// run (a random id, new at every start).
+pub fn origin(host: &HostFacts) -> Origin {
+    Origin {
+        hostname: Some(host.hostname.clone()),
+        boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
+        run_id: Some(run_id()),
     }
+}
+
+/// 128 random bits as 32 hex digits, from the kernel's random pool (the
+/// same source as /proc/sys/kernel/random/uuid).
+fn run_id() -> String {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
+    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if filled != bytes.len() as isize {
+        // Never expected after boot; the time and pid still make it unique
+        // per start on this node.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = (nanos ^ (u128::from(std::process::id()) << 96)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn read_trimmed(path: &str) -> Option<String> {
@@ -122,6 +107,75 @@ pub fn cgroup_layout(
             })
     };
     (mode, memory)
+}
+
+/// Writes `requested` to /proc/self/oom_score_adj: the recorder must outlive
+/// the processes it records. Failure (lowering needs CAP_SYS_RESOURCE) is
+/// reported, never fatal.
+pub fn protect_self(requested: i32) -> SelfSetting {
+    let path = "/proc/self/oom_score_adj";
+    let error = std::fs::write(path, requested.to_string()).err().map(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+            " (lowering oom_score_adj needs CAP_SYS_RESOURCE)"
+        } else {
+            ""
+        };
+        format!("cannot set {path} to {requested}: {e}{hint}")
+    });
+    let applied = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    SelfSetting {
+        requested,
+        applied,
+        error,
+    }
+}
+
+/// Sets the collector's nice value. setpriority(PRIO_PROCESS, 0) applies to
+/// the calling thread only on Linux, and threads inherit their creator's: so
+/// this runs on the main thread before it starts the others.
+pub fn prioritize_self(requested: i32) -> SelfSetting {
+    // SAFETY: setpriority takes plain integers.
+    let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, requested) };
+    let error = (set != 0).then(|| {
+        let e = std::io::Error::last_os_error();
+        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+            " (a negative nice value needs CAP_SYS_NICE)"
+        } else {
+            ""
+        };
+        format!("cannot set the collector's nice value to {requested}: {e}{hint}")
+    });
+    // getpriority can legitimately return -1, so errno tells failure apart.
+    // SAFETY: errno is thread-local; getpriority takes plain integers.
+    let applied = unsafe {
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
+        (*libc::__errno_location() == 0).then_some(nice)
+    };
+    SelfSetting {
+        requested,
+        applied,
+        error,
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK. Raising it needs
+/// CAP_SYS_RESOURCE; later kernels charge the memcg instead, so a failure
+/// here is only worth a debug line.
+pub fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads one rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK: {} (fine on Linux 5.11+)",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// Capabilities, from /proc/self/status.

@@ -1,7 +1,9 @@
 //! identify() against paths that the kubelet, Docker, containerd, CRI-O,
 //! Podman and systemd really create, and against ones they do not.
 
-use super::cgroup_path::{Container, Identity, K8sCgroup, Qos, Runtime, identify};
+use oomtrace_record::{Container, Qos, Runtime};
+
+use super::cgroup_path::{Identity, K8sCgroup, identify};
 
 const A: &str = "8d0a26fbd2dec0fbc2ffd5e0d4ff5cb2aab6ea8ab3f8e2a17e1d7ab92b53b0c4";
 const B: &str = "2b5e1c9a7f3d4e6b8a0c1d2e3f405162738495a6b7c8d9e0f1a2b3c4d5e6f708";
@@ -260,38 +262,4 @@ fn identify_real_world_paths() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-#[test]
-fn identity_serializes_every_field() {
-    let json = serde_json::to_value(identify("/my/own/group")).expect("json");
-    assert_eq!(
-        json,
-        serde_json::json!({"container": null, "k8s": null, "systemd_unit": null})
-    );
-    let json = serde_json::to_value(identify(&format!("/kubepods/besteffort/pod{UID}/{A}")))
-        .expect("json");
-    assert_eq!(
-        json,
-        serde_json::json!({
-            "container": {"id": A, "runtime": null},
-            "k8s": {"pod_uid": UID, "qos": "besteffort"},
-            "systemd_unit": null,
-        })
-    );
-    let runtimes: Vec<String> = [Docker, Containerd, CriO, Podman]
-        .iter()
-        .map(|r| serde_json::to_string(r).expect("json"))
-        .collect();
-    assert_eq!(
-        runtimes,
-        ["\"docker\"", "\"containerd\"", "\"cri-o\"", "\"podman\""]
-    );
-    let back: Identity = serde_json::from_value(serde_json::json!({
-        "container": {"id": A, "runtime": "cri-o"},
-        "k8s": {"pod_uid": UID, "qos": "guaranteed"},
-        "systemd_unit": null,
-    }))
-    .expect("parse");
-    assert_eq!(back, id(ctr(A, Some(CriO)), pod(UID, Guaranteed), None));
 }

@@ -26,6 +26,6 @@ mod scope;
 mod tests;
 
 pub use attribute::Attributor;
-pub use cgroup_path::{Container, Qos, identify};
+pub use cgroup_path::identify;
 pub use kubelet::KubeletNames;
-pub use scope::{ChargeSlack, LimitScope, limit_scope, nearest_limited_ancestor};
+pub use scope::{ChargeSlack, limit_scope, nearest_limited_ancestor};

@@ -4,11 +4,15 @@
 
 use std::{fmt::Write as _, process::ExitCode};
 
+use oomtrace_record::{CollectorStatus, HostFacts, SelfSetting, Start, text::spelled};
+
 use super::ProbeArgs;
 use crate::{
-    host::{HostFacts, privileges},
-    probes,
-    schema::{CollectorStatus, SelfSetting, Start},
+    kernel::{
+        attach, hooks,
+        host::{self, DEFAULT_BTF, privileges},
+    },
+    pipeline::convert,
 };
 
 #[derive(Debug, clap::Args)]
@@ -21,17 +25,17 @@ pub struct CheckArgs {
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let host = HostFacts::gather();
+    let facts = host::gather();
     if let Err(missing) = privileges::check() {
-        println!("{}", host_summary(&host));
+        println!("{}", host_summary(&facts));
         println!("\nverdict: cannot trace: {missing}");
         return Ok(ExitCode::FAILURE);
     }
-    super::raise_memlock_limit();
-    let tracer = match probes::attach(&args.probes.options(), &host) {
+    host::raise_memlock_limit();
+    let tracer = match attach::attach(&args.probes.options(), &facts) {
         Ok(tracer) => tracer,
         Err(error) => {
-            println!("{}", host_summary(&host));
+            println!("{}", host_summary(&facts));
             println!("\nverdict: {error}");
             return Ok(ExitCode::FAILURE);
         }
@@ -39,12 +43,14 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let collector = CollectorStatus {
         pid: std::process::id(),
         exit_wait_ms: 0,
+        exit_retention_ms: None,
         // Try what `run` would: tells whether the protection will hold here.
-        oom_score_adj: super::protect_self(-1000),
-        nice: super::prioritize_self(-10),
+        oom_score_adj: host::protect_self(-1000),
+        nice: host::prioritize_self(-10),
     };
-    let start = super::start_record(host, &tracer, collector, Vec::new());
-    drop(tracer); // detaches everything
+    let origin = host::origin(&facts);
+    let start = convert::start(&origin, facts, tracer.probes, collector, tracer.notes);
+    drop(tracer.ebpf); // detaches everything
     if args.json {
         println!("{}", serde_json::to_string_pretty(&start)?);
     } else {
@@ -59,61 +65,35 @@ fn host_summary(host: &HostFacts) -> String {
         None => "no memory controller mounted".into(),
     };
     format!(
-        "host      {} (Linux {})\ncgroups   {:?}; {memory}\nBTF       {}\ntracefs   {}",
+        "host      {} (Linux {})\ncgroups   {}; {memory}\nBTF       {}\ntracefs   {}",
         host.hostname,
         host.kernel_release,
-        host.cgroup_mode,
-        if host.btf {
-            crate::host::DEFAULT_BTF
-        } else {
-            "absent"
-        },
+        spelled(host.cgroup_mode),
+        if host.btf { DEFAULT_BTF } else { "absent" },
         host.tracefs
             .as_deref()
             .unwrap_or("not mounted (mounted on demand)"),
     )
 }
 
-/// What each attached (or missing) probe means for the record's fields.
-const CONSEQUENCES: [(&str, &str, &str); 3] = [
-    (
-        "mark_victim",
-        "one record per kill",
-        "no kill can be recorded",
-    ),
-    (
-        "oom_kill_process",
-        "oom.constraint, oom.memcg_path, oom.points, oom.totalpages",
-        "oom.constraint, points, totalpages, chosen_pid are null; oom.memcg_path \
-         is derived from the memcg usage read at the kill (memcg_source usage_at_limit)",
-    ),
-    (
-        "process_exit",
-        "exit.code, exit.signal, exit.delay_ms",
-        "exit.observed is always false",
-    ),
-];
-
 fn report(start: &Start) -> String {
     let mut out = host_summary(&start.host);
     out.push_str("\n\nattach plan\n");
     for probe in &start.probes {
-        let (gives, without) = CONSEQUENCES
-            .iter()
-            .find(|(name, ..)| *name == probe.name)
-            .map(|(_, g, w)| (*g, *w))
-            .unwrap_or(("", ""));
-        match &probe.mode {
+        let (gives, without) =
+            hooks::spec(probe.name).map_or(("", ""), |spec| (spec.gives, spec.without));
+        let name = spelled(probe.name);
+        match probe.mode {
             Some(mode) => {
-                let _ = writeln!(out, "  {:<17} {:<15} gives {gives}", probe.name, mode);
+                let _ = writeln!(out, "  {name:<17} {:<15} gives {gives}", spelled(mode));
             }
             None => {
-                let _ = writeln!(out, "  {:<17} {:<15} {without}", probe.name, "NOT ATTACHED");
+                let _ = writeln!(out, "  {name:<17} {:<15} {without}", "NOT ATTACHED");
             }
         }
         for attempt in &probe.attempts {
             if let Some(error) = &attempt.error {
-                let _ = writeln!(out, "      {} failed: {error}", attempt.mode);
+                let _ = writeln!(out, "      {} failed: {error}", spelled(attempt.mode));
             }
         }
     }
@@ -134,11 +114,14 @@ fn report(start: &Start) -> String {
             let _ = writeln!(out, "  - {note}");
         }
     }
-    let mark = start.probes.iter().find(|p| p.name == "mark_victim");
+    let mark = start
+        .probes
+        .iter()
+        .find(|p| p.name == oomtrace_record::Hook::MarkVictim);
     let _ = writeln!(
         out,
         "\nverdict: OOM kills will be traced (mark_victim via {})",
-        mark.and_then(|p| p.mode.as_deref()).unwrap_or("?")
+        mark.and_then(|p| p.mode).map_or("?".into(), spelled)
     );
     out
 }

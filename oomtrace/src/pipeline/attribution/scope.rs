@@ -6,33 +6,9 @@
 //! from the memcg levels the kernel records at every kill:
 //! [`nearest_limited_ancestor`].
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use oomtrace_record::{LimitScope, MemcgLevel};
 
 use super::cgroup_path::{components, locate};
-use crate::schema::MemcgLevel;
-
-/// Whose memory limit the kill enforced, named as an operator reads it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum LimitScope {
-    /// The victim's container's own limit (`docker run --memory`, a
-    /// Kubernetes container's `resources.limits.memory`): the memcg that
-    /// fired is the container's cgroup or one inside it (such as the
-    /// `container` leaf crun makes under a systemd scope).
-    Container,
-    /// The Kubernetes pod's limit: the kubelet's pod cgroup, which has one
-    /// when every container in the pod has a memory limit (their sum plus
-    /// the pod overhead).
-    Pod,
-    /// Any other cgroup's limit: a systemd slice or service (`MemoryMax=`),
-    /// the kubelet's QoS or `kubepods` level (node allocatable), a cgroup an
-    /// operator made, or the victim's own cgroup when it is in no container.
-    Cgroup,
-    /// No cgroup's limit: the whole machine ran out of memory (a global
-    /// OOM).
-    Node,
-}
 
 /// Whose limit fired, from the victim's cgroup path and the path of the
 /// memcg that hit its limit.
@@ -256,23 +232,6 @@ mod tests {
         assert_eq!(scope("", "/"), None);
         assert_eq!(scope("/a", "a"), None);
         assert_eq!(scope("/a/../b", "/a"), None);
-    }
-
-    #[test]
-    fn serialized_names() {
-        let names: Vec<String> = [
-            LimitScope::Container,
-            LimitScope::Pod,
-            LimitScope::Cgroup,
-            LimitScope::Node,
-        ]
-        .iter()
-        .map(|s| serde_json::to_string(s).expect("json"))
-        .collect();
-        assert_eq!(
-            names,
-            ["\"container\"", "\"pod\"", "\"cgroup\"", "\"node\""]
-        );
     }
 
     const PAGE: u64 = 4096;

@@ -1,10 +1,10 @@
 //! `oomtrace schema`: the JSON Schema of the output, generated from the very
-//! types the collector serialises.
+//! types the collector serialises (the `oomtrace-record` crate).
 
 pub fn schema() -> anyhow::Result<()> {
     println!(
         "{}",
-        serde_json::to_string_pretty(&crate::schema::json_schema())?
+        serde_json::to_string_pretty(&oomtrace_record::json_schema())?
     );
     Ok(())
 }

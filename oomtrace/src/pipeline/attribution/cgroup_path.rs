@@ -21,11 +21,10 @@
 //! chose. A layout not listed gives nothing, never a guess; the raw path is
 //! in the record beside it.
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use oomtrace_record::{Container, Qos, Runtime};
 
 /// Who a cgroup belongs to, as far as its path tells.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identity {
     /// The innermost container whose cgroup is this one or an ancestor of
     /// it. Null when the path has no container layout oomtrace knows, and
@@ -39,53 +38,14 @@ pub struct Identity {
     pub systemd_unit: Option<String>,
 }
 
-// No Default for the types below: a default id, runtime or QoS class would
-// be a made-up value. They appear only inside an Option.
-
-/// A container, named by its runtime's id.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct Container {
-    /// The full 64-hex-digit id, as in the path (`docker ps --no-trunc`,
-    /// `crictl ps -o json`).
-    pub id: String,
-    /// Null where the path cannot tell: a kubelet cgroupfs path
-    /// (`/kubepods/…/pod<uid>/<id>`) is the same for containerd and Docker.
-    pub runtime: Option<Runtime>,
-}
-
-/// The container engine whose naming the path follows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum Runtime {
-    #[serde(rename = "docker")]
-    Docker,
-    /// Kubernetes' CRI plugin (`cri-containerd-`) and nerdctl.
-    #[serde(rename = "containerd")]
-    Containerd,
-    #[serde(rename = "cri-o")]
-    CriO,
-    #[serde(rename = "podman")]
-    Podman,
-}
-
 /// A Kubernetes pod as its kubelet cgroup names it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct K8sCgroup {
     /// The pod's UID in its usual dashed form (the systemd driver writes
     /// `_` for `-`; it is put back). For a static pod this is the kubelet's
     /// 32-hex-digit hash, not the mirror pod's UID in the API.
     pub pod_uid: String,
     pub qos: Qos,
-}
-
-/// The pod's QoS class, from the kubelet's cgroup level above the pod.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Qos {
-    /// The pod cgroup sits directly under `kubepods`.
-    Guaranteed,
-    Burstable,
-    /// Serialized `besteffort`, the kubelet's own spelling.
-    BestEffort,
 }
 
 /// Who a cgroup belongs to, from its path. Never fails: an unknown layout

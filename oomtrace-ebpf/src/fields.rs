@@ -1,0 +1,193 @@
+//! Every kernel struct field the programs read, declared once: the type it is
+//! read as and where BTF says it is.
+//!
+//! From this one table follow the `KernelOffsets` struct handed to the
+//! programs (one `FieldOffset` per field), its all-absent default, the list
+//! userspace resolves against the running kernel's BTF (`FIELDS`), and the
+//! type each program read uses (`kernel_field_type::NAME`). Adding a field is
+//! one line here; the resolver checks its size against BTF, so a field whose
+//! type changed is left absent (null in the record), never misread.
+
+/// A pointer read from kernel memory (8 bytes on every 64-bit kernel).
+pub type KernelPtr = *const u8;
+
+/// A field that is only an anchor for address arithmetic (an embedded
+/// struct, a flexible array, a struct's size): its size is not checked.
+pub type Anchor = ();
+
+/// How userspace finds a field in BTF.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldRule {
+    /// `strukt` followed by `path`, one member per step, each step the first
+    /// of its alternative names that exists (fields get renamed: kernfs_node's
+    /// `parent` became `__parent` in 6.15). Anonymous struct and union
+    /// members are looked through. With `relative_to`, the offset is taken
+    /// from that member of the same struct instead of from its start (a
+    /// `mem_cgroup` field relative to its embedded `css`, because the
+    /// programs hold css pointers).
+    Member {
+        strukt: &'static str,
+        path: &'static [&'static [&'static str]],
+        relative_to: Option<&'static str>,
+    },
+    /// The value of `mm_struct`'s RSS counter `index` (MM_FILEPAGES = 0,
+    /// MM_ANONPAGES = 1, MM_SHMEMPAGES = 3), where get_mm_counter() reads it:
+    /// `rss_stat[index].count` (an array of percpu_counter, 6.2+) or
+    /// `rss_stat.count[index]` (atomic_long_t, before).
+    RssCounter { index: usize },
+    /// `css_set::subsys[<value of enum cgroup_subsys_id::id>]`.
+    CssSetSubsys { id: &'static str },
+    /// `sizeof(struct strukt)`, carried as an offset to have a present flag.
+    SizeOf { strukt: &'static str },
+}
+
+/// One entry of [`KernelOffsets::FIELDS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelField {
+    /// The `KernelOffsets` field's name.
+    pub name: &'static str,
+    /// Bytes the programs read there; 0 for an [`Anchor`].
+    pub size: usize,
+    pub rule: FieldRule,
+}
+
+/// `FieldRule::Member` for a plain `strukt.member`, under any of its names.
+macro_rules! member {
+    ($strukt:literal, [$($name:literal),+]) => {
+        FieldRule::Member {
+            strukt: $strukt,
+            path: &[&[$($name),+]],
+            relative_to: None,
+        }
+    };
+}
+
+macro_rules! kernel_fields {
+    ($(
+        $(#[doc = $doc:literal])*
+        $name:ident: $ty:ty = $rule:expr;
+    )*) => {
+        /// Offsets of kernel struct fields, computed in userspace from the
+        /// running kernel's BTF and handed to the programs as the
+        /// `KERNEL_OFFSETS` global. Rust eBPF has no CO-RE relocations yet;
+        /// this is the replacement.
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct KernelOffsets {
+            $( $(#[doc = $doc])* pub $name: FieldOffset, )*
+        }
+
+        impl KernelOffsets {
+            /// Every field absent: what the programs see until userspace
+            /// overrides the global.
+            pub const ABSENT: Self = Self { $( $name: FieldOffset::ABSENT, )* };
+            /// Every field, in declaration order, with how to find it.
+            pub const FIELDS: &'static [KernelField] = &[
+                $( KernelField {
+                    name: stringify!($name),
+                    size: core::mem::size_of::<$ty>(),
+                    rule: $rule,
+                }, )*
+            ];
+
+            /// The offsets in the order of [`Self::FIELDS`].
+            pub fn slots_mut(&mut self) -> impl Iterator<Item = &mut FieldOffset> {
+                [$( &mut self.$name, )*].into_iter()
+            }
+
+            /// The offset of the field named `name`.
+            pub fn get(&self, name: &str) -> Option<FieldOffset> {
+                match name {
+                    $( stringify!($name) => Some(self.$name), )*
+                    _ => None,
+                }
+            }
+        }
+
+        /// The type each field is read as, by field name.
+        #[allow(non_camel_case_types)]
+        pub mod kernel_field_type {
+            #[allow(unused_imports)]
+            use super::*;
+            $( pub type $name = $ty; )*
+        }
+    };
+}
+
+use crate::{COMM_LEN, FieldOffset};
+
+kernel_fields! {
+    // struct task_struct
+    task_pid: i32 = member!("task_struct", ["pid"]);
+    task_tgid: i32 = member!("task_struct", ["tgid"]);
+    task_comm: [u8; COMM_LEN] = member!("task_struct", ["comm"]);
+    task_mm: KernelPtr = member!("task_struct", ["mm"]);
+    task_signal: KernelPtr = member!("task_struct", ["signal"]);
+    task_real_cred: KernelPtr = member!("task_struct", ["real_cred"]);
+    task_cgroups: KernelPtr = member!("task_struct", ["cgroups"]);
+    task_exit_code: i32 = member!("task_struct", ["exit_code"]);
+    task_group_leader: KernelPtr = member!("task_struct", ["group_leader"]);
+    task_thread_pid: KernelPtr = member!("task_struct", ["thread_pid"]);
+    /// Monotonic start time (ns): with the tgid, it names a process even
+    /// after its pid is reused. de_thread() hands the leader's to a thread
+    /// that execs, so a process keeps it.
+    task_start_time: u64 = member!("task_struct", ["start_time"]);
+    // struct signal_struct
+    signal_oom_score_adj: i16 = member!("signal_struct", ["oom_score_adj"]);
+    /// `atomic_t live`: threads not yet past do_exit()'s decrement.
+    signal_live: i32 = member!("signal_struct", ["live"]);
+    // struct cred: `kuid_t uid`, a struct holding one uid_t.
+    cred_uid: u32 = member!("cred", ["uid"]);
+    // struct mm_struct
+    mm_total_vm: u64 = member!("mm_struct", ["total_vm"]);
+    /// `atomic_long_t pgtables_bytes`.
+    mm_pgtables_bytes: i64 = member!("mm_struct", ["pgtables_bytes"]);
+    mm_rss_file: i64 = FieldRule::RssCounter { index: 0 };
+    mm_rss_anon: i64 = FieldRule::RssCounter { index: 1 };
+    mm_rss_shmem: i64 = FieldRule::RssCounter { index: 3 };
+    // struct css_set: the memory css, and the default-hierarchy cgroup.
+    css_set_memory_css: KernelPtr = FieldRule::CssSetSubsys { id: "memory_cgrp_id" };
+    css_set_dfl_cgrp: KernelPtr = member!("css_set", ["dfl_cgrp"]);
+    // struct cgroup_subsys_state
+    css_cgroup: KernelPtr = member!("cgroup_subsys_state", ["cgroup"]);
+    css_parent: KernelPtr = member!("cgroup_subsys_state", ["parent"]);
+    // struct cgroup
+    cgroup_kn: KernelPtr = member!("cgroup", ["kn"]);
+    // struct kernfs_node (`parent` became `__parent` in 6.15)
+    kn_name: KernelPtr = member!("kernfs_node", ["name"]);
+    kn_parent: KernelPtr = member!("kernfs_node", ["__parent", "parent"]);
+    kn_id: u64 = member!("kernfs_node", ["id"]);
+    /// Where `mem_cgroup` embeds its css: oom_control holds a mem_cgroup
+    /// pointer, css_set holds css pointers.
+    memcg_css: Anchor = member!("mem_cgroup", ["css"]);
+    /// `memory.usage` in pages, relative to the css: the page_counter's
+    /// `usage` (`count` before 5.x).
+    memcg_usage: i64 = FieldRule::Member {
+        strukt: "mem_cgroup",
+        path: &[&["memory"], &["usage", "count"]],
+        relative_to: Some("css"),
+    };
+    /// `memory.max` in pages, relative to the css (`limit` before 5.x).
+    memcg_max: u64 = FieldRule::Member {
+        strukt: "mem_cgroup",
+        path: &[&["memory"], &["max", "limit"]],
+        relative_to: Some("css"),
+    };
+    /// `memory.oom.group` (bool, 4.19+), relative to the css.
+    memcg_oom_group: u8 = FieldRule::Member {
+        strukt: "mem_cgroup",
+        path: &[&["oom_group"]],
+        relative_to: Some("css"),
+    };
+    // struct pid / struct upid
+    pid_level: u32 = member!("pid", ["level"]);
+    pid_numbers: Anchor = member!("pid", ["numbers"]);
+    upid_nr: i32 = member!("upid", ["nr"]);
+    upid_size: Anchor = FieldRule::SizeOf { strukt: "upid" };
+    // struct oom_control
+    oc_memcg: KernelPtr = member!("oom_control", ["memcg"]);
+    oc_totalpages: u64 = member!("oom_control", ["totalpages"]);
+    oc_chosen: KernelPtr = member!("oom_control", ["chosen"]);
+    oc_chosen_points: i64 = member!("oom_control", ["chosen_points"]);
+    oc_constraint: u32 = member!("oom_control", ["constraint"]);
+}

@@ -1,0 +1,280 @@
+//! `oomtrace run`: attach, then write one record per OOM kill until SIGINT or
+//! SIGTERM (or until the reader of stdout goes away).
+//!
+//! Three threads: this one drains the ring buffer into the pipeline's inbox
+//! and waits for signals; the pipeline's converts, attributes and joins; the
+//! writer's writes. Each hands over through a bounded, counted queue.
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use oomtrace_record::{CollectorStatus, StopReason};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::Notify,
+};
+
+use super::ProbeArgs;
+use crate::{
+    kernel::{attach, host, ring},
+    output::{
+        Destination, Format,
+        writer::{Ended, QUEUE_BYTES, Writer},
+    },
+    pipeline::{Pipeline, Settings, convert, join::JoinLimits},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Append records to FILE instead of writing them to stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// `json`: one JSON object per line (NDJSON). `text`: one readable line
+    /// per record.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    /// How long a kill waits for its victim's exit before it is written
+    /// with `exit.observed = false` (e.g. 500ms, 2s). The default covers the
+    /// kernel's OOM reaper, which steps in 2 s after a kill
+    /// (OOM_REAPER_DELAY in mm/oom_kill.c) to free the memory of a victim
+    /// that has not exited: victims that need it exit just after.
+    #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
+    pub exit_wait: Duration,
+    /// How long a victim written without its exit is still watched. Its exit
+    /// within this horizon is written as a `late_exit` record naming the
+    /// kill (a victim stuck in the kernel, on a hung NFS or FUSE mount, can
+    /// take minutes). Past it, the kill counts in `stop` as one whose exit
+    /// was never seen.
+    #[arg(long, value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
+    pub exit_retention: Duration,
+    /// oomtrace's own oom_score_adj. The default, -1000, keeps the OOM
+    /// killer away from the recorder (needs CAP_SYS_RESOURCE; if refused,
+    /// the start record says so and tracing goes on).
+    #[arg(long, default_value_t = -1000, allow_negative_numbers = true, value_name = "N",
+          value_parser = clap::value_parser!(i32).range(-1000..=1000))]
+    pub oom_score_adj: i32,
+    /// oomtrace's own nice value. During a storm the CPUs are busy with the
+    /// very processes being killed; the default, -10, lets the collector
+    /// write each record within milliseconds of the exit (it needs a few
+    /// ms of CPU per hundred kills, so it takes little from anyone). Needs
+    /// CAP_SYS_NICE; if refused, the start record says so and tracing goes
+    /// on. 0 leaves it alone.
+    #[arg(long, default_value_t = -10, allow_negative_numbers = true, value_name = "N",
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub nice: i32,
+    /// Where the node's root filesystem is, for the kubelet's pod log
+    /// directories (var/log/pods, var/log/containers) that give
+    /// `k8s.namespace`, `k8s.pod` and `k8s.container`. In a DaemonSet that
+    /// mounts the host at /host, pass `--host-root /host`.
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    pub host_root: PathBuf,
+    #[command(flatten)]
+    pub probes: ProbeArgs,
+    /// How many kills may wait for their exits at once; beyond it the oldest
+    /// is written without its exit (and still watched for a late exit).
+    #[arg(long, hide = true, default_value_t = 4096)]
+    pub max_pending: usize,
+}
+
+/// The longest `--exit-wait` or `--exit-retention`: a day.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// At shutdown, how long kills still waiting may wait for their exits.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+/// At shutdown, how long the output may take to write what is queued.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "at most {}",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(duration)
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    host::privileges::check()?;
+    // Open the output first: a typo in --output should fail before attaching.
+    let destination = match &args.output {
+        Some(path) => Destination::file(path)
+            .with_context(|| format!("cannot open --output {}", path.display()))?,
+        None => Destination::stdout(),
+    };
+    let oom_score_adj = host::protect_self(args.oom_score_adj);
+    let mut notes = Vec::new();
+    if let Some(error) = &oom_score_adj.error {
+        log::warn!("{error}; continuing");
+        notes.push(format!(
+            "{error}; the collector is as killable as any process"
+        ));
+    }
+    // Before any other thread starts: threads inherit it.
+    let nice = host::prioritize_self(args.nice);
+    if let Some(error) = &nice.error {
+        log::warn!("{error}; continuing");
+        notes.push(format!(
+            "{error}; records may be late while the CPUs are busy"
+        ));
+    }
+    host::raise_memlock_limit();
+
+    let facts = host::gather();
+    let origin = host::origin(&facts);
+    let tracer = attach::attach(&args.probes.options(), &facts)?;
+    for note in &tracer.notes {
+        log::info!("{note}");
+    }
+    notes.extend(tracer.notes);
+    let collector = CollectorStatus {
+        pid: std::process::id(),
+        exit_wait_ms: args.exit_wait.as_millis() as u64,
+        exit_retention_ms: Some(args.exit_retention.as_millis() as u64),
+        oom_score_adj,
+        nice,
+    };
+    let start = convert::start(&origin, facts.clone(), tracer.probes, collector, notes);
+
+    let output_closed = Arc::new(Notify::new());
+    let writer = Writer::spawn(destination, QUEUE_BYTES, {
+        let closed = Arc::clone(&output_closed);
+        move || closed.notify_one()
+    })
+    .context("starting the writer thread")?;
+    let settings = Settings {
+        origin,
+        page_size: facts.page_size,
+        host_root: args.host_root.clone(),
+        limits: JoinLimits {
+            exit_wait: args.exit_wait,
+            retention: args.exit_retention,
+            max_waiting: args.max_pending,
+            // Leave the kernel's map a quarter for kills arriving faster
+            // than the pipeline can forget old ones.
+            max_tracked: oomtrace_ebpf::VICTIMS_CAPACITY as usize * 3 / 4,
+        },
+    };
+    let pipeline = Pipeline::spawn(
+        settings,
+        tracer.victims,
+        tracer.counters,
+        vec![Box::new(writer.listener(args.format))],
+        start,
+    )
+    .context("starting the pipeline thread")?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    let mut ebpf = tracer.ebpf;
+    let reason = runtime.block_on(drain_until_stopped(
+        &mut ebpf,
+        tracer.events,
+        &pipeline,
+        &output_closed,
+        args.exit_wait,
+    ))?;
+    let counters = pipeline.finish(reason.unwrap_or(StopReason::Sigterm));
+    match writer.finish(FLUSH_DEADLINE) {
+        Ended::Flushed | Ended::Closed => {}
+        Ended::Blocked { unwritten } => eprintln!(
+            "oomtrace: the output stayed blocked for {}s at shutdown: {unwritten} records \
+             (among them `stop`) were not written",
+            FLUSH_DEADLINE.as_secs()
+        ),
+    }
+    log::info!("stopped: {counters:?}");
+    // Detach only now: every record the kernel made has been read.
+    drop(ebpf);
+    Ok(())
+}
+
+/// Drains the ring buffer into the pipeline until a stop signal (its
+/// reason) or until the output goes away (None). On a signal, keeps
+/// draining for a short grace while kills still wait for their exits.
+async fn drain_until_stopped(
+    ebpf: &mut aya::Ebpf,
+    events: RingBuf<MapData>,
+    pipeline: &Pipeline,
+    output_closed: &Notify,
+    exit_wait: Duration,
+) -> anyhow::Result<Option<StopReason>> {
+    let inbox = pipeline.inbox();
+    let mut events = watch(events).context("watching the ring buffer")?;
+    // The programs' own diagnostics (failed kernel reads and the like), at
+    // debug level; never event data.
+    let mut ebpf_log = if log::log_enabled!(log::Level::Debug) {
+        aya_log::EbpfLogger::init(ebpf)
+            .ok()
+            .and_then(|logger| watch(logger).ok())
+    } else {
+        None
+    };
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+
+    let reason = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break StopReason::Sigterm,
+            _ = sigint.recv() => break StopReason::Sigint,
+            _ = output_closed.notified() => {
+                log::info!("output closed; stopping");
+                return Ok(None);
+            }
+            guard = events.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                ring::drain(guard.get_inner_mut(), |event| inbox.push(event));
+                guard.clear_ready();
+            }
+            Some(()) = flush_ebpf_log(&mut ebpf_log) => {}
+        }
+    };
+    log::info!("{reason:?}: flushing");
+
+    // Read what the kernel has queued, then give kills still waiting a
+    // short grace for their exits.
+    ring::drain(events.get_mut(), |event| inbox.push(event));
+    let grace_end = Instant::now() + SHUTDOWN_GRACE.min(exit_wait);
+    while pipeline.waiting_for_exits() > 0 && Instant::now() < grace_end {
+        tokio::select! {
+            guard = events.readable_mut() => {
+                if let Ok(mut guard) = guard {
+                    ring::drain(guard.get_inner_mut(), |event| inbox.push(event));
+                    guard.clear_ready();
+                }
+            }
+            // The pipeline's count moves as it works through its inbox.
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    ring::drain(events.get_mut(), |event| inbox.push(event));
+    Ok(Some(reason))
+}
+
+/// Registers a map's fd with the event loop for readability.
+fn watch<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: `inner` owns its fd (a ring buffer map or the log map) and keeps
+    // it open and unchanged for as long as the AsyncFd holds it.
+    unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
+async fn flush_ebpf_log(
+    logger: &mut Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
+) -> Option<()> {
+    let logger = logger.as_mut()?;
+    let mut guard = logger.readable_mut().await.ok()?;
+    guard.get_inner_mut().flush();
+    guard.clear_ready();
+    Some(())
+}

@@ -1,0 +1,540 @@
+//! Loading the eBPF object and attaching its programs: one chain for every
+//! hook of the table in `hooks.rs`, best mode first.
+//!
+//! The first hook (`mark_victim`) decides the load: the object's load-time
+//! globals depend on its mode (how victims are keyed, the classic
+//! tracepoint's layout), so the object is loaded once per mode tried. A load
+//! without kernel BTF parsing takes a few milliseconds. The other hooks then
+//! attach into the loaded object, each falling back through its modes.
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapData, RingBuf},
+    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
+};
+use oomtrace_ebpf::{Config, KernelOffsets, MarkVictimLayout, VictimKey};
+use oomtrace_record::{AttachAttempt, AttachMode, HostFacts, ProbeStatus, text::spelled};
+
+use super::{
+    btf::{self, BtfError, KernelLayout},
+    hooks::{HOOKS, HookSpec, MARK_VICTIM, ModeSpec, Program, Requirement},
+    host::DEFAULT_BTF,
+    maps::{KernelCounters, VictimsMap},
+    tracefs::{self, TracefsError},
+};
+
+/// The eBPF object, built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oomtrace-ebpf"));
+
+/// Which modes of a hook may be tried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ModeChoice {
+    /// Every mode, best first.
+    #[default]
+    Auto,
+    /// This mode only.
+    Only(AttachMode),
+    /// Do not attach the hook.
+    Off,
+}
+
+impl ModeChoice {
+    fn allows(self, mode: AttachMode) -> bool {
+        match self {
+            Self::Auto => true,
+            Self::Only(only) => only == mode,
+            Self::Off => false,
+        }
+    }
+}
+
+/// Where kernel BTF comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BtfSource {
+    /// /sys/kernel/btf/vmlinux; without it, carry on in no-BTF mode.
+    Default,
+    /// A file the operator named: it must exist.
+    File(PathBuf),
+    /// `--no-btf`: classic tracepoints only, no kernel struct reads.
+    Disabled,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    pub mark_victim: ModeChoice,
+    pub oom_kill_process: ModeChoice,
+    pub btf: BtfSource,
+    /// Overrides the ring buffer size (a power-of-two multiple of the page size).
+    pub ring_buffer_bytes: Option<u32>,
+    /// Let the programs' aya-log diagnostics through (at debug level).
+    pub ebpf_log: bool,
+}
+
+impl ProbeOptions {
+    fn choice(&self, spec: &HookSpec) -> ModeChoice {
+        match spec.hook {
+            oomtrace_record::Hook::MarkVictim => self.mark_victim,
+            oomtrace_record::Hook::OomKillProcess => self.oom_kill_process,
+            _ => ModeChoice::Auto,
+        }
+    }
+}
+
+/// Why the collector cannot trace at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "this oomtrace was built without its eBPF programs (AYA_BUILD_SKIP); rebuild it with \
+         `cargo xtask build`"
+    )]
+    NoObject,
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error("the eBPF object has no map {0}; it does not match this collector")]
+    MissingMap(&'static str),
+    #[error("{0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error(
+        "no OOM kill can be traced on this machine: mark_victim could not be attached ({0}). \
+         `oomtrace check` explains the attach plan"
+    )]
+    NoVictimProbe(String),
+}
+
+/// Why one mode of a hook did not attach.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("needs kernel BTF")]
+    NoBtf,
+    #[error("this kernel's {0} passes only a pid (TP_PROTO(int pid), before 6.9), not the task")]
+    NoTaskArgument(&'static str),
+    #[error("{0} not found in this kernel's BTF")]
+    MissingFields(String),
+    #[error("{0} is not a function in this kernel's BTF (inlined?)")]
+    NotInBtf(&'static str),
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    /// tracefs could not be mounted (the error, kept from the first try).
+    #[error("{0}")]
+    TracefsUnusable(String),
+    #[error("program {0} is missing from the eBPF object")]
+    NoProgram(&'static str),
+    #[error("{program}: {reason}")]
+    Program {
+        program: &'static str,
+        reason: String,
+    },
+    #[error("loading the eBPF object: {0}")]
+    Load(String),
+    #[error("reading kernel BTF for fentry: {0}")]
+    FentryBtf(String),
+}
+
+/// The loaded, attached programs and the maps the collector reads.
+pub struct Tracer {
+    /// Owns the programs and their links: dropping it detaches everything.
+    pub ebpf: Ebpf,
+    pub events: RingBuf<MapData>,
+    pub victims: VictimsMap,
+    pub counters: KernelCounters,
+    pub probes: Vec<ProbeStatus>,
+    pub notes: Vec<String>,
+}
+
+/// What attaching needs to know about this kernel, gathered once.
+struct Context<'a> {
+    layout: Option<&'a KernelLayout>,
+    options: &'a ProbeOptions,
+    host: &'a HostFacts,
+    /// tracefs, once a mode needed it: its path, or why it is unusable.
+    tracefs: Option<Result<PathBuf, String>>,
+    /// The kernel's BTF as aya parses it, for fentry/fexit (loaded on first
+    /// use: tens of MB that only those modes need).
+    fentry_btf: Option<Btf>,
+    notes: Vec<String>,
+}
+
+/// Loads and attaches everything the options and this kernel allow.
+pub fn attach(options: &ProbeOptions, host: &HostFacts) -> Result<Tracer, ProbeError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(ProbeError::NoObject);
+    }
+    let mut notes = Vec::new();
+    let layout = kernel_layout(&options.btf, &mut notes)?;
+    let mut ctx = Context {
+        layout: layout.as_ref(),
+        options,
+        host,
+        tracefs: None,
+        fentry_btf: None,
+        notes,
+    };
+
+    let mut status = ProbeStatus {
+        name: MARK_VICTIM.hook,
+        mode: None,
+        attempts: Vec::new(),
+    };
+    let mut loaded = None;
+    for mode in allowed_modes(&MARK_VICTIM, options) {
+        let result = check(mode.requires, &mut ctx)
+            .and_then(|()| load(mode, &mut ctx))
+            .and_then(|mut ebpf| attach_programs(&mut ebpf, mode, &mut ctx).map(|()| ebpf));
+        if record_attempt(&mut status, mode.mode, result.as_ref().err()) {
+            loaded = result.ok();
+            break;
+        }
+    }
+    let Some(mut ebpf) = loaded else {
+        let why = status
+            .attempts
+            .iter()
+            .map(|a| format!("{}: {}", spelled(a.mode), a.error.as_deref().unwrap_or("?")))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(ProbeError::NoVictimProbe(why));
+    };
+    if status.mode == Some(AttachMode::Tracepoint) {
+        ctx.notes.push(
+            "mark_victim is on the classic tracepoint: the victim's cgroup, tgid and pid \
+             namespace are not readable there (null), and its exit is matched by thread id"
+                .into(),
+        );
+    }
+    let mut probes = vec![status];
+    for spec in &HOOKS[1..] {
+        probes.push(attach_hook(&mut ebpf, spec, &mut ctx));
+    }
+
+    let events = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)?;
+    let victims = VictimsMap::new(BpfHashMap::try_from(take_map(&mut ebpf, "VICTIMS")?)?);
+    let counters = KernelCounters::new(Array::try_from(take_map(&mut ebpf, "COUNTERS")?)?);
+    Ok(Tracer {
+        ebpf,
+        events,
+        victims,
+        counters,
+        probes,
+        notes: ctx.notes,
+    })
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}
+
+fn allowed_modes<'a>(
+    spec: &'a HookSpec,
+    options: &ProbeOptions,
+) -> impl Iterator<Item = &'a ModeSpec> {
+    let choice = options.choice(spec);
+    spec.modes.iter().filter(move |m| choice.allows(m.mode))
+}
+
+/// Adds an attempt to `status`; true when it attached.
+fn record_attempt(status: &mut ProbeStatus, mode: AttachMode, error: Option<&AttachError>) -> bool {
+    status.attempts.push(AttachAttempt {
+        mode,
+        error: error.map(ToString::to_string),
+    });
+    if error.is_none() {
+        status.mode = Some(mode);
+    }
+    error.is_none()
+}
+
+/// Attaches one hook into the loaded object, best allowed mode first.
+fn attach_hook(ebpf: &mut Ebpf, spec: &HookSpec, ctx: &mut Context<'_>) -> ProbeStatus {
+    let mut status = ProbeStatus {
+        name: spec.hook,
+        mode: None,
+        attempts: Vec::new(),
+    };
+    for mode in allowed_modes(spec, ctx.options) {
+        let result = check(mode.requires, ctx).and_then(|()| attach_programs(ebpf, mode, ctx));
+        if record_attempt(&mut status, mode.mode, result.err().as_ref()) {
+            break;
+        }
+    }
+    status
+}
+
+fn kernel_layout(
+    source: &BtfSource,
+    notes: &mut Vec<String>,
+) -> Result<Option<KernelLayout>, ProbeError> {
+    let btf = match source {
+        BtfSource::Disabled => {
+            notes.push("running without BTF (--no-btf): classic tracepoints only".into());
+            return Ok(None);
+        }
+        BtfSource::File(path) => btf::open(path)?,
+        BtfSource::Default => match btf::open(Path::new(DEFAULT_BTF)) {
+            Ok(btf) => btf,
+            Err(error) => {
+                notes.push(format!("{error}; continuing in no-BTF mode"));
+                return Ok(None);
+            }
+        },
+    };
+    let layout = btf::compute(&btf);
+    for field in &layout.missing {
+        notes.push(format!(
+            "not in this kernel's BTF: {field}; the fields that need it are null"
+        ));
+    }
+    Ok(Some(layout))
+}
+
+/// Checks what a mode needs from this kernel before anything is loaded.
+fn check(requires: &[Requirement], ctx: &mut Context<'_>) -> Result<(), AttachError> {
+    for requirement in requires {
+        match *requirement {
+            Requirement::Btf => {
+                ctx.layout.ok_or(AttachError::NoBtf)?;
+            }
+            Requirement::TaskArgument { tracepoint } => {
+                if !ctx.layout.is_some_and(|l| l.mark_victim_raw_has_task) {
+                    return Err(AttachError::NoTaskArgument(tracepoint));
+                }
+            }
+            Requirement::Fields(names) => {
+                let offsets = ctx.layout.map_or(KernelOffsets::ABSENT, |l| l.offsets);
+                let missing: Vec<&str> = names
+                    .iter()
+                    .copied()
+                    .filter(|name| !offsets.get(name).is_some_and(|f| f.is_present()))
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(AttachError::MissingFields(missing.join(", ")));
+                }
+            }
+            Requirement::FunctionInBtf(function) => {
+                if !ctx.layout.is_some_and(|l| l.oom_kill_process_in_btf) {
+                    return Err(AttachError::NotInBtf(function));
+                }
+            }
+            Requirement::Tracefs => {
+                tracefs_path(ctx)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// tracefs's mount point, mounting it the first time a mode needs it.
+fn tracefs_path(ctx: &mut Context<'_>) -> Result<PathBuf, AttachError> {
+    let found = ctx
+        .tracefs
+        .get_or_insert_with(|| match tracefs::ensure_mounted() {
+            Ok((path, mounted)) => {
+                if mounted {
+                    ctx.notes
+                        .push(format!("mounted tracefs at {}", path.display()));
+                }
+                Ok(path)
+            }
+            Err(error) => Err(error.to_string()),
+        });
+    match found {
+        Ok(path) => Ok(path.clone()),
+        Err(error) => Err(AttachError::TracefsUnusable(error.clone())),
+    }
+}
+
+/// Loads the object configured for a mode of the loading hook
+/// (`mark_victim`): the classic tracepoint knows only the marked thread, so
+/// victims are keyed by thread id there, and its fields sit where tracefs's
+/// format says.
+fn load(mode: &ModeSpec, ctx: &mut Context<'_>) -> Result<Ebpf, AttachError> {
+    let offsets = ctx.layout.map_or(KernelOffsets::ABSENT, |l| l.offsets);
+    let (victim_key, victim_layout) = match mode.mode {
+        AttachMode::Tracepoint => {
+            let path = tracefs_path(ctx)?;
+            let (layout, layout_notes) = tracefs::mark_victim_layout(&path)?;
+            ctx.notes.extend(layout_notes);
+            (VictimKey::Tid, layout)
+        }
+        _ => (VictimKey::Tgid, MarkVictimLayout::ABSENT),
+    };
+    let config = Config {
+        page_shift: ctx.host.page_size.trailing_zeros(),
+        cgroup_v2_memory: u32::from(ctx.host.memory_on_v2()),
+        victim_key: victim_key as u32,
+        _pad: 0,
+    };
+    // aya_log_common::Level: 0 disables every log statement in the programs.
+    let log_level: u8 = if ctx.options.ebpf_log { 4 } else { 0 };
+    let mut loader = EbpfLoader::new();
+    // The programs need no CO-RE relocations, so aya need not parse the
+    // kernel's BTF (tens of MB); fentry loads its own copy when tried.
+    loader
+        .btf(None)
+        .override_global("KERNEL_OFFSETS", &offsets, true)
+        .override_global("MARK_VICTIM_LAYOUT", &victim_layout, true)
+        .override_global("CONFIG", &config, true)
+        .override_global("AYA_LOG_LEVEL", &log_level, false);
+    if let Some(bytes) = ctx.options.ring_buffer_bytes {
+        loader.map_max_entries("EVENTS", bytes);
+    }
+    loader
+        .load(EBPF_OBJECT)
+        .map_err(|e| AttachError::Load(error_chain(&e)))
+}
+
+/// Attaches every program of a mode, or none: when one fails, the ones
+/// already attached are unloaded again (an entry probe must never run
+/// without its return probe, see `oomtrace_ebpf::OomContext`).
+fn attach_programs(
+    ebpf: &mut Ebpf,
+    mode: &ModeSpec,
+    ctx: &mut Context<'_>,
+) -> Result<(), AttachError> {
+    for (i, program) in mode.programs.iter().enumerate() {
+        if let Err(error) = attach_program(ebpf, program, ctx) {
+            for attached in &mode.programs[..i] {
+                unload_program(ebpf, attached);
+            }
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+fn attach_program(
+    ebpf: &mut Ebpf,
+    program: &Program,
+    ctx: &mut Context<'_>,
+) -> Result<(), AttachError> {
+    let name = program.name();
+    let failed = |e: ProgramError| AttachError::Program {
+        program: name,
+        reason: describe(&e),
+    };
+    match *program {
+        Program::RawTracepoint { tracepoint, .. } => {
+            let prog: &mut RawTracePoint = typed(ebpf, name)?;
+            prog.load().map_err(failed)?;
+            prog.attach(tracepoint).map_err(failed)?;
+        }
+        Program::Tracepoint {
+            category, name: tp, ..
+        } => {
+            let prog: &mut TracePoint = typed(ebpf, name)?;
+            prog.load().map_err(failed)?;
+            prog.attach(category, tp).map_err(failed)?;
+        }
+        Program::Fentry { function, .. } => {
+            let btf = fentry_btf(ctx)?;
+            let prog: &mut FEntry = typed(ebpf, name)?;
+            prog.load(function, btf).map_err(failed)?;
+            prog.attach().map_err(failed)?;
+        }
+        Program::Fexit { function, .. } => {
+            let btf = fentry_btf(ctx)?;
+            let prog: &mut FExit = typed(ebpf, name)?;
+            prog.load(function, btf).map_err(failed)?;
+            prog.attach().map_err(failed)?;
+        }
+        Program::Kprobe { function, .. } | Program::Kretprobe { function, .. } => {
+            let no_pmu = !Path::new("/sys/bus/event_source/devices/kprobe").exists();
+            let kprobe_failed = |e: ProgramError| {
+                let mut reason = describe(&e);
+                if no_pmu {
+                    reason.push_str(" (this kernel has no kprobe PMU: CONFIG_KPROBES is not set)");
+                }
+                AttachError::Program {
+                    program: name,
+                    reason,
+                }
+            };
+            let prog: &mut KProbe = typed(ebpf, name)?;
+            prog.load().map_err(kprobe_failed)?;
+            prog.attach(function, 0).map_err(kprobe_failed)?;
+        }
+    }
+    Ok(())
+}
+
+/// Detaches and unloads a program attached by [`attach_program`].
+fn unload_program(ebpf: &mut Ebpf, program: &Program) {
+    let name = program.name();
+    let unloaded = match program {
+        Program::RawTracepoint { .. } => typed::<RawTracePoint>(ebpf, name).map(|p| p.unload()),
+        Program::Tracepoint { .. } => typed::<TracePoint>(ebpf, name).map(|p| p.unload()),
+        Program::Fentry { .. } => typed::<FEntry>(ebpf, name).map(|p| p.unload()),
+        Program::Fexit { .. } => typed::<FExit>(ebpf, name).map(|p| p.unload()),
+        Program::Kprobe { .. } | Program::Kretprobe { .. } => {
+            typed::<KProbe>(ebpf, name).map(|p| p.unload())
+        }
+    };
+    match unloaded {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => log::warn!("could not unload {name}: {}", describe(&error)),
+        Err(error) => log::warn!("could not unload {name}: {error}"),
+    }
+}
+
+fn fentry_btf<'a>(ctx: &'a mut Context<'_>) -> Result<&'a Btf, AttachError> {
+    if ctx.fentry_btf.is_none() {
+        ctx.fentry_btf =
+            Some(Btf::from_sys_fs().map_err(|e| AttachError::FentryBtf(e.to_string()))?);
+    }
+    ctx.fentry_btf
+        .as_ref()
+        .ok_or_else(|| AttachError::FentryBtf("unavailable".into()))
+}
+
+fn typed<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, AttachError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or(AttachError::NoProgram(name))?;
+    prog.try_into()
+        .map_err(|e: ProgramError| AttachError::Program {
+            program: name,
+            reason: describe(&e),
+        })
+}
+
+/// An error and its causes, on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A program error in one line; for a verifier rejection, the verifier's
+/// last words (the full log goes to the debug log).
+fn describe(error: &ProgramError) -> String {
+    if let ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = error
+    {
+        let log = verifier_log.to_string();
+        log::debug!("verifier log:\n{log}");
+        let tail: Vec<&str> = log
+            .lines()
+            .rev()
+            .filter(|l| !l.trim().is_empty())
+            .take(2)
+            .collect();
+        if tail.is_empty() {
+            return format!("load failed: {io_error}");
+        }
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return format!("load failed: {io_error} (verifier: {})", tail.join(" / "));
+    }
+    error_chain(error)
+}

@@ -1,0 +1,13 @@
+//! The kernel side, from userspace: what this machine is (`host`), where
+//! its struct fields are (`btf`, `tracefs`), which hooks exist and how each
+//! attaches (`hooks`, `attach`), and what the programs hand over (`ring`,
+//! `maps`), on the programs' clock (`clock`).
+
+pub mod attach;
+pub mod btf;
+pub mod clock;
+pub mod hooks;
+pub mod host;
+pub mod maps;
+pub mod ring;
+pub mod tracefs;

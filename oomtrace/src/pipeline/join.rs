@@ -1,0 +1,486 @@
+//! Joins each kill with its victim's exit, and keeps watching for the exits
+//! of victims whose kill was written without one.
+//!
+//! A kill *waits* here until the exit hook reports its victim gone (matched
+//! by the kill's sequence number, which the kernel carried from
+//! `mark_victim` to `sched_process_exit`), or until the exit wait passes;
+//! then it is written. Written without its exit, it stays *watched* for the
+//! retention horizon: an exit within it becomes a `late_exit` record. After
+//! the horizon, or when the kernel's victim map fills up, the oldest watched
+//! victim is *forgotten*: the kernel stops watching it, and the kill counts
+//! as one whose exit was never seen.
+//!
+//! Bounds: at most `max_waiting` kills wait (beyond, the oldest is written
+//! at once, and watched), and at most `max_tracked` victims hold an entry in
+//! the kernel's map (beyond, the oldest watched one is forgotten first:
+//! victims still waiting keep their places).
+//!
+//! The kernel hands a kill record over before any exit that closes it (see
+//! oomtrace-ebpf/src/registry.rs), so an exit whose kill is not here was
+//! forgotten already, and is dropped.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use oomtrace_ebpf::ExitRecord;
+use oomtrace_record::{LateExit, OomKill, Origin, SCHEMA_VERSION};
+
+use super::convert;
+use crate::kernel::clock;
+
+/// How the kernel tracks a kill's victim, from its kill record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tracking {
+    /// Registered in the kernel's victim map under this key.
+    Key(u32),
+    /// Its process was already registered by kill `seq`, whose exit closes
+    /// this one too.
+    SameAs(u64),
+    /// Not registered: no exit will come.
+    Untracked,
+}
+
+/// What the joiner decided; the pipeline carries it out.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Write this kill: joined with its exit, or without it.
+    Kill(Box<OomKill>),
+    /// Write this exit of a victim written earlier without one.
+    LateExit(Box<LateExit>),
+    /// Stop watching for kill `seq`'s exit, and release its victim map
+    /// entry (`key`) if it holds one.
+    Forget { seq: u64, key: Option<u32> },
+}
+
+pub struct JoinLimits {
+    pub exit_wait: Duration,
+    pub retention: Duration,
+    pub max_waiting: usize,
+    pub max_tracked: usize,
+}
+
+struct Waiting {
+    kill: OomKill,
+    key: Option<u32>,
+    deadline: Instant,
+    /// Later kills of the same process (`Tracking::SameAs` this one).
+    aliases: Vec<u64>,
+}
+
+struct Watched {
+    key: Option<u32>,
+    pid: Option<u32>,
+    tid: Option<u32>,
+    kill_boot_ns: u64,
+    until: Instant,
+    aliases: Vec<u64>,
+}
+
+pub struct Joiner {
+    waiting: BTreeMap<u64, Waiting>,
+    watched: BTreeMap<u64, Watched>,
+    limits: JoinLimits,
+    origin: Origin,
+}
+
+impl Joiner {
+    pub fn new(limits: JoinLimits, origin: Origin) -> Self {
+        Self {
+            waiting: BTreeMap::new(),
+            watched: BTreeMap::new(),
+            limits: JoinLimits {
+                max_waiting: limits.max_waiting.max(1),
+                max_tracked: limits.max_tracked.max(1),
+                ..limits
+            },
+            origin,
+        }
+    }
+
+    /// Kills waiting for their exits.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Victims written without their exits, still watched.
+    #[cfg(test)]
+    pub fn watched(&self) -> usize {
+        self.watched.len()
+    }
+
+    pub fn add_kill(&mut self, kill: OomKill, tracking: Tracking, now: Instant) -> Vec<Outcome> {
+        let mut out = Vec::new();
+        let seq = kill.seq;
+        let key = match tracking {
+            Tracking::Untracked => {
+                out.push(Outcome::Kill(Box::new(kill)));
+                return out;
+            }
+            Tracking::SameAs(primary) => {
+                let aliases = match (
+                    self.waiting.get_mut(&primary),
+                    self.watched.get_mut(&primary),
+                ) {
+                    (Some(waiting), _) => &mut waiting.aliases,
+                    (None, Some(watched)) => &mut watched.aliases,
+                    // That kill is forgotten already: nothing will close this one.
+                    (None, None) => {
+                        out.push(Outcome::Kill(Box::new(kill)));
+                        return out;
+                    }
+                };
+                aliases.push(seq);
+                None
+            }
+            Tracking::Key(key) => Some(key),
+        };
+        while self.waiting.len() >= self.limits.max_waiting {
+            let Some((oldest, waiting)) = self.waiting.pop_first() else {
+                break;
+            };
+            out.push(self.stop_waiting(oldest, waiting, now));
+        }
+        if key.is_some() {
+            while self.tracked() >= self.limits.max_tracked {
+                let Some(oldest) = self.oldest_watched_key() else {
+                    break;
+                };
+                self.forget(oldest, &mut out);
+            }
+        }
+        self.waiting.insert(
+            seq,
+            Waiting {
+                kill,
+                key,
+                deadline: now + self.limits.exit_wait,
+                aliases: Vec::new(),
+            },
+        );
+        out
+    }
+
+    /// An exit from the kernel: completes its kill, and the kills that share
+    /// its victim.
+    pub fn add_exit(&mut self, exit: &ExitRecord) -> Vec<Outcome> {
+        let mut out = Vec::new();
+        self.close(exit.kill_seq, exit, &mut out);
+        if out.is_empty() {
+            log::debug!(
+                "exit for kill {} that is no longer watched: dropped",
+                exit.kill_seq
+            );
+        }
+        out
+    }
+
+    fn close(&mut self, seq: u64, exit: &ExitRecord, out: &mut Vec<Outcome>) {
+        let aliases = if let Some(mut waiting) = self.waiting.remove(&seq) {
+            waiting.kill.exit = convert::exit(waiting.kill.boot_ns, exit);
+            let aliases = std::mem::take(&mut waiting.aliases);
+            out.push(Outcome::Kill(Box::new(waiting.kill)));
+            aliases
+        } else if let Some(watched) = self.watched.remove(&seq) {
+            out.push(Outcome::LateExit(Box::new(LateExit {
+                schema: SCHEMA_VERSION,
+                origin: self.origin.clone(),
+                seq,
+                time: clock::rfc3339_from_boot_ns(exit.boot_ns),
+                boot_ns: exit.boot_ns,
+                pid: watched.pid,
+                tid: watched.tid,
+                exit: convert::exit(watched.kill_boot_ns, exit),
+            })));
+            watched.aliases
+        } else {
+            return;
+        };
+        for alias in aliases {
+            self.close(alias, exit, out);
+        }
+    }
+
+    /// Writes the kills whose wait is over, and forgets the victims watched
+    /// past the retention horizon.
+    pub fn tick(&mut self, now: Instant) -> Vec<Outcome> {
+        let mut out = Vec::new();
+        let due: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.deadline <= now)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in due {
+            if let Some(waiting) = self.waiting.remove(&seq) {
+                out.push(self.stop_waiting(seq, waiting, now));
+            }
+        }
+        let expired: Vec<u64> = self
+            .watched
+            .iter()
+            .filter(|(_, w)| w.until <= now)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in expired {
+            self.forget(seq, &mut out);
+        }
+        out
+    }
+
+    /// At stop: every waiting kill is written without its exit, and every
+    /// victim still watched is forgotten.
+    pub fn finish(&mut self, now: Instant) -> Vec<Outcome> {
+        let mut out = Vec::new();
+        while let Some((seq, waiting)) = self.waiting.pop_first() {
+            out.push(self.stop_waiting(seq, waiting, now));
+        }
+        while let Some(&seq) = self.watched.keys().next() {
+            self.forget(seq, &mut out);
+        }
+        out
+    }
+
+    /// Writes a waiting kill without its exit and starts watching it.
+    fn stop_waiting(&mut self, seq: u64, waiting: Waiting, now: Instant) -> Outcome {
+        let kill = waiting.kill;
+        self.watched.insert(
+            seq,
+            Watched {
+                key: waiting.key,
+                pid: kill.victim.pid,
+                tid: kill.victim.tid,
+                kill_boot_ns: kill.boot_ns,
+                until: now + self.limits.retention,
+                aliases: waiting.aliases,
+            },
+        );
+        Outcome::Kill(Box::new(kill))
+    }
+
+    /// Stops watching kill `seq` and the kills that share its victim.
+    fn forget(&mut self, seq: u64, out: &mut Vec<Outcome>) {
+        let (key, aliases) = if let Some(watched) = self.watched.remove(&seq) {
+            (watched.key, watched.aliases)
+        } else if let Some(waiting) = self.waiting.remove(&seq) {
+            // An alias whose primary is forgotten: nothing can close it now.
+            let key = waiting.key;
+            let aliases = waiting.aliases.clone();
+            out.push(Outcome::Kill(Box::new(waiting.kill)));
+            (key, aliases)
+        } else {
+            return;
+        };
+        out.push(Outcome::Forget { seq, key });
+        for alias in aliases {
+            self.forget(alias, out);
+        }
+    }
+
+    /// Victims holding an entry in the kernel's map.
+    fn tracked(&self) -> usize {
+        self.waiting.values().filter(|w| w.key.is_some()).count()
+            + self.watched.values().filter(|w| w.key.is_some()).count()
+    }
+
+    fn oldest_watched_key(&self) -> Option<u64> {
+        self.watched
+            .iter()
+            .find(|(_, w)| w.key.is_some())
+            .map(|(seq, _)| *seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oomtrace_ebpf::Known;
+
+    fn kill(seq: u64) -> OomKill {
+        let mut kill: OomKill = serde_json::from_value(serde_json::json!({
+            "schema": 1, "seq": seq, "time": "t", "boot_ns": 1_000_000, "source": "raw_tracepoint",
+            "victim": {"pid": 100 + seq, "tid": 100 + seq, "ns_pid": null, "container_init": null,
+                       "comm": null, "comm_hex": null, "uid": null, "oom_score_adj": null,
+                       "total_vm_bytes": null, "pgtables_bytes": null,
+                       "rss": {"anon_bytes": null, "file_bytes": null, "shmem_bytes": null},
+                       "cgroup": {"id": null, "path": null}},
+            "trigger": {"pid": 1, "tid": 1, "comm": null, "comm_hex": null},
+            "oom": {"constraint": null, "memcg_path": null, "points": null, "totalpages": null,
+                    "chosen_pid": null, "memcg_source": null, "limit_scope": null},
+            "memcg": null,
+            "exit": {"observed": false, "code": null, "signal": null, "delay_ms": null},
+            "container": null, "k8s": null, "systemd_unit": null, "container_survives": null
+        }))
+        .expect("a valid oom_kill");
+        kill.seq = seq;
+        kill
+    }
+
+    fn exit(seq: u64) -> ExitRecord {
+        ExitRecord {
+            kill_seq: seq,
+            boot_ns: 3_000_000,
+            exit_code: Known::new(9),
+            ..Default::default()
+        }
+    }
+
+    fn joiner(max_waiting: usize, max_tracked: usize) -> Joiner {
+        Joiner::new(
+            JoinLimits {
+                exit_wait: Duration::from_secs(5),
+                retention: Duration::from_secs(600),
+                max_waiting,
+                max_tracked,
+            },
+            Origin::default(),
+        )
+    }
+
+    fn kills(out: &[Outcome]) -> Vec<(u64, bool)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Outcome::Kill(k) => Some((k.seq, k.exit.observed)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn late(out: &[Outcome]) -> Vec<u64> {
+        out.iter()
+            .filter_map(|o| match o {
+                Outcome::LateExit(l) => Some(l.seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn forgotten(out: &[Outcome]) -> Vec<(u64, Option<u32>)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Outcome::Forget { seq, key } => Some((*seq, *key)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exits_join_by_sequence_never_crossed() {
+        let now = Instant::now();
+        let mut j = joiner(16, 16);
+        assert!(j.add_kill(kill(1), Tracking::Key(101), now).is_empty());
+        assert!(j.add_kill(kill(2), Tracking::Key(102), now).is_empty());
+        let out = j.add_exit(&exit(2));
+        assert_eq!(kills(&out), [(2, true)]);
+        match &out[0] {
+            Outcome::Kill(k) => {
+                assert_eq!((k.exit.code, k.exit.signal), (Some(137), Some(9)));
+                assert_eq!(k.exit.delay_ms, Some(2.0));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(j.add_exit(&exit(2)).is_empty(), "joined once");
+        assert!(j.add_exit(&exit(9)).is_empty(), "unknown kill");
+        assert_eq!(j.waiting(), 1);
+    }
+
+    #[test]
+    fn a_slow_exit_becomes_a_late_exit_record() {
+        let now = Instant::now();
+        let mut j = joiner(16, 16);
+        j.add_kill(kill(1), Tracking::Key(101), now);
+        assert!(j.tick(now + Duration::from_millis(4999)).is_empty());
+        let out = j.tick(now + Duration::from_secs(5));
+        assert_eq!(kills(&out), [(1, false)], "written without its exit");
+        assert_eq!(j.watched(), 1);
+        let out = j.add_exit(&exit(1));
+        assert_eq!(late(&out), [1]);
+        match &out[0] {
+            Outcome::LateExit(l) => {
+                assert_eq!(l.pid, Some(101));
+                assert_eq!(l.exit.code, Some(137));
+                assert!(l.exit.observed);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(j.watched(), 0);
+    }
+
+    #[test]
+    fn victims_are_forgotten_after_the_retention_horizon() {
+        let now = Instant::now();
+        let mut j = joiner(16, 16);
+        j.add_kill(kill(1), Tracking::Key(101), now);
+        j.tick(now + Duration::from_secs(5));
+        assert!(forgotten(&j.tick(now + Duration::from_secs(604))).is_empty());
+        let out = j.tick(now + Duration::from_secs(605));
+        assert_eq!(forgotten(&out), [(1, Some(101))]);
+        assert!(
+            j.add_exit(&exit(1)).is_empty(),
+            "too late even for late_exit"
+        );
+    }
+
+    #[test]
+    fn the_waiting_table_is_capped_oldest_out_first() {
+        let now = Instant::now();
+        let mut j = joiner(3, 100);
+        for seq in 0..3 {
+            assert!(
+                j.add_kill(kill(seq), Tracking::Key(seq as u32), now)
+                    .is_empty()
+            );
+        }
+        let out = j.add_kill(kill(3), Tracking::Key(3), now);
+        assert_eq!(kills(&out), [(0, false)]);
+        assert_eq!((j.waiting(), j.watched()), (3, 1));
+        // Evicted early, still watched: its exit is not lost.
+        assert_eq!(late(&j.add_exit(&exit(0))), [0]);
+        let out = j.finish(now);
+        assert_eq!(kills(&out), [(1, false), (2, false), (3, false)]);
+        assert_eq!(forgotten(&out).len(), 3);
+    }
+
+    #[test]
+    fn under_pressure_watched_victims_go_first_waiting_ones_keep_their_places() {
+        let now = Instant::now();
+        let mut j = joiner(100, 3);
+        j.add_kill(kill(0), Tracking::Key(100), now);
+        j.add_kill(kill(1), Tracking::Key(101), now);
+        j.tick(now + Duration::from_secs(5)); // both watched now
+        j.add_kill(kill(2), Tracking::Key(102), now + Duration::from_secs(5));
+        let out = j.add_kill(kill(3), Tracking::Key(103), now + Duration::from_secs(5));
+        assert_eq!(forgotten(&out), [(0, Some(100))], "the oldest watched one");
+        let out = j.add_kill(kill(4), Tracking::Key(104), now + Duration::from_secs(5));
+        assert_eq!(forgotten(&out), [(1, Some(101))]);
+        // Only waiting victims left: none is pushed out; the kernel's own
+        // bound (an untracked kill) takes over from here.
+        let out = j.add_kill(kill(5), Tracking::Key(105), now + Duration::from_secs(5));
+        assert!(forgotten(&out).is_empty());
+        assert_eq!(j.waiting(), 4);
+    }
+
+    #[test]
+    fn kills_of_the_same_process_close_together() {
+        let now = Instant::now();
+        let mut j = joiner(16, 16);
+        j.add_kill(kill(1), Tracking::Key(101), now);
+        j.add_kill(kill(2), Tracking::SameAs(1), now);
+        let out = j.add_exit(&exit(1));
+        assert_eq!(kills(&out), [(1, true), (2, true)]);
+        // The alias of a watched kill gets its exit too.
+        j.add_kill(kill(3), Tracking::Key(103), now);
+        j.tick(now + Duration::from_secs(5));
+        j.add_kill(kill(4), Tracking::SameAs(3), now + Duration::from_secs(5));
+        let out = j.add_exit(&exit(3));
+        assert_eq!(late(&out), [3]);
+        assert_eq!(kills(&out), [(4, true)]);
+        // An alias of a forgotten kill is written at once.
+        let out = j.add_kill(kill(5), Tracking::SameAs(77), now);
+        assert_eq!(kills(&out), [(5, false)]);
+        let out = j.add_kill(kill(6), Tracking::Untracked, now);
+        assert_eq!(kills(&out), [(6, false)]);
+        assert_eq!(j.waiting(), 0);
+    }
+}
