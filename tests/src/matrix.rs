@@ -41,6 +41,20 @@ const KILLS: &[Scenario] = &[
     ),
 ];
 
+/// Victims whose threads and pids move under the exit join (see
+/// `scenarios.rs`). The exit path does not depend on how oom_kill_process
+/// is hooked, so one raw mode per kernel runs them.
+const EXIT_PATHS: &[Scenario] = &[
+    (
+        "leader_exits_before_victim_thread",
+        scenarios::leader_exits_before_victim_thread,
+    ),
+    (
+        "exec_from_non_leader_thread",
+        scenarios::exec_from_non_leader_thread,
+    ),
+];
+
 /// Scenarios that need cgroup v2 (n/a on a v1 host).
 const V2_ONLY: &[&str] = &["oom_group_takes_the_container"];
 
@@ -50,7 +64,8 @@ pub struct Mode {
     pub flags: &'static [&'static str],
     /// (probe, attach mode) pairs that must attach for the mode to exist here.
     pub requires: &'static [(&'static str, &'static str)],
-    pub scenarios: &'static [Scenario],
+    /// Lists of scenarios, run in order.
+    pub scenarios: &'static [&'static [Scenario]],
 }
 
 pub const MODES: &[Mode] = &[
@@ -61,7 +76,7 @@ pub const MODES: &[Mode] = &[
             ("mark_victim", "raw_tracepoint"),
             ("oom_kill_process", "fentry"),
         ],
-        scenarios: KILLS,
+        scenarios: &[KILLS],
     },
     Mode {
         name: "raw+kprobe",
@@ -70,13 +85,13 @@ pub const MODES: &[Mode] = &[
             ("mark_victim", "raw_tracepoint"),
             ("oom_kill_process", "kprobe"),
         ],
-        scenarios: KILLS,
+        scenarios: &[KILLS],
     },
     Mode {
         name: "raw+off",
         flags: &["--victim-probe", "raw", "--oom-kill-probe", "off"],
         requires: &[("mark_victim", "raw_tracepoint")],
-        scenarios: KILLS,
+        scenarios: &[KILLS, EXIT_PATHS],
     },
     Mode {
         // The scenario itself runs `--victim-probe tracepoint` (with
@@ -84,10 +99,10 @@ pub const MODES: &[Mode] = &[
         name: "tracepoint",
         flags: &[],
         requires: &[("mark_victim", "tracepoint")],
-        scenarios: &[(
+        scenarios: &[&[(
             "classic_tracepoint_modes",
             operations::classic_tracepoint_modes,
-        )],
+        )]],
     },
 ];
 
@@ -173,7 +188,7 @@ pub fn run(base: &Env, only: Option<&str>) -> Totals {
             totals.na += 1;
             continue;
         }
-        for (name, scenario) in mode.scenarios {
+        for (name, scenario) in mode.scenarios.iter().copied().flatten() {
             if cgroup == "v1" && V2_ONLY.contains(name) {
                 line(name, "n/a", 0.0, "needs cgroup v2");
                 totals.na += 1;

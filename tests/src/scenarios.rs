@@ -55,6 +55,25 @@ impl Workload {
     pub fn wait(&mut self) -> ExitStatus {
         self.child.wait().expect("wait workload")
     }
+
+    /// The workload's next line on stdout: it says `WORD NUMBER`; returns
+    /// the number.
+    pub fn said(&mut self, word: &str) -> u32 {
+        let stdout = self.child.stdout.as_mut().expect("stdout");
+        // Byte by byte: a buffered reader could take more than this line.
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while std::io::Read::read(stdout, &mut byte).expect("read workload") == 1 {
+            if byte[0] == b'\n' {
+                break;
+            }
+            line.push(byte[0]);
+        }
+        let line = String::from_utf8_lossy(&line);
+        line.strip_prefix(word)
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("the workload said {line:?}, not `{word} N`"))
+    }
 }
 
 impl Drop for Workload {
@@ -75,9 +94,16 @@ pub fn assert_sigkilled(status: ExitStatus, what: &str) {
 
 /// Asserts every field the kernel's `Killed process` line also has.
 pub fn assert_matches_kernel(record: &Value, kernel: &KilledProcess) {
+    assert_eq!(record["victim"]["pid"], kernel.pid, "pid: {record}");
+    assert_kernel_figures(record, kernel);
+}
+
+/// Asserts every field of the kernel's `Killed process` line but its pid,
+/// which is the victim thread's id (task_pid_nr()): the process's pid,
+/// except where the kernel had to pick another thread than the leader.
+pub fn assert_kernel_figures(record: &Value, kernel: &KilledProcess) {
     let v = &record["victim"];
     let kb = |n: u64| Value::from(n * 1024);
-    assert_eq!(v["pid"], kernel.pid, "pid: {record}");
     assert_eq!(
         v["oom_score_adj"], kernel.oom_score_adj,
         "oom_score_adj: {record}"
@@ -131,6 +157,31 @@ pub fn assert_exit_137(record: &Value) {
         exit["delay_ms"].as_f64().is_some_and(|d| d >= 0.0),
         "{record}"
     );
+}
+
+/// Every record names where and when it was made: `hostname` as the kernel
+/// has it, `boot_id` the kernel's id of this boot, and one `run_id` (the
+/// `start` record's, not empty) for every record of the run.
+pub fn assert_identity(records: &[Value]) {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("read {path}: {e}"))
+            .trim()
+            .to_string()
+    };
+    let hostname = read("/proc/sys/kernel/hostname");
+    let boot_id = read("/proc/sys/kernel/random/boot_id");
+    let start = records.first().expect("records");
+    assert_eq!(start["type"], "start", "{start}");
+    let run_id = start["run_id"]
+        .as_str()
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| panic!("no run_id in the start record: {start}"));
+    for record in records {
+        assert_eq!(record["hostname"], hostname.as_str(), "hostname: {record}");
+        assert_eq!(record["boot_id"], boot_id.as_str(), "boot_id: {record}");
+        assert_eq!(record["run_id"], run_id, "run_id: {record}");
+    }
 }
 
 /// The victim's cgroup: the path the test created, and the id is its
@@ -454,4 +505,91 @@ pub fn parent_limit_fires(env: &Env) {
     );
     assert_eq!(container.oom_kills(), 1);
     assert_oom_context(&record, collector.start_record(), &kernel, &pod_path, LIMIT);
+}
+
+// Ways a victim's exit could slip past the join. Its exit is reported for
+// the last thread of the process to leave, matched to the kill by the
+// victim's pid, so what can go wrong is a process whose threads and pids
+// move: the leader leaving before the thread that gets killed, and an
+// exec from a thread that is not the leader (de_thread() hands it the
+// leader's pid). Both are caused below. The third, a victim's pid reused
+// by a new process between the kill and the exit, cannot be caused on a
+// shared machine: forcing a pid needs /proc/sys/kernel/ns_last_pid, which
+// in the host's pid namespace would steer every process on the machine,
+// so these tests never write it.
+
+/// The process's main thread leaves on its own (the raw exit system call,
+/// SYS_exit, which ends one thread, unlike exit_group) before its worker
+/// thread allocates until the OOM kill. The kernel then kills the process
+/// through the worker, the one thread with memory left (find_lock_task_mm()),
+/// and logs the worker's tid and name; the record names the process (pid,
+/// the tgid) and that thread (tid), and is joined with exit 137: the exit
+/// that ends the process is the worker's, not the leader's early exit 0.
+pub fn leader_exits_before_victim_thread(env: &Env) {
+    let cg = MemCgroup::create("leader-exit", Some(LIMIT));
+    let mut collector = Collector::start(env, &[]);
+    let mut kmsg = Kmsg::open();
+    let mut victim = Workload::spawn(
+        env,
+        "leader-exit",
+        &["--cgroup", cg.dir_str(), "--adj", "300"],
+    );
+    // Said once the leader is gone (a zombie), before it allocates.
+    let worker = victim.said("worker");
+    assert_ne!(worker, victim.pid(), "the worker is not the leader");
+    assert_sigkilled(victim.wait(), "the process whose leader left first");
+    let kernel = kmsg.killed(worker, KILL_TIMEOUT);
+    assert_eq!(kernel.comm, b"allocator", "the kernel killed the worker");
+    let record = collector.kill_of(victim.pid(), KILL_TIMEOUT);
+    assert_eq!(record["victim"]["tid"], worker, "{record}");
+    assert_kernel_figures(&record, &kernel);
+    assert_exit_137(&record);
+    assert_cgroup(&record, &cg, &kernel);
+    assert_eq!(cg.oom_kills(), 1, "the kernel counted one kill");
+    let status = collector.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{status:?}");
+    let records: Vec<&Value> = collector
+        .kills()
+        .filter(|r| r["victim"]["pid"] == victim.pid())
+        .collect();
+    assert_eq!(records.len(), 1, "exactly one record: {records:?}");
+}
+
+/// A process of three threads whose third (not the leader) execve()s the
+/// allocator: the kernel's de_thread() ends the other two and gives the
+/// exec'ing thread the leader's pid, so the allocator then OOM-killed has
+/// the pid the process started with. One record for that pid (and tid),
+/// matching the kernel's line, joined with exit 137; the threads the exec
+/// ended were no victims and add nothing.
+pub fn exec_from_non_leader_thread(env: &Env) {
+    let cg = MemCgroup::create("exec-thread", Some(LIMIT));
+    let mut collector = Collector::start(env, &[]);
+    let mut kmsg = Kmsg::open();
+    let mut victim = Workload::spawn(
+        env,
+        "exec-from-thread",
+        &["--cgroup", cg.dir_str(), "--adj", "400"],
+    );
+    let exec_tid = victim.said("exec from");
+    assert_ne!(exec_tid, victim.pid(), "the exec comes from another thread");
+    assert_sigkilled(victim.wait(), "the allocator exec'ed from a thread");
+    let kernel = kmsg.killed(victim.pid(), KILL_TIMEOUT);
+    assert_eq!(kernel.oom_score_adj, 400, "the allocator after the exec");
+    let record = collector.kill_of(victim.pid(), KILL_TIMEOUT);
+    assert_matches_kernel(&record, &kernel);
+    assert_eq!(
+        record["victim"]["tid"],
+        victim.pid(),
+        "the exec'ing thread took the leader's pid: {record}"
+    );
+    assert_exit_137(&record);
+    assert_cgroup(&record, &cg, &kernel);
+    assert_eq!(cg.oom_kills(), 1, "the kernel counted one kill");
+    let status = collector.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{status:?}");
+    let records: Vec<&Value> = collector
+        .kills()
+        .filter(|r| r["victim"]["pid"] == victim.pid() || r["victim"]["tid"] == exec_tid)
+        .collect();
+    assert_eq!(records.len(), 1, "exactly one record: {records:?}");
 }

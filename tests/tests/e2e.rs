@@ -26,6 +26,8 @@ scenario! {
     scenarios::two_cgroups_at_once,
     scenarios::cgroup_removed_after_kill,
     scenarios::parent_limit_fires,
+    scenarios::leader_exits_before_victim_thread,
+    scenarios::exec_from_non_leader_thread,
     attribution::container_init_killed,
     attribution::container_child_killed_container_survives,
     faults::stuck_victims_are_evicted_at_the_cap,
