@@ -55,15 +55,33 @@ impl Env {
 
 pub struct Collector {
     child: Child,
+    /// The process between the collector and this harness, if any (see
+    /// [`Collector::start_behind_reader`]).
+    reader: Option<Child>,
     lines: Receiver<String>,
     /// Every record read so far, in order.
     pub records: Vec<Value>,
+    /// The bytes of those records, newlines included.
+    pub bytes: usize,
     stderr: PathBuf,
 }
 
 impl Collector {
-    /// Starts `oomtrace run ARGS` and waits for its `start` record.
+    /// Starts `oomtrace run ARGS`, its stdout a pipe this harness reads,
+    /// and waits for its `start` record.
     pub fn start(env: &Env, args: &[&str]) -> Self {
+        Self::spawn(env, args, false)
+    }
+
+    /// Like [`Collector::start`], but the collector's stdout is a pipe to a
+    /// separate reader process (`cat`), whose own stdout this harness reads:
+    /// a reader that can be stopped (SIGSTOP, [`Collector::reader_pid`]),
+    /// as a log shipper stalls, leaving the collector's pipe to fill up.
+    pub fn start_behind_reader(env: &Env, args: &[&str]) -> Self {
+        Self::spawn(env, args, true)
+    }
+
+    fn spawn(env: &Env, args: &[&str], behind_reader: bool) -> Self {
         let stderr = std::env::temp_dir().join(format!(
             "oomtrace-test-{}-{}.stderr",
             std::process::id(),
@@ -78,11 +96,32 @@ impl Collector {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", env.oomtrace.display()));
         let stdout = child.stdout.take().expect("stdout");
-        let lines = spawn_reader(stdout);
+        let (lines, reader) = if behind_reader {
+            // The reader gets the pipe's read end; this process keeps no
+            // copy of it, so the collector's pipe is the reader's alone.
+            let spawned = Command::new("cat")
+                .stdin(Stdio::from(stdout))
+                .stdout(Stdio::piped())
+                .spawn();
+            let mut reader = match spawned {
+                Ok(reader) => reader,
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("spawn the reader (cat): {e}");
+                }
+            };
+            let out = reader.stdout.take().expect("reader's stdout");
+            (spawn_reader(out), Some(reader))
+        } else {
+            (spawn_reader(stdout), None)
+        };
         let mut collector = Self {
             child,
+            reader,
             lines,
             records: Vec::new(),
+            bytes: 0,
             stderr,
         };
         let start = collector.next_record(Duration::from_secs(30));
@@ -95,6 +134,11 @@ impl Collector {
         self.child.id()
     }
 
+    /// The reader process's id, for a collector started behind one.
+    pub fn reader_pid(&self) -> Option<u32> {
+        self.reader.as_ref().map(Child::id)
+    }
+
     pub fn start_record(&self) -> &Value {
         &self.records[0]
     }
@@ -103,15 +147,19 @@ impl Collector {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Parses one line (one whole JSON object of schema 1) and keeps it.
+    fn push_line(&mut self, line: String) -> Value {
+        let value: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not one whole JSON object per line ({e}): {line:?}"));
+        assert_eq!(value["schema"], 1, "{line}");
+        self.bytes += line.len() + 1;
+        self.records.push(value.clone());
+        value
+    }
+
     fn next_record(&mut self, timeout: Duration) -> Value {
         match self.lines.recv_timeout(timeout) {
-            Ok(line) => {
-                let value: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line:?}"));
-                assert_eq!(value["schema"], 1, "{line}");
-                self.records.push(value.clone());
-                value
-            }
+            Ok(line) => self.push_line(line),
             Err(RecvTimeoutError::Timeout) => {
                 panic!(
                     "no record within {timeout:?}; oomtrace stderr:\n{}",
@@ -150,6 +198,25 @@ impl Collector {
         }
     }
 
+    /// Reads records until `done(every record so far)` holds; false if it
+    /// does not within `timeout`. Panics if the collector exits first.
+    pub fn wait_until(&mut self, timeout: Duration, done: impl Fn(&[Value]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.records) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.push_line(line);
+                }
+                Err(RecvTimeoutError::Timeout) => return false,
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("oomtrace exited early; stderr:\n{}", self.stderr_text())
+                }
+            }
+        }
+        true
+    }
+
     /// Sends `signal`, then reads every remaining record until the collector
     /// exits; returns its exit status.
     pub fn stop_with(&mut self, signal: i32) -> ExitStatus {
@@ -158,27 +225,46 @@ impl Collector {
         loop {
             match self.lines.recv_timeout(Duration::from_secs(20)) {
                 Ok(line) => {
-                    let value: Value = serde_json::from_str(&line)
-                        .unwrap_or_else(|e| panic!("partial or invalid line ({e}): {line:?}"));
-                    self.records.push(value);
+                    self.push_line(line);
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => panic!("oomtrace did not stop within 20 s"),
             }
         }
-        self.child.wait().expect("wait for oomtrace")
+        let status = self.child.wait().expect("wait for oomtrace");
+        if let Some(reader) = &mut self.reader {
+            // It saw the end of its input: it is ending or has ended.
+            let _ = reader.wait();
+        }
+        status
     }
 
     pub fn kills(&self) -> impl Iterator<Item = &Value> {
         self.records.iter().filter(|r| r["type"] == "oom_kill")
     }
+
+    pub fn late_exits(&self) -> impl Iterator<Item = &Value> {
+        self.records.iter().filter(|r| r["type"] == "late_exit")
+    }
+
+    /// The last record, which must be `stop`.
+    pub fn stop_record(&self) -> &Value {
+        let stop = self.records.last().expect("records");
+        assert_eq!(stop["type"], "stop", "the last record: {stop}");
+        stop
+    }
 }
 
 impl Drop for Collector {
     fn drop(&mut self) {
-        // Whatever happened, leave no collector behind.
+        // Whatever happened, leave no collector behind, nor its reader
+        // (SIGKILL ends a stopped process too).
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(reader) = &mut self.reader {
+            let _ = reader.kill();
+            let _ = reader.wait();
+        }
         let _ = std::fs::remove_file(&self.stderr);
     }
 }

@@ -24,10 +24,12 @@
 //!       Prints `init HOST-PID` at once, and `init-status STATUS` (the raw
 //!       wait status) when PID 1 ends; exits 0. It stays outside DIR, like
 //!       a runtime's shim.
-//!   oomtrace-workload exec-in DIR PROGRAM ARGS...
-//!       moves into the cgroup DIR, then execs PROGRAM (from PATH): a shell
-//!       pipeline started this way has the shell and every process it forks
-//!       inside DIR from the start, as a container's entrypoint has.
+//!   oomtrace-workload exec-in [--uid N] DIR PROGRAM ARGS...
+//!       moves into the cgroup DIR, then (with --uid) becomes user and group
+//!       N with no supplementary groups, then execs PROGRAM (from PATH): a
+//!       shell pipeline started this way has the shell and every process it
+//!       forks inside DIR from the start, as a container's entrypoint has,
+//!       and runs as a non-root user of its own.
 //!   oomtrace-workload leader-exit [--cgroup DIR] [--adj N]
 //!       starts a thread named `allocator`, then the main thread leaves on
 //!       its own with the raw exit(2) system call (SYS_exit, not
@@ -110,8 +112,12 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("alloc") => alloc(parse(&args[1..])),
         Some("exec-in") => match &args[1..] {
-            [dir, program, rest @ ..] => exec_in(dir, program, rest),
-            _ => die("usage: oomtrace-workload exec-in DIR PROGRAM ARGS..."),
+            [flag, uid, dir, program, rest @ ..] if flag == "--uid" => {
+                let uid = uid.parse().unwrap_or_else(|_| die("--uid needs a number"));
+                exec_in(Some(uid), dir, program, rest)
+            }
+            [dir, program, rest @ ..] => exec_in(None, dir, program, rest),
+            _ => die("usage: oomtrace-workload exec-in [--uid N] DIR PROGRAM ARGS..."),
         },
         Some("leader-exit") => leader_exit(parse(&args[1..])),
         Some("exec-from-thread") => exec_from_thread(&args[1..]),
@@ -256,8 +262,23 @@ fn settle(o: &Options) {
     }
 }
 
-fn exec_in(dir: &str, program: &str, args: &[String]) {
+fn exec_in(uid: Option<u32>, dir: &str, program: &str, args: &[String]) {
     join_cgroup(dir);
+    if let Some(id) = uid {
+        // SAFETY: plain system calls on this process's credentials; groups
+        // first, while still root.
+        let failed = unsafe {
+            libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(id) != 0
+                || libc::setuid(id) != 0
+        };
+        if failed {
+            die(&format!(
+                "become uid {id}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
     let error = Command::new(program).args(args).exec();
     die(&format!("exec {program}: {error}"));
 }

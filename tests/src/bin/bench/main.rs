@@ -13,14 +13,18 @@
 //!   the tool attached than with nothing attached (both tools hook every
 //!   process exit);
 //! - storm capture: OOM kills each tool recorded out of the kernel's count,
-//!   across many cgroups at once; for oomtrace also how many were joined to
-//!   their exit with code 137; CPU seconds each tool spent on the storm;
+//!   across many cgroups at once, and how many it joined to their exit
+//!   with code 137; CPU seconds each tool spent on the storm;
+//! - pipeline storm capture: the same two counts for a storm of shell
+//!   pipelines (`sh -c 'head -c 200000000 /dev/zero | tail'`), whose tails
+//!   often take ~2 s to exit after their kill; for oomtrace a kill counts as
+//!   joined if its record or its `late_exit` says 137;
 //! - latency: from the kill (and from the victim's exit) to the moment the
 //!   line reaches this benchmark.
 //!
 //! Usage: oomtrace-bench [--oomtrace PATH] [--workload PATH] [--bpftrace PATH]
 //!                       [--out FILE] [--quick] [--idle SECS]
-//!                       [--only ready|memory|overhead|storm]...
+//!                       [--only ready|memory|overhead|storm|pipeline-storm]...
 //!        oomtrace-bench fork-storm N   (the exit-path load: N × fork()+_exit(0);
 //!                                       prints the nanoseconds it took)
 //! Prints a table and writes every raw sample and median to FILE
@@ -40,8 +44,8 @@ use oomtrace_tests::{Env, cgroup};
 use serde_json::{Value, json};
 
 use report::{Report, Samples, fmt_mib, fmt_ms, median, ms, percentile, ratio_text};
-use storm_capture::storm_capture;
-use tool::{Running, TOOLS, Tool, clock_ns, status_kb};
+use storm_capture::{pipeline_storm_capture, storm_capture};
+use tool::{Running, TOOLS, Tool, clock_ns, status_kb, tools_for_round};
 
 /// What bpftrace runs: the same work as oomtrace's hooks, minus the
 /// enrichment. mark_victim stores the victim in a map; every process exit
@@ -62,11 +66,8 @@ tracepoint:sched:sched_process_exit /@victim[args->pid]/ {
 /// "Attaching N probes..." comes before loading and attaching.
 pub(crate) const BPFTRACE_ATTACHED: &str = "__BPFTRACE_NOTIFY_PROBES_ATTACHED";
 /// oomtrace's default --exit-wait: a kill record waits this long for its exit.
-pub(crate) const OOMTRACE_EXIT_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const OOMTRACE_EXIT_WAIT: Duration = Duration::from_secs(5);
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Per cgroup in the storm: room for the allocator's own few MiB, small
-/// enough that each kill takes milliseconds.
-pub(crate) const STORM_LIMIT: u64 = 16 << 20;
 
 pub(crate) struct Config {
     pub(crate) env: Env,
@@ -120,6 +121,9 @@ fn main() {
     }
     if cfg.wants("storm") {
         storm_capture(&cfg, &mut report);
+    }
+    if cfg.wants("pipeline-storm") {
+        pipeline_storm_capture(&cfg, &mut report);
     }
     report.row("sampler cost", "n/a (no sampler yet)", "", "", "", None);
     report.finish(&cfg.out);
@@ -328,14 +332,7 @@ fn exit_overhead(cfg: &Config, report: &mut Report) {
     let mut baseline = vec![timed_fork_storm(cfg)];
     let (mut with_o, mut with_b) = (Vec::new(), Vec::new());
     for round in 0..cfg.overhead_runs {
-        // Alternate which tool goes first, so that neither always follows
-        // the same thing (a baseline, or the other tool's teardown).
-        let order = if round % 2 == 0 {
-            TOOLS
-        } else {
-            [TOOLS[1], TOOLS[0]]
-        };
-        for tool in order {
+        for tool in tools_for_round(round) {
             let mut running = Running::start(tool, cfg);
             std::thread::sleep(SETTLE);
             let cost = timed_fork_storm(cfg);

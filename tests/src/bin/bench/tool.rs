@@ -29,6 +29,17 @@ impl Tool {
 
 pub(crate) const TOOLS: [Tool; 2] = [Tool::Oomtrace, Tool::Bpftrace];
 
+/// The tools in the order round `round` runs them: alternating which goes
+/// first, so that neither always follows the same thing (a baseline, or
+/// the other tool's teardown).
+pub(crate) fn tools_for_round(round: usize) -> [Tool; 2] {
+    if round.is_multiple_of(2) {
+        TOOLS
+    } else {
+        [TOOLS[1], TOOLS[0]]
+    }
+}
+
 /// One line a tool wrote, stamped when it reached us.
 pub(crate) struct Line {
     pub(crate) stderr: bool,
