@@ -68,6 +68,16 @@ pub(crate) const BPFTRACE_ATTACHED: &str = "__BPFTRACE_NOTIFY_PROBES_ATTACHED";
 /// oomtrace's default --exit-wait: a kill record waits this long for its exit.
 pub(crate) const OOMTRACE_EXIT_WAIT: Duration = Duration::from_secs(5);
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// `--help`: the usage lines of the comment above.
+const USAGE: &str = "\
+Usage: oomtrace-bench [--oomtrace PATH] [--workload PATH] [--bpftrace PATH]
+                      [--out FILE] [--quick] [--idle SECS]
+                      [--only ready|memory|overhead|storm|pipeline-storm]...
+       oomtrace-bench fork-storm N
+Runs oomtrace and bpftrace in alternation (root), prints a table and writes every
+sample and median to FILE (default bench.json). --only (repeatable) measures just
+those figures; --quick runs fewer, smaller rounds (to see that it works).
+";
 
 pub(crate) struct Config {
     pub(crate) env: Env,
@@ -149,10 +159,18 @@ fn parse(args: Vec<String>) -> Config {
             "--quick" => quick = true,
             "--idle" => idle = Some(value().parse().expect("--idle SECS")),
             "--only" => only.push(value()),
+            "--help" | "-h" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
             other => {
                 panic!("unknown argument {other} (see the comment at the top of bench/main.rs)")
             }
         }
+    }
+    const FIGURES: [&str; 5] = ["ready", "memory", "overhead", "storm", "pipeline-storm"];
+    if let Some(unknown) = only.iter().find(|f| !FIGURES.contains(&f.as_str())) {
+        panic!("--only {unknown}: not one of {FIGURES:?}");
     }
     // --quick: enough of everything to see that it works, not to trust.
     let pick = |full: usize, fast: usize| if quick { fast } else { full };
