@@ -86,6 +86,22 @@ pub fn lint() -> Result<()> {
     )
 }
 
+/// Rewrites docs/schema.md's generated field tables.
+pub fn docs() -> Result<()> {
+    let path = workspace_root()?.join("docs/schema.md");
+    let doc =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let filled = oomtrace_record::fill_field_tables(&doc)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if filled == doc {
+        println!("ok: {} is current", path.display());
+        return Ok(());
+    }
+    std::fs::write(&path, filled).with_context(|| format!("writing {}", path.display()))?;
+    println!("updated: {}", path.display());
+    Ok(())
+}
+
 /// What `cargo xtask test` does, from its command line.
 pub struct TestOpts {
     pub no_vm: bool,
@@ -129,6 +145,11 @@ fn test_steps(opts: &TestOpts) -> Result<()> {
         "--bins",
     ]))
     .context("unit tests failed (see above)")?;
+    // The record crate's own tests include real records from earlier
+    // collectors, validated against today's schema (tests/compat.rs).
+    run(cargo_cmd()?.args(["test", "--package", "oomtrace-record"]))
+        .context("the record crate's tests failed (see above)")?;
+    record_crate_stands_alone()?;
 
     if !is_root() {
         bail!(
@@ -151,6 +172,50 @@ fn test_steps(opts: &TestOpts) -> Result<()> {
     .context("integration tests failed (see above)")?;
 
     vm_matrix(opts.no_vm)
+}
+
+/// The record crate is what other code reads records with: it must build
+/// without aya, tokio or the eBPF toolchain. `cargo tree` shows what it
+/// pulls in.
+fn record_crate_stands_alone() -> Result<()> {
+    let output = cargo_cmd()?
+        .args([
+            "tree",
+            "--package",
+            "oomtrace-record",
+            "--edges",
+            "normal,build",
+            "--prefix",
+            "none",
+        ])
+        .output()
+        .context("running cargo tree")?;
+    if !output.status.success() {
+        bail!(
+            "cargo tree --package oomtrace-record failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let tree = String::from_utf8_lossy(&output.stdout);
+    let heavy: Vec<&str> = tree
+        .lines()
+        .filter(|l| {
+            ["aya", "tokio", "oomtrace-ebpf", "libc"]
+                .iter()
+                .any(|h| l.starts_with(&format!("{h} ")))
+        })
+        .collect();
+    if !heavy.is_empty() {
+        bail!(
+            "oomtrace-record must stand alone, but depends on: {}",
+            heavy.join(", ")
+        );
+    }
+    println!(
+        "ok: oomtrace-record builds on its own ({} crates)",
+        tree.lines().count()
+    );
+    Ok(())
 }
 
 /// The kernel matrix (`cargo xtask vmtest` with its defaults), unless

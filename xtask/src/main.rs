@@ -150,6 +150,14 @@ enum Cmd {
         #[arg(long, value_name = "SECS")]
         idle: Option<u64>,
     },
+    /// Regenerate the field tables of docs/schema.md from the record types
+    ///
+    /// Rewrites every `<!-- fields:TYPE -->` ... `<!-- /fields -->` region
+    /// with the table the oomtrace-record crate generates for that record
+    /// type (the same text its JSON Schema carries). The record crate's
+    /// tests fail when the file is not current.
+    #[command(verbatim_doc_comment)]
+    Docs,
     /// Run the end-to-end scenarios on other kernels, in qemu VMs
     ///
     /// Downloads Debian kernel packages with apt (cached under
@@ -193,6 +201,7 @@ fn main() -> ExitCode {
         Cmd::Build => cmds::build().map(|_| ()),
         Cmd::Run { args } => cmds::run_oomtrace(&args),
         Cmd::Lint => cmds::lint(),
+        Cmd::Docs => cmds::docs(),
         Cmd::Test {
             no_vm,
             skip_lint,

@@ -34,7 +34,7 @@ pub use kill::{
     CgroupRef, Constraint, Container, Exit, K8s, KillSource, LateExit, LimitScope, Memcg,
     MemcgLevel, MemcgSource, Oom, OomKill, Qos, Rss, Runtime, Trigger, Victim, comm_fields,
 };
-pub use schema::{field_tables, json_schema};
+pub use schema::{field_tables, fill_field_tables, json_schema};
 pub use session::{
     AttachAttempt, AttachMode, CgroupMode, CollectorStatus, Counters, Hook, HostFacts, Lost,
     MemoryController, ProbeStatus, SelfSetting, Start, Stop, StopReason,

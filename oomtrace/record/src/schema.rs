@@ -73,6 +73,38 @@ pub fn field_tables() -> Vec<(String, String)> {
     tables
 }
 
+/// `doc` with every `<!-- fields:TYPE -->` … `<!-- /fields -->` region
+/// replaced by the current table of record type TYPE: how docs/schema.md is
+/// kept equal to the types (`cargo xtask docs` writes it, a test checks it).
+pub fn fill_field_tables(doc: &str) -> Result<String, String> {
+    const OPEN: &str = "<!-- fields:";
+    const CLOSE: &str = "<!-- /fields -->";
+    let tables = field_tables();
+    let mut out = String::with_capacity(doc.len());
+    let mut rest = doc;
+    while let Some(start) = rest.find(OPEN) {
+        let after_open = &rest[start + OPEN.len()..];
+        let name_end = after_open
+            .find(" -->")
+            .ok_or("an unterminated `<!-- fields:` marker")?;
+        let name = &after_open[..name_end];
+        let body = &after_open[name_end + " -->".len()..];
+        let end = body
+            .find(CLOSE)
+            .ok_or_else(|| format!("no {CLOSE} after the fields:{name} marker"))?;
+        let table = tables
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
+            .ok_or_else(|| format!("no record type {name:?}"))?;
+        out.push_str(&rest[..start]);
+        let _ = write!(out, "{OPEN}{name} -->\n{table}{CLOSE}");
+        rest = &body[end + CLOSE.len()..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// The object a schema stands for, with `$ref` followed.
 fn resolve<'a>(schema: &'a Value, defs: &'a Map<String, Value>) -> Value {
     let mut merged = schema.clone();
@@ -244,6 +276,24 @@ mod tests {
         let counters = required(&schema, "Counters");
         assert!(counters.iter().any(|f| f == "untracked_victims"));
         assert!(!counters.iter().any(|f| f == "late_exits"));
+    }
+
+    /// docs/schema.md documents every field, in the words of the types.
+    #[test]
+    fn the_schema_docs_are_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/schema.md");
+        let doc = std::fs::read_to_string(&path).expect("docs/schema.md");
+        let filled = fill_field_tables(&doc).expect("markers");
+        for (name, _) in field_tables() {
+            assert!(
+                doc.contains(&format!("<!-- fields:{name} -->")),
+                "docs/schema.md has no table for {name}"
+            );
+        }
+        assert!(
+            filled == doc,
+            "docs/schema.md's field tables differ from the record types: run `cargo xtask docs`"
+        );
     }
 
     #[test]
