@@ -14,7 +14,8 @@ use crate::{
     collector::{Collector, Env},
     kmsg::Kmsg,
     scenarios::{
-        LIMIT, Workload, assert_exit_137, assert_oom_context, assert_sigkilled, comm_bytes,
+        LIMIT, Workload, assert_exit_137, assert_identity, assert_oom_context, assert_sigkilled,
+        comm_bytes,
     },
 };
 
@@ -51,7 +52,10 @@ pub fn no_privileges_is_a_clear_error(env: &Env) {
 }
 
 /// SIGTERM and SIGINT end the run with a `stop` record and exit status 0.
+/// Every record of a run carries the host's name, the boot's id and the
+/// run's id, and each start has a run id of its own.
 pub fn signals_write_stop(env: &Env) {
+    let mut run_ids = Vec::new();
     for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
         let mut collector = Collector::start(env, &[]);
         let status = collector.stop_with(signal);
@@ -60,7 +64,10 @@ pub fn signals_write_stop(env: &Env) {
         assert_eq!(last["type"], "stop", "{last}");
         assert_eq!(last["reason"], name, "{last}");
         assert_eq!(last["counters"]["kills"], 0, "{last}");
+        assert_identity(&collector.records);
+        run_ids.push(collector.records[0]["run_id"].clone());
     }
+    assert_ne!(run_ids[0], run_ids[1], "a new run_id at each start");
 }
 
 /// A reader that goes away (`oomtrace run | head -1`) ends the collector
