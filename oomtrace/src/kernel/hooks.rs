@@ -118,6 +118,14 @@ pub const MARK_VICTIM: HookSpec = HookSpec {
     ],
 };
 
+/// What both modes of `oom_kill_process` need: a readable `struct
+/// oom_control`, and the function itself (it can be inlined away).
+const OOM_CONTROL_READABLE: &[Requirement] = &[
+    Requirement::Btf,
+    Requirement::Fields(&["oc_constraint", "oc_chosen_points", "oc_totalpages"]),
+    Requirement::FunctionInBtf("oom_kill_process"),
+];
+
 /// `static void oom_kill_process(struct oom_control *oc, const char
 /// *message)` (mm/oom_kill.c). Entry and return probes attach as a pair or
 /// not at all (see `oomtrace_ebpf::OomContext`).
@@ -129,11 +137,7 @@ pub const OOM_KILL_PROCESS: HookSpec = HookSpec {
     modes: &[
         ModeSpec {
             mode: AttachMode::Fentry,
-            requires: &[
-                Requirement::Btf,
-                Requirement::Fields(&["oc_constraint", "oc_chosen_points", "oc_totalpages"]),
-                Requirement::FunctionInBtf("oom_kill_process"),
-            ],
+            requires: OOM_CONTROL_READABLE,
             programs: &[
                 Program::Fentry {
                     program: "oom_kill_process_fentry",
@@ -147,11 +151,7 @@ pub const OOM_KILL_PROCESS: HookSpec = HookSpec {
         },
         ModeSpec {
             mode: AttachMode::Kprobe,
-            requires: &[
-                Requirement::Btf,
-                Requirement::Fields(&["oc_constraint", "oc_chosen_points", "oc_totalpages"]),
-                Requirement::FunctionInBtf("oom_kill_process"),
-            ],
+            requires: OOM_CONTROL_READABLE,
             programs: &[
                 Program::Kprobe {
                     program: "oom_kill_process_kprobe",

@@ -295,26 +295,17 @@ impl Joiner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oomtrace_ebpf::Known;
+    use oomtrace_ebpf::{KillRecord, Known};
 
+    /// The record of a kill of pid 100 + seq, as convert makes it.
     fn kill(seq: u64) -> OomKill {
-        let mut kill: OomKill = serde_json::from_value(serde_json::json!({
-            "schema": 1, "seq": seq, "time": "t", "boot_ns": 1_000_000, "source": "raw_tracepoint",
-            "victim": {"pid": 100 + seq, "tid": 100 + seq, "ns_pid": null, "container_init": null,
-                       "comm": null, "comm_hex": null, "uid": null, "oom_score_adj": null,
-                       "total_vm_bytes": null, "pgtables_bytes": null,
-                       "rss": {"anon_bytes": null, "file_bytes": null, "shmem_bytes": null},
-                       "cgroup": {"id": null, "path": null}},
-            "trigger": {"pid": 1, "tid": 1, "comm": null, "comm_hex": null},
-            "oom": {"constraint": null, "memcg_path": null, "points": null, "totalpages": null,
-                    "chosen_pid": null, "memcg_source": null, "limit_scope": null},
-            "memcg": null,
-            "exit": {"observed": false, "code": null, "signal": null, "delay_ms": null},
-            "container": null, "k8s": null, "systemd_unit": null, "container_survives": null
-        }))
-        .expect("a valid oom_kill");
-        kill.seq = seq;
-        kill
+        // SAFETY: all-zero is a valid KillRecord (the programs start so).
+        let mut rec: KillRecord = unsafe { std::mem::zeroed() };
+        rec.seq = seq;
+        rec.boot_ns = 1_000_000;
+        rec.victim_tgid = Known::new(100 + seq as u32);
+        rec.victim_tid = rec.victim_tgid;
+        convert::kill(&rec, &Origin::default(), 4096).0
     }
 
     fn exit(seq: u64) -> ExitRecord {
