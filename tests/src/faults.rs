@@ -518,6 +518,9 @@ pub fn pipeline_storm_joins_every_exit(env: &Env) {
     for kill in &kills {
         assert_exit_137(kill);
     }
+    eprintln!(
+        "pipeline storm at the defaults: the slowest victim exited {slowest:.0} ms after its kill"
+    );
     let stop = collector.stop_record();
     for counter in [
         "lost_kills",
@@ -624,15 +627,17 @@ pub fn pipeline_storm_late_exits_complete_the_join(env: &Env) {
 
 /// A log shipper that stops reading: the collector's stdout is a pipe to a
 /// reader process, stopped (SIGSTOP) through a storm of 200 kills and for
-/// a few seconds after it. The pipe holds 64 KiB (16 pages), some 55 kill
-/// records of ~1.1 KiB as JSON; the storm writes ~220 KiB of them, so the
-/// collector has to hold ~165 records (~160 KiB) while its writes block.
-/// Its pipeline must go on draining the ring buffer meanwhile, or the
-/// kernel loses records once the ring is full: the ring is cut to 256 KiB
-/// here (~125 of the kernel's kill records, ~2 KiB each), because the
-/// default 1 MiB (~500) holds a whole 200-kill storm even when nothing
-/// drains it, and the test would prove nothing. Once the reader goes on,
-/// every kill the kernel counted is delivered once, joined to its exit 137
+/// a few seconds after it. The pipe holds 64 KiB (16 pages), some 50 kill
+/// records of ~1.2 KiB as JSON; the storm writes ~240 KiB of them (measured:
+/// 248 KB), so the collector has to hold ~150 records (~180 KiB) while its
+/// writes block. Its pipeline must go on draining the ring buffer
+/// meanwhile, or the kernel loses records once the ring is full: the ring
+/// is cut to 256 KiB here (~125 of the kernel's kill records, ~2 KiB each),
+/// because the default 1 MiB (~500) holds a whole 200-kill storm even when
+/// nothing drains it, and the test would prove nothing (measured: a
+/// collector that stalls its drain behind the pipe lost 16 kills and 8
+/// exits with 256 KiB, none with 1 MiB). Once the reader goes on, every
+/// kill the kernel counted is delivered once, joined to its exit 137
 /// (inline or late), with no `lost` record and nothing dropped.
 pub fn blocked_reader_does_not_stall_the_ring(env: &Env) {
     let mut collector = Collector::start_behind_reader(env, &["--ring-buffer-bytes", "262144"]);
