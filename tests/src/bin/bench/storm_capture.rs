@@ -31,6 +31,8 @@ pub(crate) struct StormRun {
     pub(crate) duplicates: usize,
     /// Reported kills whose exit the tool reported too (any code).
     exits_known: usize,
+    /// Pids of reported kills whose exit the tool did not report.
+    no_exit: Vec<u32>,
     /// Reported kills joined to an exit with code 137 (128 + SIGKILL).
     joined_137: usize,
     /// oomtrace only: of those, joined by a `late_exit` record.
@@ -108,7 +110,7 @@ fn json_runs(runs: &[(Tool, StormRun)]) -> Vec<Value> {
             json!({
                 "tool": tool.name(), "kernel_kills": r.kernel_kills, "processes": r.processes,
                 "recorded": r.recorded, "duplicates": r.duplicates, "exits_known": r.exits_known,
-                "joined_137": r.joined_137, "joined_late": r.joined_late,
+                "joined_137": r.joined_137, "joined_late": r.joined_late, "no_exit": r.no_exit,
                 "cpu_secs": r.cpu_secs, "vm_hwm_kb": r.hwm_kb, "storm_secs": r.storm_secs,
                 "kill_to_line_ms": r.kill_to_line_ms, "kill_only_line_ms": r.kill_only_line_ms, "exit_to_line_ms": r.exit_to_line_ms,
                 "losses": r.losses,
@@ -264,6 +266,17 @@ pub(crate) fn storm_run(cfg: &Config, tool: Tool, shape: Shape) -> StormRun {
             String::new()
         }
     );
+    if !run.no_exit.is_empty() {
+        let named: Vec<String> = run
+            .no_exit
+            .iter()
+            .map(|pid| match ran.kernel_line(*pid) {
+                Some(k) => format!("{pid} ({})", String::from_utf8_lossy(&k.comm)),
+                None => pid.to_string(),
+            })
+            .collect();
+        println!("{} reported no exit for: {}", tool.name(), named.join(", "));
+    }
     if ran.kernel_lines.len() as u64 != kernel_kills {
         // bpftrace's pipeline kills are told apart by these lines.
         println!(
@@ -341,6 +354,7 @@ fn parse_oomtrace(
             run.joined_late += usize::from(late["exit"]["code"] == 137);
             (*late_line, &late["exit"])
         } else {
+            run.no_exit.push(pid);
             continue;
         };
         run.exits_known += 1;
@@ -362,6 +376,7 @@ fn parse_bpftrace(
     reported: &mut HashMap<u32, usize>,
 ) {
     let mut kill_mono_ns: HashMap<u32, u64> = HashMap::new();
+    let mut exited: HashSet<u32> = HashSet::new();
     for line in lines.iter().filter(|l| !l.stderr) {
         let fields: Vec<&str> = line.text.splitn(4, ' ').collect();
         if let ["Lost", n, ..] = fields[..] {
@@ -391,6 +406,7 @@ fn parse_bpftrace(
                 let code = if signal != 0 { 128 + signal } else { a >> 8 };
                 if let Some(&kill) = kill_mono_ns.get(&pid) {
                     run.exits_known += 1;
+                    exited.insert(pid);
                     if code == 137 {
                         run.joined_137 += 1;
                     }
@@ -406,4 +422,11 @@ fn parse_bpftrace(
             _ => {}
         }
     }
+    let mut no_exit: Vec<u32> = reported
+        .keys()
+        .copied()
+        .filter(|pid| !exited.contains(pid))
+        .collect();
+    no_exit.sort_unstable();
+    run.no_exit = no_exit;
 }
