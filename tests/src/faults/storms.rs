@@ -1,271 +1,33 @@
-//! Fault scenarios: what the collector does when the kernel or the world
-//! misbehaves. Correctness only; speed is measured by `cargo xtask bench`.
+//! Storms: many kills at once.
 
 use std::{
     collections::HashSet,
-    ffi::CString,
-    io::{BufRead, BufReader},
-    os::unix::ffi::OsStrExt,
-    path::PathBuf,
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        mpsc::{Receiver, channel},
-    },
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
+use super::KILL_TIMEOUT;
 use crate::{
     cgroup::MemCgroup,
     collector::{Collector, Env},
-    kmsg::Kmsg,
-    scenarios::{
-        LIMIT, Workload, assert_cgroup, assert_exit_137, assert_identity, assert_matches_kernel,
-        assert_sigkilled,
-    },
+    scenarios::{assert_cgroup, assert_exit_137, assert_identity, assert_matches_kernel},
     storm::{self, Ran, Shape, Storm, StormOutcome, StormProcess},
 };
 
-const KILL_TIMEOUT: Duration = Duration::from_secs(30);
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A FUSE mount whose server (`oomtrace-workload fuse-hold`) reads every
-/// request and answers none. Dropping it ends the server, which aborts the
-/// connection and frees every waiter, then detaches the mount. One per
-/// victim: FUSE serialises lookups in a directory (without
-/// FUSE_PARALLEL_DIROPS), so a second victim on the same mount would block
-/// on the first one's lock instead of sending its own request.
-struct HungMount {
-    dir: PathBuf,
-    server: Workload,
-    lines: Receiver<String>,
-}
-
-impl HungMount {
-    fn create(env: &Env) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "oomtrace-test-{}-{}-fuse",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        let mut server = Workload::spawn(env, "fuse-hold", &[dir.to_str().expect("utf-8")]);
-        let stdout = server.child.stdout.take().expect("stdout");
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mount = Self { dir, server, lines };
-        mount.expect_line("mounted");
-        mount
-    }
-
-    fn dir_str(&self) -> &str {
-        self.dir.to_str().expect("utf-8")
-    }
-
-    /// Waits for the server to print `line`.
-    fn expect_line(&self, line: &str) {
-        match self.lines.recv_timeout(Duration::from_secs(10)) {
-            Ok(got) => assert_eq!(got, line, "the FUSE server's output"),
-            Err(e) => panic!("the FUSE server did not print {line:?}: {e}"),
-        }
-    }
-
-    /// Ends the server: the request it held fails, and its waiter wakes.
-    fn release(&mut self) {
-        let _ = self.server.child.kill();
-        let _ = self.server.child.wait();
-    }
-}
-
-impl Drop for HungMount {
-    fn drop(&mut self) {
-        self.release();
-        if let Ok(dir) = CString::new(self.dir.as_os_str().as_bytes()) {
-            // SAFETY: a NUL-terminated path.
-            unsafe { libc::umount2(dir.as_ptr(), libc::MNT_DETACH) };
-        }
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
-/// A victim whose exit cannot come: one of its threads waits on a hung
-/// FUSE mount in an uninterruptible sleep (a request the server has read
-/// cannot be abandoned, request_wait_answer()), so after the OOM kill the
-/// thread group never finishes exiting. Declared before the victim, the
-/// mount is dropped after it: the victim's own drop kills it first, then
-/// the server goes, and the stuck thread can leave.
-struct StuckVictim {
-    workload: Workload,
-    cgroup: MemCgroup,
-    mount: HungMount,
-}
-
-impl StuckVictim {
-    fn spawn(env: &Env) -> Self {
-        let mount = HungMount::create(env);
-        let cgroup = MemCgroup::create("stuck", Some(LIMIT));
-        let mut workload = Workload::spawn(
-            env,
-            "alloc",
-            &[
-                "--cgroup",
-                cgroup.dir_str(),
-                "--stuck-in",
-                mount.dir_str(),
-                "--wait-stdin",
-            ],
-        );
-        // The server has read the lookup (FUSE_LOOKUP = 1): the thread is
-        // now stuck.
-        mount.expect_line("holding 1");
-        workload.release();
-        Self {
-            workload,
-            cgroup,
-            mount,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.workload.pid()
-    }
-}
-
-/// The join table is capped (`--max-pending`): with victims whose exits
-/// never arrive, each new kill pushes the oldest waiting one out, written
-/// at once with `exit.observed = false`, so the collector's memory stays
-/// bounded. When the hung mount finally goes away, the kill still waiting
-/// is joined with its exit as usual, and the evicted one's exit, arriving
-/// long after its record, is written as a `late_exit` naming that kill
-/// (same `seq` and `run_id`), never as a second kill record.
-pub fn stuck_victims_are_evicted_at_the_cap(env: &Env) {
-    let mut collector = Collector::start(env, &["--max-pending", "1", "--exit-wait", "120s"]);
-    let mut kmsg = Kmsg::open();
-    let first = StuckVictim::spawn(env);
-    let first_kernel = kmsg.killed(first.pid(), KILL_TIMEOUT);
-    let mut second = StuckVictim::spawn(env);
-    let second_kernel = kmsg.killed(second.pid(), KILL_TIMEOUT);
-    // The second kill evicts the first: written long before its 120 s
-    // exit wait, without an exit.
-    let evicted = collector.kill_of(first.pid(), KILL_TIMEOUT);
-    assert_matches_kernel(&evicted, &first_kernel);
-    assert_eq!(evicted["exit"]["observed"], false, "{evicted}");
-    assert!(evicted["exit"]["code"].is_null(), "{evicted}");
-    assert!(
-        collector
-            .kills()
-            .all(|r| r["victim"]["pid"] != second.pid()),
-        "the second kill waits for its exit"
-    );
-    // The second mount goes away: that victim finishes exiting, and its
-    // exit is joined.
-    second.mount.release();
-    let joined = collector.kill_of(second.pid(), KILL_TIMEOUT);
-    assert_matches_kernel(&joined, &second_kernel);
-    assert_exit_137(&joined);
-    assert_eq!(first.cgroup.oom_kills(), 1);
-    assert_eq!(second.cgroup.oom_kills(), 1);
-    // The first mount goes away: the evicted victim's exit comes now, long
-    // after its kill was written.
-    let mut first = first;
-    first.mount.release();
-    let came = collector.wait_until(KILL_TIMEOUT, |records| {
-        late_exits_of(records, &evicted).next().is_some()
-    });
-    assert!(
-        came,
-        "no late_exit for the evicted kill (seq {}) within {KILL_TIMEOUT:?} of its victim's \
-         exit; records after start: {}",
-        evicted["seq"],
-        collector.records[1..]
-            .iter()
-            .map(Value::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    let status = collector.stop_with(libc::SIGTERM);
-    assert_eq!(status.code(), Some(0));
-    let first_records = collector
-        .kills()
-        .filter(|r| r["victim"]["pid"] == first.pid())
-        .count();
-    assert_eq!(first_records, 1, "one kill record per kill");
-    let late: Vec<&Value> = collector.late_exits().collect();
-    assert_eq!(late.len(), 1, "one late exit, the evicted kill's: {late:?}");
-    assert_late_exit(late[0], &evicted, Duration::ZERO);
-    let stop = collector.stop_record();
-    assert_eq!(stop["counters"]["kills"], 2, "{stop}");
-    // Inline joins only: the late one is counted apart.
-    assert_eq!(stop["counters"]["exits_observed"], 1, "{stop}");
-    assert_eq!(stop["counters"]["late_exits"], 1, "{stop}");
-    assert_eq!(stop["counters"]["exits_never_seen"], 0, "{stop}");
-    assert_identity(&collector.records);
-}
-
-/// A ring buffer with room for two kill records, and a collector that is
-/// not reading (SIGSTOP) while six kills happen: the kernel counts every
-/// record it could not queue, so the kills written plus the `lost` records'
-/// counts equal the kernel's own oom_kill count, and every line is whole.
-pub fn tiny_ring_buffer_counts_every_loss(env: &Env) {
-    const KILLS: u64 = 6;
-    // One page: a kill record is ~2 KiB, so two fit.
-    let mut collector = Collector::start(
-        env,
-        &["--ring-buffer-bytes", "4096", "--exit-wait", "500ms"],
-    );
-    let cgroup = MemCgroup::create("pressure", Some(LIMIT));
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(collector.pid() as i32, libc::SIGSTOP) };
-    for _ in 0..KILLS {
-        let mut victim = Workload::spawn(env, "alloc", &["--cgroup", cgroup.dir_str()]);
-        assert_sigkilled(victim.wait(), "the allocator");
-    }
-    // SAFETY: as above.
-    unsafe { libc::kill(collector.pid() as i32, libc::SIGCONT) };
-    assert_eq!(cgroup.oom_kills(), KILLS, "the kernel's count");
-    // Let it drain and write what waits for exits that were lost.
-    std::thread::sleep(Duration::from_secs(2));
-    let status = collector.stop_with(libc::SIGTERM);
-    assert_eq!(status.code(), Some(0));
-    let delivered = collector.kills().count() as u64;
-    let lost: u64 = collector
-        .records
-        .iter()
-        .filter(|r| r["type"] == "lost")
-        .map(|r| r["kills"].as_u64().expect("lost.kills"))
-        .sum();
-    assert!(
-        lost > 0,
-        "six kills cannot fit in one page: {:?}",
-        collector.records
-    );
-    assert_eq!(delivered + lost, KILLS, "{:?}", collector.records);
-    let stop = collector.records.last().expect("records");
-    assert_eq!(stop["type"], "stop", "{stop}");
-    assert_eq!(stop["counters"]["lost_kills"], lost, "{stop}");
-    assert_eq!(stop["counters"]["kills"], delivered, "{stop}");
-}
-
 /// The storm tests: 20 cgroups, each killing 10 victims in a row, all at once.
-const STORM_CGROUPS: usize = 20;
-const STORM_KILLS_PER_CGROUP: usize = 10;
+pub(super) const STORM_CGROUPS: usize = 20;
+pub(super) const STORM_KILLS_PER_CGROUP: usize = 10;
 /// How long the storm's kill records may take to be written once it is
 /// over: each waits at most --exit-wait (5 s by default) for its exit.
-const STORM_RECORDS_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const STORM_RECORDS_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the storm's exits may take to be joined once every kill is
 /// written: a pipeline's tail exits within some 2 s of its kill (the OOM
 /// reaper's delay), so this is only reached when an exit never comes.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs a storm of `shape` and checks what the kernel says of it.
-fn run_storm(env: &Env, shape: Shape) -> StormOutcome {
+pub(super) fn run_storm(env: &Env, shape: Shape) -> StormOutcome {
     let outcome = storm::storm(env, shape, STORM_CGROUPS, STORM_KILLS_PER_CGROUP);
     eprintln!(
         "{} storm: {} processes, {} kills ({}) in {:.1} s",
@@ -285,7 +47,7 @@ fn run_storm(env: &Env, shape: Shape) -> StormOutcome {
 /// allocator, or at least one per pipeline (the kernel now and then takes
 /// a second process of one: see [`Shape::Pipeline`]), and the kernel logged
 /// each of those kills.
-fn assert_storm_outcome(outcome: &StormOutcome) {
+pub(super) fn assert_storm_outcome(outcome: &StormOutcome) {
     let ran = &outcome.ran;
     let what = ran.shape.name();
     let expected = STORM_CGROUPS * STORM_KILLS_PER_CGROUP;
@@ -316,7 +78,7 @@ fn assert_storm_outcome(outcome: &StormOutcome) {
 }
 
 /// "N tail, M head": the victims' comms, as the kernel logged them.
-fn victim_comms(ran: &Ran) -> String {
+pub(super) fn victim_comms(ran: &Ran) -> String {
     ran.shape
         .victim_comms()
         .iter()
@@ -329,13 +91,13 @@ fn victim_comms(ran: &Ran) -> String {
 }
 
 /// Whether `record`'s victim lived in one of the storm's cgroups.
-fn in_cgroups(record: &Value, cgroups: &[MemCgroup]) -> bool {
+pub(super) fn in_cgroups(record: &Value, cgroups: &[MemCgroup]) -> bool {
     let path = record["victim"]["cgroup"]["path"].as_str();
     cgroups.iter().any(|c| path == Some(c.path.as_str()))
 }
 
 /// The kill records whose victim lived in one of `cgroups`.
-fn storm_kills<'a>(records: &'a [Value], cgroups: &[MemCgroup]) -> Vec<&'a Value> {
+pub(super) fn storm_kills<'a>(records: &'a [Value], cgroups: &[MemCgroup]) -> Vec<&'a Value> {
     records
         .iter()
         .filter(|r| r["type"] == "oom_kill" && in_cgroups(r, cgroups))
@@ -344,7 +106,7 @@ fn storm_kills<'a>(records: &'a [Value], cgroups: &[MemCgroup]) -> Vec<&'a Value
 
 /// Waits until the collector has written as many kill records for the
 /// storm's cgroups as the kernel counted in them.
-fn wait_for_storm_kills(collector: &mut Collector, outcome: &StormOutcome) {
+pub(super) fn wait_for_storm_kills(collector: &mut Collector, outcome: &StormOutcome) {
     let counted = outcome.kernel_kills() as usize;
     let all_in = collector.wait_until(STORM_RECORDS_TIMEOUT, |records| {
         storm_kills(records, &outcome.cgroups).len() >= counted
@@ -361,7 +123,7 @@ fn wait_for_storm_kills(collector: &mut Collector, outcome: &StormOutcome) {
 /// once, about the victim the kernel logged: the pid, comm and figures of
 /// its `Killed process` line, and its cgroup (path and id). Returns the
 /// storm's kill records.
-fn assert_storm_kills_written_once<'a>(
+pub(super) fn assert_storm_kills_written_once<'a>(
     records: &'a [Value],
     outcome: &StormOutcome,
 ) -> Vec<&'a Value> {
@@ -399,7 +161,10 @@ fn assert_storm_kills_written_once<'a>(
 }
 
 /// The `late_exit` records that name `kill`: its seq, in its run.
-fn late_exits_of<'a>(records: &'a [Value], kill: &'a Value) -> impl Iterator<Item = &'a Value> {
+pub(super) fn late_exits_of<'a>(
+    records: &'a [Value],
+    kill: &'a Value,
+) -> impl Iterator<Item = &'a Value> {
     records.iter().filter(move |r| {
         r["type"] == "late_exit" && r["seq"] == kill["seq"] && r["run_id"] == kill["run_id"]
     })
@@ -407,7 +172,7 @@ fn late_exits_of<'a>(records: &'a [Value], kill: &'a Value) -> impl Iterator<Ite
 
 /// The storm's kills not joined to an exit (yet): neither in their own
 /// record nor by a `late_exit` of the same run and seq.
-fn unjoined<'a>(records: &'a [Value], cgroups: &[MemCgroup]) -> Vec<&'a Value> {
+pub(super) fn unjoined<'a>(records: &'a [Value], cgroups: &[MemCgroup]) -> Vec<&'a Value> {
     let late: HashSet<(&str, u64)> = records
         .iter()
         .filter(|r| r["type"] == "late_exit")
@@ -425,7 +190,7 @@ fn unjoined<'a>(records: &'a [Value], cgroups: &[MemCgroup]) -> Vec<&'a Value> {
 /// `late` is `kill`'s late exit: the same seq and run, the victim's pid
 /// and tid, exit 137 by SIGKILL, at least `waited` after the kill (what
 /// the kill waited before it was written without its exit).
-fn assert_late_exit(late: &Value, kill: &Value, waited: Duration) {
+pub(super) fn assert_late_exit(late: &Value, kill: &Value, waited: Duration) {
     assert_eq!(late["seq"], kill["seq"], "{late}");
     assert_eq!(late["run_id"], kill["run_id"], "{late}");
     assert_eq!(late["pid"], kill["victim"]["pid"], "pid: {late} for {kill}");
@@ -447,7 +212,7 @@ fn assert_late_exit(late: &Value, kill: &Value, waited: Duration) {
 }
 
 /// "seq S pid P" for the first 20 records, to name kills in a message.
-fn names(kills: &[&Value]) -> Vec<String> {
+pub(super) fn names(kills: &[&Value]) -> Vec<String> {
     let mut names: Vec<String> = kills
         .iter()
         .take(20)
@@ -623,78 +388,6 @@ pub fn pipeline_storm_late_exits_complete_the_join(env: &Env) {
         kills.len(),
         kills.len() - joined_late
     );
-}
-
-/// A log shipper that stops reading: the collector's stdout is a pipe to a
-/// reader process, stopped (SIGSTOP) through a storm of 200 kills and for
-/// a few seconds after it. The pipe holds 64 KiB (16 pages), some 50 kill
-/// records of ~1.2 KiB as JSON; the storm writes ~240 KiB of them (measured:
-/// 248 KB), so the collector has to hold ~150 records (~180 KiB) while its
-/// writes block. Its pipeline must go on draining the ring buffer
-/// meanwhile, or the kernel loses records once the ring is full: the ring
-/// is cut to 256 KiB here (~125 of the kernel's kill records, ~2 KiB each),
-/// because the default 1 MiB (~500) holds a whole 200-kill storm even when
-/// nothing drains it, and the test would prove nothing (measured: a
-/// collector that stalls its drain behind the pipe lost 16 kills and 8
-/// exits with 256 KiB, none with 1 MiB). Once the reader goes on, every
-/// kill the kernel counted is delivered once, joined to its exit 137
-/// (inline or late), with no `lost` record and nothing dropped.
-pub fn blocked_reader_does_not_stall_the_ring(env: &Env) {
-    let mut collector = Collector::start_behind_reader(env, &["--ring-buffer-bytes", "262144"]);
-    let reader = collector.reader_pid().expect("a reader") as i32;
-    let before = collector.bytes;
-    // SAFETY: kill(2) on the reader this test started.
-    unsafe { libc::kill(reader, libc::SIGSTOP) };
-    let outcome = run_storm(env, Shape::Allocator);
-    std::thread::sleep(Duration::from_secs(3));
-    // SAFETY: as above.
-    unsafe { libc::kill(reader, libc::SIGCONT) };
-    // Until every kill is written and joined, or the kernel reports a loss.
-    let counted = outcome.kernel_kills() as usize;
-    collector.wait_until(STORM_RECORDS_TIMEOUT + JOIN_TIMEOUT, |records| {
-        records.iter().any(|r| r["type"] == "lost")
-            || (storm_kills(records, &outcome.cgroups).len() >= counted
-                && unjoined(records, &outcome.cgroups).is_empty())
-    });
-    let status = collector.stop_with(libc::SIGTERM);
-    assert_eq!(status.code(), Some(0));
-    eprintln!(
-        "blocked reader: {} bytes of records written after start, against a 64 KiB pipe",
-        collector.bytes - before
-    );
-    let lost: Vec<&Value> = collector
-        .records
-        .iter()
-        .filter(|r| r["type"] == "lost")
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "the kernel dropped records while the reader was stopped (the ring buffer was not \
-         drained behind the blocked pipe): {lost:?}"
-    );
-    let stop = collector.stop_record();
-    for counter in [
-        "lost_kills",
-        "lost_exits",
-        "events_dropped",
-        "records_dropped",
-    ] {
-        assert_eq!(stop["counters"][counter], 0, "{counter}: {stop}");
-    }
-    assert_storm_kills_written_once(&collector.records, &outcome);
-    let never = unjoined(&collector.records, &outcome.cgroups);
-    assert!(
-        never.is_empty(),
-        "kills never joined to their exit: {:?}",
-        names(&never)
-    );
-    for kill in storm_kills(&collector.records, &outcome.cgroups) {
-        match late_exits_of(&collector.records, kill).next() {
-            Some(late) => assert_late_exit(late, kill, Duration::ZERO),
-            None => assert_exit_137(kill),
-        }
-    }
-    assert_identity(&collector.records);
 }
 
 /// SIGTERM while a storm is under way: every kill the kernel had counted by
