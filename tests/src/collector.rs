@@ -152,6 +152,7 @@ impl Collector {
         let value: Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("not one whole JSON object per line ({e}): {line:?}"));
         assert_eq!(value["schema"], 1, "{line}");
+        crate::contract::assert_record(&line, &value);
         self.bytes += line.len() + 1;
         self.records.push(value.clone());
         value
