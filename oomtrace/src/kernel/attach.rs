@@ -20,7 +20,7 @@ use oomtrace_record::{AttachAttempt, AttachMode, HostFacts, ProbeStatus, text::s
 use super::{
     btf::{self, BtfError, KernelLayout},
     hooks::{HOOKS, HookSpec, MARK_VICTIM, ModeSpec, Program, Requirement},
-    host::DEFAULT_BTF,
+    host::{self, DEFAULT_BTF},
     maps::{KernelCounters, VictimsMap},
     tracefs::{self, TracefsError},
 };
@@ -163,8 +163,19 @@ pub fn attach(options: &ProbeOptions, host: &HostFacts) -> Result<Tracer, ProbeE
     }
     let mut notes = Vec::new();
     let layout = kernel_layout(&options.btf, &mut notes)?;
+    // aya parses the whole kernel BTF in EbpfLoader::new(), and again for
+    // fentry: the peak of the collector's life, handed back right after.
+    host::reusing_heap(|| attach_with(options, host, layout.as_ref(), notes))
+}
+
+fn attach_with(
+    options: &ProbeOptions,
+    host: &HostFacts,
+    layout: Option<&KernelLayout>,
+    notes: Vec<String>,
+) -> Result<Tracer, ProbeError> {
     let mut ctx = Context {
-        layout: layout.as_ref(),
+        layout,
         options,
         host,
         tracefs: None,
@@ -206,6 +217,9 @@ pub fn attach(options: &ProbeOptions, host: &HostFacts) -> Result<Tracer, ProbeE
     let mut probes = vec![status];
     for spec in &HOOKS[1..] {
         probes.push(attach_hook(&mut ebpf, spec, &mut ctx));
+        // Tens of MB that only fentry/fexit need: freed at once, before
+        // anything else is allocated after it.
+        ctx.fentry_btf = None;
     }
 
     let events = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)?;
