@@ -244,6 +244,26 @@ impl Collector {
         self.records.iter().filter(|r| r["type"] == "oom_kill")
     }
 
+    /// The `oom_kill` records whose victim is process `pid`.
+    pub fn kills_of(&self, pid: u32) -> Vec<&Value> {
+        self.kills().filter(|r| r["victim"]["pid"] == pid).collect()
+    }
+
+    /// Panics unless the `stop` record's counters say nothing was lost,
+    /// dropped or left unjoined.
+    pub fn assert_nothing_lost(&self) {
+        let stop = self.stop_record();
+        for counter in [
+            "exits_never_seen",
+            "lost_kills",
+            "lost_exits",
+            "events_dropped",
+            "records_dropped",
+        ] {
+            assert_eq!(stop["counters"][counter], 0, "{counter}: {stop}");
+        }
+    }
+
     pub fn late_exits(&self) -> impl Iterator<Item = &Value> {
         self.records.iter().filter(|r| r["type"] == "late_exit")
     }

@@ -332,10 +332,7 @@ pub fn multi_threaded_victim(env: &Env) {
     assert_eq!(cg.oom_kills(), 1);
     let status = collector.stop_with(libc::SIGTERM);
     assert!(status.success(), "{status:?}");
-    let records: Vec<_> = collector
-        .kills()
-        .filter(|r| r["victim"]["pid"] == victim.pid())
-        .collect();
+    let records = collector.kills_of(victim.pid());
     assert_eq!(records.len(), 1, "exactly one record: {records:?}");
 }
 
@@ -548,10 +545,7 @@ pub fn leader_exits_before_victim_thread(env: &Env) {
     assert_eq!(cg.oom_kills(), 1, "the kernel counted one kill");
     let status = collector.stop_with(libc::SIGTERM);
     assert!(status.success(), "{status:?}");
-    let records: Vec<&Value> = collector
-        .kills()
-        .filter(|r| r["victim"]["pid"] == victim.pid())
-        .collect();
+    let records = collector.kills_of(victim.pid());
     assert_eq!(records.len(), 1, "exactly one record: {records:?}");
 }
 

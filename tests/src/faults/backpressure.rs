@@ -105,15 +105,7 @@ pub fn blocked_reader_does_not_stall_the_ring(env: &Env) {
         "the kernel dropped records while the reader was stopped (the ring buffer was not \
          drained behind the blocked pipe): {lost:?}"
     );
-    let stop = collector.stop_record();
-    for counter in [
-        "lost_kills",
-        "lost_exits",
-        "events_dropped",
-        "records_dropped",
-    ] {
-        assert_eq!(stop["counters"][counter], 0, "{counter}: {stop}");
-    }
+    collector.assert_nothing_lost();
     assert_storm_kills_written_once(&collector.records, &outcome);
     let never = unjoined(&collector.records, &outcome.cgroups);
     assert!(

@@ -286,15 +286,7 @@ pub fn pipeline_storm_joins_every_exit(env: &Env) {
     eprintln!(
         "pipeline storm at the defaults: the slowest victim exited {slowest:.0} ms after its kill"
     );
-    let stop = collector.stop_record();
-    for counter in [
-        "lost_kills",
-        "lost_exits",
-        "events_dropped",
-        "records_dropped",
-    ] {
-        assert_eq!(stop["counters"][counter], 0, "{counter}: {stop}");
-    }
+    collector.assert_nothing_lost();
     assert!(
         collector.records.iter().all(|r| r["type"] != "lost"),
         "no lost records"
@@ -372,15 +364,7 @@ pub fn pipeline_storm_late_exits_complete_the_join(env: &Env) {
     );
     assert_eq!(counters["exits_observed"], inline, "inline joins: {stop}");
     assert_eq!(counters["kills"], collector.kills().count(), "{stop}");
-    for counter in [
-        "exits_never_seen",
-        "lost_kills",
-        "lost_exits",
-        "events_dropped",
-        "records_dropped",
-    ] {
-        assert_eq!(counters[counter], 0, "{counter}: {stop}");
-    }
+    collector.assert_nothing_lost();
     assert_identity(records);
     eprintln!(
         "pipeline storm, --exit-wait 100ms: {} kills, {} joined inline, {joined_late} by a \
