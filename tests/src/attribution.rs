@@ -319,6 +319,8 @@ fn assert_limit(record: &Value, start: &Value, fired_path: &str, scope: &str) {
     );
     let source = if hooked {
         "oom_kill_process"
+    } else if oom["kernel_log"] == "matched" {
+        "kernel_log"
     } else {
         "usage_at_limit"
     };

@@ -126,6 +126,25 @@ impl MemCgroup {
         cg
     }
 
+    /// The memory charged to this cgroup now, in bytes.
+    pub fn usage(&self) -> u64 {
+        let file = match self.version {
+            Version::V1 => "memory.usage_in_bytes",
+            Version::V2 => "memory.current",
+        };
+        let text = std::fs::read_to_string(self.dir.join(file)).expect("read usage");
+        text.trim().parse().expect("a byte count")
+    }
+
+    /// Sets this cgroup's limit (v1 `memory.limit_in_bytes`, v2 `memory.max`).
+    pub fn set_limit(&self, bytes: u64) {
+        let file = match self.version {
+            Version::V1 => "memory.limit_in_bytes",
+            Version::V2 => "memory.max",
+        };
+        write(&self.dir.join(file), &bytes.to_string());
+    }
+
     /// The kernel's own count of OOM kills in this cgroup.
     pub fn oom_kills(&self) -> u64 {
         oom_kill_count(&self.dir, self.version)

@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod collector;
 pub mod contract;
 pub mod faults;
+pub mod fired_limit;
 pub mod kmsg;
 pub mod matrix;
 pub mod operations;

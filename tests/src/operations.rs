@@ -180,6 +180,9 @@ pub fn classic_tracepoint_modes(env: &Env) {
                 "trigger.comm",
                 "exit.observed",
                 "exit.delay_ms",
+                // What the kernel log said, and why the fired memcg is null.
+                "oom.kernel_log",
+                "oom.memcg_unknown",
             ];
             if extended {
                 expected.extend([

@@ -221,17 +221,27 @@ pub fn assert_oom_context(
         .and_then(|p| p.iter().find(|p| p["name"] == "oom_kill_process"))
         .is_some_and(|p| !p["mode"].is_null());
     if !hooked {
-        for field in ["constraint", "points", "totalpages", "chosen_pid"] {
+        for field in ["points", "totalpages", "chosen_pid"] {
             assert!(
                 oom[field].is_null(),
                 "oom.{field} without oom_kill_process: {record}"
             );
         }
-        // Derived from the memcg levels read at the kill, where there are any.
-        if record["memcg"].is_null() {
+        if oom["kernel_log"] == "matched" {
+            // From the kernel's own oom-kill: line, which the test read too.
+            let context = kernel
+                .context
+                .as_ref()
+                .expect("the kernel printed its summary");
+            assert_eq!(oom["constraint"], "memcg", "{record}");
+            assert_eq!(oom["memcg_path"].as_str(), context.oom_memcg.as_deref());
+            assert_eq!(oom["memcg_path"], limit_path, "{record}");
+            assert_eq!(oom["memcg_source"], "kernel_log", "{record}");
+        } else if record["memcg"].is_null() {
             assert!(oom["memcg_path"].is_null(), "{record}");
             assert!(oom["memcg_source"].is_null(), "{record}");
         } else {
+            // Derived from the memcg levels read at the kill.
             assert_eq!(oom["memcg_path"], limit_path, "{record}");
             assert_eq!(oom["memcg_source"], "usage_at_limit", "{record}");
         }

@@ -142,19 +142,24 @@ pub struct Trigger {
 }
 
 /// Why this victim, and which limit: from `oom_kill_process` when fentry or
-/// a kprobe is attached there (see `start.probes`), else derived.
+/// a kprobe is attached there (see `start.probes`), else from the kernel's
+/// own `oom-kill:` log line, else derived.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Oom {
-    /// The kind of OOM (`oc->constraint`). Null when `oom_kill_process` is
-    /// not hooked.
+    /// The kind of OOM (`oc->constraint`), from `oom_kill_process` when it
+    /// is hooked, else from the kernel's `oom-kill:constraint=…` log line.
+    /// Null when neither is there.
     pub constraint: Option<Constraint>,
-    /// The memory cgroup whose limit fired. With `oom_kill_process` hooked
-    /// it is `oc->memcg`. Without the hook it is derived: the nearest of the
-    /// victim's memcg levels whose usage, read in the kernel at the kill, is
-    /// within the charge slack of its limit (8 pages + 65 pages per CPU, at
-    /// most 1/8 of the limit). Null for a global OOM, and when neither way
-    /// knows it (no hook and no level at its limit, e.g. a v1 `memsw`
-    /// limit; classic tracepoint without the hook).
+    /// The memory cgroup whose limit fired, in this order of evidence (see
+    /// `memcg_source`): `oom_kill_process`'s `oc->memcg` when it is hooked;
+    /// the kernel's `oom-kill:…,oom_memcg=…` line for this victim; else
+    /// derived, as the nearest memcg at its limit (usage within 8 pages + 65
+    /// pages per CPU, at most 1/8 of the limit, read in the kernel at the
+    /// kill) among those that hold *both* the victim and the task whose
+    /// allocation failed: the kernel charges the allocating task's memcg and
+    /// its ancestors, so the limit that fired is one of theirs. Null for a
+    /// global OOM, and when no evidence settles it (`memcg_unknown` says
+    /// why).
     pub memcg_path: Option<String>,
     /// The chosen process's badness (`oom_badness()`: pages of RSS, swap and
     /// page tables, plus oom_score_adj × totalpages / 1000).
@@ -166,6 +171,14 @@ pub struct Oom {
     pub chosen_pid: Option<u32>,
     /// How `memcg_path` is known; null when it is not.
     pub memcg_source: Option<MemcgSource>,
+    /// Why `memcg_path` is null for an OOM that is not global; null
+    /// otherwise.
+    #[serde(default)]
+    pub memcg_unknown: Option<MemcgUnknown>,
+    /// What the kernel log (/dev/kmsg) said about this kill: whether its
+    /// `oom-kill:` summary line was read and matched this victim.
+    #[serde(default)]
+    pub kernel_log: Option<KernelLog>,
     /// Whose limit fired. Null when neither the fired memcg nor a global
     /// constraint is known.
     pub limit_scope: Option<LimitScope>,
@@ -195,9 +208,69 @@ pub enum Constraint {
 pub enum MemcgSource {
     /// From `oom_kill_process`'s `oc->memcg`: the kernel's own answer.
     OomKillProcess,
-    /// Derived: the nearest of the victim's memcg and its ancestors whose
-    /// usage, read in the kernel at the kill, was at its limit.
+    /// Derived: the nearest memcg holding both the victim and the allocating
+    /// task whose usage, read in the kernel at the kill, was at its limit.
     UsageAtLimit,
+    /// From the kernel's own log line for this kill
+    /// (`oom-kill:constraint=…,oom_memcg=…,task_memcg=…,task=…,pid=…`, printed
+    /// by dump_oom_victim() and read from /dev/kmsg), after checking that its
+    /// task, pid and task_memcg are this victim's.
+    KernelLog,
+    /// A value from a newer oomtrace (read, never written).
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
+}
+
+/// Why `oom.memcg_path` is null.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MemcgUnknown {
+    /// The kernel's walk of the victim's memcg levels did not reach the root
+    /// memcg (deeper than the walk's limit, or this kernel's BTF lacks a
+    /// field it needs), or the attach mode cannot walk it (classic
+    /// tracepoint).
+    LevelsUnknown,
+    /// The allocating task's memcg ancestry is unknown, so no level can be
+    /// shown to hold both it and the victim.
+    TriggerUnknown,
+    /// No memcg holding both the victim and the allocating task was at its
+    /// limit when read: e.g. a v1 `memsw` limit fired, memory was freed
+    /// before mark_victim, or the charge was made on another memcg's behalf.
+    NoSharedLevelAtLimit,
+    /// A value from a newer oomtrace (read, never written).
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
+}
+
+/// What the kernel log said about a kill. The kernel prints the
+/// `oom-kill:` summary before the kill and `Killed process PID` after
+/// mark_victim; oomtrace reads /dev/kmsg from its start onwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelLog {
+    /// The `oom-kill:` line for this victim was read, and its task, pid and
+    /// task_memcg matched the record: `constraint` and `memcg_path` come
+    /// from it unless `oom_kill_process` was hooked.
+    Matched,
+    /// The kernel logged `Killed process` for this victim with no
+    /// `oom-kill:` summary before it: oom_kill_process() prints the summary
+    /// at most 10 times per 5 s (its `oom_rs` ratelimit), and not at all for
+    /// the other members of a `memory.oom.group` kill.
+    Absent,
+    /// An `oom-kill:` line was there but could not be shown to be this
+    /// victim's (printk truncates records past about 1 KiB, so very long
+    /// cgroup paths cut it short).
+    Unverified,
+    /// No `Killed process` line for this victim was read within 1 s (or
+    /// `--exit-wait`, if shorter): the kernel prints none when the task it
+    /// chose was already exiting (oom_kill_process() and out_of_memory()
+    /// then only mark it), and lines are lost when the kernel's log buffer
+    /// overruns this reader.
+    Missing,
+    /// /dev/kmsg is not read by this collector (see `start.collector.kernel_log`).
+    NotRead,
     /// A value from a newer oomtrace (read, never written).
     #[serde(other)]
     #[schemars(skip)]

@@ -31,13 +31,14 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use kill::{
-    CgroupRef, Constraint, Container, Exit, K8s, KillSource, LateExit, LimitScope, Memcg,
-    MemcgLevel, MemcgSource, Oom, OomKill, Qos, Rss, Runtime, Trigger, Victim, comm_fields,
+    CgroupRef, Constraint, Container, Exit, K8s, KernelLog, KillSource, LateExit, LimitScope,
+    Memcg, MemcgLevel, MemcgSource, MemcgUnknown, Oom, OomKill, Qos, Rss, Runtime, Trigger, Victim,
+    comm_fields,
 };
 pub use schema::{field_tables, fill_field_tables, json_schema};
 pub use session::{
-    AttachAttempt, AttachMode, CgroupMode, CollectorStatus, Counters, Hook, HostFacts, Lost,
-    MemoryController, ProbeStatus, SelfSetting, Start, Stop, StopReason,
+    AttachAttempt, AttachMode, CgroupMode, CollectorStatus, Counters, Hook, HostFacts,
+    KernelLogStatus, Lost, MemoryController, ProbeStatus, SelfSetting, Start, Stop, StopReason,
 };
 
 pub const SCHEMA_VERSION: u32 = 1;

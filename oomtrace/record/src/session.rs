@@ -149,6 +149,19 @@ pub struct CollectorStatus {
     pub exit_retention_ms: Option<u64>,
     pub oom_score_adj: SelfSetting,
     pub nice: SelfSetting,
+    /// Whether the kernel log is read for each kill's `oom-kill:` line (see
+    /// `oom.kernel_log`).
+    #[serde(default)]
+    pub kernel_log: Option<KernelLogStatus>,
+}
+
+/// The collector's reading of /dev/kmsg.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct KernelLogStatus {
+    /// True when /dev/kmsg is open and read.
+    pub read: bool,
+    /// Why it is not: the open's error, or `--no-kernel-log`.
+    pub error: Option<String>,
 }
 
 /// A setting the collector applies to itself at start: its oom_score_adj

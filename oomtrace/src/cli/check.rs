@@ -41,6 +41,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let collector = CollectorStatus {
+        kernel_log: None,
         pid: std::process::id(),
         exit_wait_ms: 0,
         exit_retention_ms: None,

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use oomtrace_record::{CollectorStatus, StopReason};
+use oomtrace_record::{CollectorStatus, KernelLogStatus, StopReason};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -22,7 +22,7 @@ use tokio::{
 
 use super::ProbeArgs;
 use crate::{
-    kernel::{attach, host, ring},
+    kernel::{attach, host, kmsg, ring},
     output::{
         Destination, Format,
         writer::{Ended, QUEUE_BYTES, Writer},
@@ -76,6 +76,12 @@ pub struct RunArgs {
     pub host_root: PathBuf,
     #[command(flatten)]
     pub probes: ProbeArgs,
+    /// Do not read the kernel log (/dev/kmsg). By default each kill is
+    /// matched with the OOM killer's own `oom-kill:` line, which names the
+    /// memcg whose limit fired exactly, and `oom.kernel_log` says how that
+    /// went.
+    #[arg(long)]
+    pub no_kernel_log: bool,
     /// How many kills may wait for their exits at once; beyond it the oldest
     /// is written without its exit (and still watched for a late exit).
     #[arg(long, hide = true, default_value_t = 4096)]
@@ -126,6 +132,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     host::raise_memlock_limit();
 
+    // Opened before attaching, at the log's end: every kill traced from here
+    // on has its lines after this point.
+    let kernel_log = if args.no_kernel_log {
+        Err("--no-kernel-log".to_string())
+    } else {
+        kmsg::KernelLog::open().map_err(|e| {
+            let error = format!("cannot read {}: {e}", kmsg::KMSG);
+            log::warn!(
+                "{error}; oom.memcg_path will be derived where oom_kill_process is not hooked"
+            );
+            error
+        })
+    };
     let facts = host::gather();
     let origin = host::origin(&facts);
     let tracer = attach::attach(&args.probes.options(), &facts)?;
@@ -139,6 +158,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         exit_retention_ms: Some(args.exit_retention.as_millis() as u64),
         oom_score_adj,
         nice,
+        kernel_log: Some(KernelLogStatus {
+            read: kernel_log.is_ok(),
+            error: kernel_log.as_ref().err().cloned(),
+        }),
     };
     let start = convert::start(&origin, facts.clone(), tracer.probes, collector, notes);
 
@@ -160,6 +183,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             // than the pipeline can forget old ones.
             max_tracked: oomtrace_ebpf::VICTIMS_CAPACITY as usize * 3 / 4,
         },
+        kernel_log: kernel_log.is_ok(),
     };
     let pipeline = Pipeline::spawn(
         settings,
@@ -169,6 +193,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         start,
     )
     .context("starting the pipeline thread")?;
+    if let Ok(kernel_log) = kernel_log {
+        let inbox = pipeline.inbox();
+        kernel_log
+            .spawn(move |line| inbox.push_kernel_line(line))
+            .context("starting the kernel log thread")?;
+    }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

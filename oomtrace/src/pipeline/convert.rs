@@ -210,6 +210,11 @@ fn memcg(rec: &KillRecord, chain: Option<&CgroupChain>, page_size: u64) -> Optio
     })
 }
 
+/// TEMPORARY until the trigger's memcg ancestry is recorded: unknown.
+pub fn shared_memcg_levels(_rec: &KillRecord) -> Option<usize> {
+    None
+}
+
 /// The wait status do_exit() stored, as a shell would report it.
 pub fn exit(kill_boot_ns: u64, exit: &ExitRecord) -> Exit {
     let delay_ms = exit.boot_ns.saturating_sub(kill_boot_ns) as f64 / 1e6;

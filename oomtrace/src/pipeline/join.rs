@@ -25,7 +25,7 @@ use std::{
 };
 
 use oomtrace_ebpf::ExitRecord;
-use oomtrace_record::{LateExit, OomKill, Origin, SCHEMA_VERSION};
+use oomtrace_record::{KernelLog, LateExit, OomKill, Origin, SCHEMA_VERSION};
 
 use super::convert;
 use crate::kernel::clock;
@@ -61,12 +61,38 @@ pub struct JoinLimits {
     pub max_tracked: usize,
 }
 
+/// Where a waiting kill's exit stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ExitState {
+    /// Awaited until this instant.
+    Awaited(Instant),
+    /// In: `kill.exit` holds it.
+    Joined,
+    /// None will come (untracked victim, or its first kill is forgotten).
+    NeverComes,
+}
+
 struct Waiting {
     kill: OomKill,
     key: Option<u32>,
-    deadline: Instant,
+    exit: ExitState,
+    /// Until when the kernel's log line for this kill is awaited; None once
+    /// it is in, or when it is not read at all.
+    line_until: Option<Instant>,
     /// Later kills of the same process (`Tracking::SameAs` this one).
     aliases: Vec<u64>,
+}
+
+impl Waiting {
+    /// Done waiting: its exit is in (or will not come, or its wait is
+    /// over), and so is its log line.
+    fn due(&self, now: Instant) -> bool {
+        let exit_done = match self.exit {
+            ExitState::Awaited(until) => until <= now,
+            ExitState::Joined | ExitState::NeverComes => true,
+        };
+        exit_done && self.line_until.is_none_or(|until| until <= now)
+    }
 }
 
 struct Watched {
@@ -99,7 +125,7 @@ impl Joiner {
         }
     }
 
-    /// Kills waiting for their exits.
+    /// Kills not written yet: waiting for their exits or log lines.
     pub fn waiting(&self) -> usize {
         self.waiting.len()
     }
@@ -110,37 +136,49 @@ impl Joiner {
         self.watched.len()
     }
 
-    pub fn add_kill(&mut self, kill: OomKill, tracking: Tracking, now: Instant) -> Vec<Outcome> {
+    /// Takes a new kill. `line_until`: how long to hold it for the kernel's
+    /// log line about it (None: not awaited).
+    pub fn add_kill(
+        &mut self,
+        kill: OomKill,
+        tracking: Tracking,
+        now: Instant,
+        line_until: Option<Instant>,
+    ) -> Vec<Outcome> {
         let mut out = Vec::new();
         let seq = kill.seq;
-        let key = match tracking {
-            Tracking::Untracked => {
-                out.push(Outcome::Kill(Box::new(kill)));
-                return out;
-            }
+        let (key, exit) = match tracking {
+            Tracking::Untracked => (None, ExitState::NeverComes),
             Tracking::SameAs(primary) => {
-                let aliases = match (
+                match (
                     self.waiting.get_mut(&primary),
                     self.watched.get_mut(&primary),
                 ) {
-                    (Some(waiting), _) => &mut waiting.aliases,
-                    (None, Some(watched)) => &mut watched.aliases,
+                    (Some(waiting), _) => waiting.aliases.push(seq),
+                    (None, Some(watched)) => watched.aliases.push(seq),
                     // That kill is forgotten already: nothing will close this one.
-                    (None, None) => {
-                        out.push(Outcome::Kill(Box::new(kill)));
-                        return out;
-                    }
+                    (None, None) => {}
+                }
+                let closable =
+                    self.waiting.contains_key(&primary) || self.watched.contains_key(&primary);
+                let exit = if closable {
+                    ExitState::Awaited(now + self.limits.exit_wait)
+                } else {
+                    ExitState::NeverComes
                 };
-                aliases.push(seq);
-                None
+                (None, exit)
             }
-            Tracking::Key(key) => Some(key),
+            Tracking::Key(key) => (Some(key), ExitState::Awaited(now + self.limits.exit_wait)),
         };
+        if exit == ExitState::NeverComes && line_until.is_none() {
+            out.push(Outcome::Kill(Box::new(kill)));
+            return out;
+        }
         while self.waiting.len() >= self.limits.max_waiting {
             let Some((oldest, waiting)) = self.waiting.pop_first() else {
                 break;
             };
-            out.push(self.stop_waiting(oldest, waiting, now));
+            self.release(oldest, waiting, now, &mut out);
         }
         if key.is_some() {
             while self.tracked() >= self.limits.max_tracked {
@@ -155,7 +193,8 @@ impl Joiner {
             Waiting {
                 kill,
                 key,
-                deadline: now + self.limits.exit_wait,
+                exit,
+                line_until,
                 aliases: Vec::new(),
             },
         );
@@ -166,8 +205,7 @@ impl Joiner {
     /// its victim.
     pub fn add_exit(&mut self, exit: &ExitRecord) -> Vec<Outcome> {
         let mut out = Vec::new();
-        self.close(exit.kill_seq, exit, &mut out);
-        if out.is_empty() {
+        if !self.close(exit.kill_seq, exit, &mut out) {
             log::debug!(
                 "exit for kill {} that is no longer watched: dropped",
                 exit.kill_seq
@@ -176,11 +214,44 @@ impl Joiner {
         out
     }
 
-    fn close(&mut self, seq: u64, exit: &ExitRecord, out: &mut Vec<Outcome>) {
-        let aliases = if let Some(mut waiting) = self.waiting.remove(&seq) {
+    /// The kernel logged its line about the kill of task `tid`: `settle`
+    /// reads it into the earliest kill still awaiting one for that task.
+    /// False when no kill awaits it (yet).
+    pub fn settle_line(
+        &mut self,
+        tid: u32,
+        settle: impl FnOnce(&mut OomKill),
+        out: &mut Vec<Outcome>,
+    ) -> bool {
+        let Some((&seq, waiting)) = self
+            .waiting
+            .iter_mut()
+            .find(|(_, w)| w.line_until.is_some() && w.kill.victim.tid == Some(tid))
+        else {
+            return false;
+        };
+        settle(&mut waiting.kill);
+        waiting.line_until = None;
+        if waiting.exit != ExitState::NeverComes && waiting.exit != ExitState::Joined {
+            return true;
+        }
+        if let Some(waiting) = self.waiting.remove(&seq) {
+            self.release(seq, waiting, Instant::now(), out);
+        }
+        true
+    }
+
+    /// Closes kill `seq` with `exit`; false when it is not here.
+    fn close(&mut self, seq: u64, exit: &ExitRecord, out: &mut Vec<Outcome>) -> bool {
+        let aliases = if let Some(waiting) = self.waiting.get_mut(&seq) {
             waiting.kill.exit = convert::exit(waiting.kill.boot_ns, exit);
+            waiting.exit = ExitState::Joined;
             let aliases = std::mem::take(&mut waiting.aliases);
-            out.push(Outcome::Kill(Box::new(waiting.kill)));
+            if waiting.line_until.is_none()
+                && let Some(waiting) = self.waiting.remove(&seq)
+            {
+                out.push(Outcome::Kill(Box::new(waiting.kill)));
+            }
             aliases
         } else if let Some(watched) = self.watched.remove(&seq) {
             out.push(Outcome::LateExit(Box::new(LateExit {
@@ -195,11 +266,12 @@ impl Joiner {
             })));
             watched.aliases
         } else {
-            return;
+            return false;
         };
         for alias in aliases {
             self.close(alias, exit, out);
         }
+        true
     }
 
     /// Writes the kills whose wait is over, and forgets the victims watched
@@ -209,12 +281,12 @@ impl Joiner {
         let due: Vec<u64> = self
             .waiting
             .iter()
-            .filter(|(_, w)| w.deadline <= now)
+            .filter(|(_, w)| w.due(now))
             .map(|(seq, _)| *seq)
             .collect();
         for seq in due {
             if let Some(waiting) = self.waiting.remove(&seq) {
-                out.push(self.stop_waiting(seq, waiting, now));
+                self.release(seq, waiting, now, &mut out);
             }
         }
         let expired: Vec<u64> = self
@@ -229,12 +301,12 @@ impl Joiner {
         out
     }
 
-    /// At stop: every waiting kill is written without its exit, and every
-    /// victim still watched is forgotten.
+    /// At stop: every waiting kill is written as it stands, and every victim
+    /// still watched is forgotten.
     pub fn finish(&mut self, now: Instant) -> Vec<Outcome> {
         let mut out = Vec::new();
         while let Some((seq, waiting)) = self.waiting.pop_first() {
-            out.push(self.stop_waiting(seq, waiting, now));
+            self.release(seq, waiting, now, &mut out);
         }
         while let Some(&seq) = self.watched.keys().next() {
             self.forget(seq, &mut out);
@@ -242,31 +314,49 @@ impl Joiner {
         out
     }
 
-    /// Writes a waiting kill without its exit and starts watching it.
-    fn stop_waiting(&mut self, seq: u64, waiting: Waiting, now: Instant) -> Outcome {
-        let kill = waiting.kill;
-        self.watched.insert(
-            seq,
-            Watched {
-                key: waiting.key,
-                pid: kill.victim.pid,
-                tid: kill.victim.tid,
-                kill_boot_ns: kill.boot_ns,
-                until: now + self.limits.retention,
-                aliases: waiting.aliases,
-            },
-        );
-        Outcome::Kill(Box::new(kill))
+    /// Writes a kill that waits no longer. Without its exit, and with one to
+    /// come, its victim is watched from now on.
+    fn release(&mut self, seq: u64, waiting: Waiting, now: Instant, out: &mut Vec<Outcome>) {
+        let mut kill = waiting.kill;
+        if waiting.line_until.is_some() {
+            kill.oom.kernel_log = Some(KernelLog::Missing);
+        }
+        match waiting.exit {
+            ExitState::Joined => {}
+            ExitState::NeverComes => {
+                // Nothing closes its aliases either.
+                for alias in waiting.aliases {
+                    self.forget(alias, out);
+                }
+            }
+            ExitState::Awaited(_) => {
+                self.watched.insert(
+                    seq,
+                    Watched {
+                        key: waiting.key,
+                        pid: kill.victim.pid,
+                        tid: kill.victim.tid,
+                        kill_boot_ns: kill.boot_ns,
+                        until: now + self.limits.retention,
+                        aliases: waiting.aliases,
+                    },
+                );
+            }
+        }
+        out.push(Outcome::Kill(Box::new(kill)));
     }
 
     /// Stops watching kill `seq` and the kills that share its victim.
     fn forget(&mut self, seq: u64, out: &mut Vec<Outcome>) {
         let (key, aliases) = if let Some(watched) = self.watched.remove(&seq) {
             (watched.key, watched.aliases)
-        } else if let Some(waiting) = self.waiting.remove(&seq) {
+        } else if let Some(mut waiting) = self.waiting.remove(&seq) {
             // An alias whose primary is forgotten: nothing can close it now.
             let key = waiting.key;
-            let aliases = waiting.aliases.clone();
+            let aliases = std::mem::take(&mut waiting.aliases);
+            if waiting.line_until.is_some() {
+                waiting.kill.oom.kernel_log = Some(KernelLog::Missing);
+            }
             out.push(Outcome::Kill(Box::new(waiting.kill)));
             (key, aliases)
         } else {
@@ -360,8 +450,14 @@ mod tests {
     fn exits_join_by_sequence_never_crossed() {
         let now = Instant::now();
         let mut j = joiner(16, 16);
-        assert!(j.add_kill(kill(1), Tracking::Key(101), now).is_empty());
-        assert!(j.add_kill(kill(2), Tracking::Key(102), now).is_empty());
+        assert!(
+            j.add_kill(kill(1), Tracking::Key(101), now, None)
+                .is_empty()
+        );
+        assert!(
+            j.add_kill(kill(2), Tracking::Key(102), now, None)
+                .is_empty()
+        );
         let out = j.add_exit(&exit(2));
         assert_eq!(kills(&out), [(2, true)]);
         match &out[0] {
@@ -380,7 +476,7 @@ mod tests {
     fn a_slow_exit_becomes_a_late_exit_record() {
         let now = Instant::now();
         let mut j = joiner(16, 16);
-        j.add_kill(kill(1), Tracking::Key(101), now);
+        j.add_kill(kill(1), Tracking::Key(101), now, None);
         assert!(j.tick(now + Duration::from_millis(4999)).is_empty());
         let out = j.tick(now + Duration::from_secs(5));
         assert_eq!(kills(&out), [(1, false)], "written without its exit");
@@ -402,7 +498,7 @@ mod tests {
     fn victims_are_forgotten_after_the_retention_horizon() {
         let now = Instant::now();
         let mut j = joiner(16, 16);
-        j.add_kill(kill(1), Tracking::Key(101), now);
+        j.add_kill(kill(1), Tracking::Key(101), now, None);
         j.tick(now + Duration::from_secs(5));
         assert!(forgotten(&j.tick(now + Duration::from_secs(604))).is_empty());
         let out = j.tick(now + Duration::from_secs(605));
@@ -419,11 +515,11 @@ mod tests {
         let mut j = joiner(3, 100);
         for seq in 0..3 {
             assert!(
-                j.add_kill(kill(seq), Tracking::Key(seq as u32), now)
+                j.add_kill(kill(seq), Tracking::Key(seq as u32), now, None)
                     .is_empty()
             );
         }
-        let out = j.add_kill(kill(3), Tracking::Key(3), now);
+        let out = j.add_kill(kill(3), Tracking::Key(3), now, None);
         assert_eq!(kills(&out), [(0, false)]);
         assert_eq!((j.waiting(), j.watched()), (3, 1));
         // Evicted early, still watched: its exit is not lost.
@@ -437,17 +533,37 @@ mod tests {
     fn under_pressure_watched_victims_go_first_waiting_ones_keep_their_places() {
         let now = Instant::now();
         let mut j = joiner(100, 3);
-        j.add_kill(kill(0), Tracking::Key(100), now);
-        j.add_kill(kill(1), Tracking::Key(101), now);
+        j.add_kill(kill(0), Tracking::Key(100), now, None);
+        j.add_kill(kill(1), Tracking::Key(101), now, None);
         j.tick(now + Duration::from_secs(5)); // both watched now
-        j.add_kill(kill(2), Tracking::Key(102), now + Duration::from_secs(5));
-        let out = j.add_kill(kill(3), Tracking::Key(103), now + Duration::from_secs(5));
+        j.add_kill(
+            kill(2),
+            Tracking::Key(102),
+            now + Duration::from_secs(5),
+            None,
+        );
+        let out = j.add_kill(
+            kill(3),
+            Tracking::Key(103),
+            now + Duration::from_secs(5),
+            None,
+        );
         assert_eq!(forgotten(&out), [(0, Some(100))], "the oldest watched one");
-        let out = j.add_kill(kill(4), Tracking::Key(104), now + Duration::from_secs(5));
+        let out = j.add_kill(
+            kill(4),
+            Tracking::Key(104),
+            now + Duration::from_secs(5),
+            None,
+        );
         assert_eq!(forgotten(&out), [(1, Some(101))]);
         // Only waiting victims left: none is pushed out; the kernel's own
         // bound (an untracked kill) takes over from here.
-        let out = j.add_kill(kill(5), Tracking::Key(105), now + Duration::from_secs(5));
+        let out = j.add_kill(
+            kill(5),
+            Tracking::Key(105),
+            now + Duration::from_secs(5),
+            None,
+        );
         assert!(forgotten(&out).is_empty());
         assert_eq!(j.waiting(), 4);
     }
@@ -456,22 +572,66 @@ mod tests {
     fn kills_of_the_same_process_close_together() {
         let now = Instant::now();
         let mut j = joiner(16, 16);
-        j.add_kill(kill(1), Tracking::Key(101), now);
-        j.add_kill(kill(2), Tracking::SameAs(1), now);
+        j.add_kill(kill(1), Tracking::Key(101), now, None);
+        j.add_kill(kill(2), Tracking::SameAs(1), now, None);
         let out = j.add_exit(&exit(1));
         assert_eq!(kills(&out), [(1, true), (2, true)]);
         // The alias of a watched kill gets its exit too.
-        j.add_kill(kill(3), Tracking::Key(103), now);
+        j.add_kill(kill(3), Tracking::Key(103), now, None);
         j.tick(now + Duration::from_secs(5));
-        j.add_kill(kill(4), Tracking::SameAs(3), now + Duration::from_secs(5));
+        j.add_kill(
+            kill(4),
+            Tracking::SameAs(3),
+            now + Duration::from_secs(5),
+            None,
+        );
         let out = j.add_exit(&exit(3));
         assert_eq!(late(&out), [3]);
         assert_eq!(kills(&out), [(4, true)]);
         // An alias of a forgotten kill is written at once.
-        let out = j.add_kill(kill(5), Tracking::SameAs(77), now);
+        let out = j.add_kill(kill(5), Tracking::SameAs(77), now, None);
         assert_eq!(kills(&out), [(5, false)]);
-        let out = j.add_kill(kill(6), Tracking::Untracked, now);
+        let out = j.add_kill(kill(6), Tracking::Untracked, now, None);
         assert_eq!(kills(&out), [(6, false)]);
         assert_eq!(j.waiting(), 0);
+    }
+
+    #[test]
+    fn a_kill_waits_for_its_log_line_as_for_its_exit() {
+        let now = Instant::now();
+        let line = Some(now + Duration::from_secs(1));
+        let mut j = joiner(16, 16);
+        let mut out = Vec::new();
+        j.add_kill(kill(1), Tracking::Key(101), now, line);
+        // The exit alone does not release it.
+        assert!(j.add_exit(&exit(1)).is_empty());
+        let settle = |k: &mut OomKill| k.oom.kernel_log = Some(KernelLog::Absent);
+        assert!(!j.settle_line(999, settle, &mut out), "another task's line");
+        assert!(j.settle_line(101, settle, &mut out));
+        assert_eq!(kills(&out), [(1, true)]);
+        match &out[0] {
+            Outcome::Kill(k) => assert_eq!(k.oom.kernel_log, Some(KernelLog::Absent)),
+            other => panic!("{other:?}"),
+        }
+        // The line first, then the exit.
+        j.add_kill(kill(2), Tracking::Key(102), now, line);
+        let mut out = Vec::new();
+        assert!(j.settle_line(102, |_| {}, &mut out));
+        assert!(out.is_empty(), "still waits for its exit");
+        assert_eq!(kills(&j.add_exit(&exit(2))), [(2, true)]);
+        // An untracked kill waits for its line only; a line that never
+        // comes is reported missing once its wait is over.
+        j.add_kill(kill(3), Tracking::Untracked, now, line);
+        j.add_kill(kill(4), Tracking::Key(104), now, line);
+        assert!(j.add_exit(&exit(4)).is_empty());
+        assert!(j.tick(now + Duration::from_millis(999)).is_empty());
+        let out = j.tick(now + Duration::from_secs(1));
+        assert_eq!(kills(&out), [(3, false), (4, true)]);
+        for o in &out {
+            if let Outcome::Kill(k) = o {
+                assert_eq!(k.oom.kernel_log, Some(KernelLog::Missing));
+            }
+        }
+        assert_eq!((j.waiting(), j.watched()), (0, 0), "nothing to watch");
     }
 }

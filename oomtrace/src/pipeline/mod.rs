@@ -7,14 +7,16 @@
 //! counts it (`lost.events_dropped`), never silently.
 //!
 //! For each kernel record: [`convert`] makes the `oom_kill` record,
-//! [`attribution`] names its container, pod and limit, [`join`] waits for
-//! the victim's exit, and the listeners (the output, later metrics) get the
-//! finished records. A tick every 100 ms writes the kills whose exit wait
+//! [`join`] waits for the victim's exit and for the kernel's log line about
+//! the kill ([`kernel_log`]), [`attribution`] names its container, pod and
+//! limit, and the listeners (the output, later metrics) get the finished
+//! records. A tick every 100 ms writes the kills whose exit wait
 //! is over, forgets victims past the retention horizon, and reports losses.
 
 pub mod attribution;
 pub mod convert;
 pub mod join;
+pub mod kernel_log;
 
 use std::{
     path::PathBuf,
@@ -33,8 +35,10 @@ use self::{
     attribution::Attributor,
     convert::Loss,
     join::{JoinLimits, Joiner, Outcome},
+    kernel_log::{KernelLines, LINE_WAIT},
 };
 use crate::kernel::{
+    kmsg::KilledLine,
     maps::{KernelCounters, VictimsMap},
     ring::KernelEvent,
 };
@@ -72,6 +76,8 @@ pub struct Settings {
     /// Where the node's root filesystem is, for the kubelet's directories.
     pub host_root: PathBuf,
     pub limits: JoinLimits,
+    /// Whether the kernel's log lines are read (and so awaited for each kill).
+    pub kernel_log: bool,
 }
 
 /// The sending end of the pipeline's queue, for the ring-draining thread.
@@ -91,10 +97,18 @@ impl Inbox {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// Queues the kernel log's line about a kill, waiting for room (the log
+    /// reader has a thread of its own to block). False once the pipeline
+    /// has ended.
+    pub fn push_kernel_line(&self, line: KilledLine) -> bool {
+        self.sender.send(Message::KernelLine(line)).is_ok()
+    }
 }
 
 enum Message {
     Kernel(KernelEvent),
+    KernelLine(KilledLine),
     Stop(StopReason),
 }
 
@@ -122,10 +136,14 @@ impl Pipeline {
             page_size,
             host_root,
             limits,
+            kernel_log,
         } = settings;
+        let line_wait = LINE_WAIT.min(limits.exit_wait);
         let mut worker = Worker {
             joiner: Joiner::new(limits, origin.clone()),
             attributor: Attributor::new(&host_root, page_size),
+            lines: KernelLines::new(kernel_log),
+            line_wait,
             origin,
             page_size,
             victims,
@@ -177,6 +195,9 @@ struct Worker {
     page_size: u64,
     joiner: Joiner,
     attributor: Attributor,
+    lines: KernelLines,
+    /// How long a kill waits for its kernel log line.
+    line_wait: Duration,
     victims: VictimsMap,
     kernel_counters: KernelCounters,
     listeners: Vec<Box<dyn Listener>>,
@@ -194,6 +215,7 @@ impl Worker {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             match inbox.recv_timeout(timeout) {
                 Ok(Message::Kernel(event)) => self.handle(event),
+                Ok(Message::KernelLine(line)) => self.handle_line(line),
                 Ok(Message::Stop(reason)) => break reason,
                 Err(RecvTimeoutError::Timeout) => {}
                 // The collector went away without a stop: end as on SIGTERM.
@@ -209,8 +231,12 @@ impl Worker {
             self.waiting.store(self.joiner.waiting(), Ordering::Relaxed);
         };
         // Whatever is still queued was read from the kernel before the stop.
-        while let Ok(Message::Kernel(event)) = inbox.try_recv() {
-            self.handle(event);
+        while let Ok(message) = inbox.try_recv() {
+            match message {
+                Message::Kernel(event) => self.handle(event),
+                Message::KernelLine(line) => self.handle_line(line),
+                Message::Stop(_) => {}
+            }
         }
         let outcomes = self.joiner.finish(Instant::now());
         self.carry_out(outcomes);
@@ -225,18 +251,33 @@ impl Worker {
         let outcomes = match event {
             KernelEvent::Kill(rec) => {
                 let (mut kill, tracking) = convert::kill(&rec, &self.origin, self.page_size);
-                self.attributor.attribute(&mut kill);
-                self.joiner.add_kill(kill, tracking, now)
+                self.attributor
+                    .fired_memcg(&mut kill, convert::shared_memcg_levels(&rec));
+                let line_until = self
+                    .lines
+                    .meet_kill(&mut kill, now)
+                    .then(|| now + self.line_wait);
+                self.joiner.add_kill(kill, tracking, now, line_until)
             }
             KernelEvent::Exit(exit) => self.joiner.add_exit(&exit),
         };
         self.carry_out(outcomes);
     }
 
+    fn handle_line(&mut self, line: KilledLine) {
+        let mut outcomes = Vec::new();
+        let settle = |kill: &mut oomtrace_record::OomKill| kernel_log::settle(kill, &line);
+        if !self.joiner.settle_line(line.tid, settle, &mut outcomes) {
+            self.lines.keep(line, Instant::now());
+        }
+        self.carry_out(outcomes);
+    }
+
     fn carry_out(&mut self, outcomes: Vec<Outcome>) {
         for outcome in outcomes {
             match outcome {
-                Outcome::Kill(kill) => {
+                Outcome::Kill(mut kill) => {
+                    self.attributor.attribute(&mut kill);
                     self.counters.kills += 1;
                     if kill.exit.observed {
                         self.counters.exits_observed += 1;

@@ -4,6 +4,10 @@
 //! Usage:
 //!   oomtrace-workload alloc [--cgroup DIR] [--adj N] [--comm-hex HEX]
 //!                           [--threads N] [--wait-stdin] [--stuck-in DIR]
+//!                           [--hold-mib N]
+//!       --hold-mib: allocate and touch N MiB, print `held N`, then sleep
+//!       until killed (a victim that holds memory while another task runs
+//!       the cgroup out of it).
 //!       --stuck-in: a second thread stats a file in DIR, a FUSE mount
 //!       served by `fuse-hold`, which never answers: the thread sleeps
 //!       uninterruptibly, so after its OOM kill the process cannot finish
@@ -63,6 +67,7 @@ struct Options {
     threads: usize,
     wait_stdin: bool,
     stuck_in: Option<String>,
+    hold_mib: Option<usize>,
 }
 
 fn parse(args: &[String]) -> Options {
@@ -73,6 +78,7 @@ fn parse(args: &[String]) -> Options {
         threads: 1,
         wait_stdin: false,
         stuck_in: None,
+        hold_mib: None,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -96,6 +102,7 @@ fn parse(args: &[String]) -> Options {
             "--threads" => o.threads = value().parse().unwrap(),
             "--wait-stdin" => o.wait_stdin = true,
             "--stuck-in" => o.stuck_in = Some(value()),
+            "--hold-mib" => o.hold_mib = Some(value().parse().unwrap()),
             other => die(&format!("unknown argument {other}")),
         }
     }
@@ -363,6 +370,15 @@ fn alloc(o: Options) {
         let mut byte = [0u8; 1];
         let _ = std::io::stdin().read(&mut byte);
     }
+    if let Some(mib) = o.hold_mib {
+        let held: Vec<Vec<u8>> = (0..mib).map(|_| touched_mib()).collect();
+        println!("held {mib}");
+        let _ = std::io::stdout().flush();
+        loop {
+            std::hint::black_box(&held);
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    }
     if o.threads <= 1 {
         eat_memory();
     }
@@ -388,10 +404,15 @@ fn alloc(o: Options) {
 fn eat_memory() -> ! {
     let mut kept: Vec<Vec<u8>> = Vec::new();
     loop {
-        let mut chunk = vec![0u8; 1 << 20];
-        for page in chunk.chunks_mut(4096) {
-            page[0] = 1;
-        }
-        kept.push(std::hint::black_box(chunk));
+        kept.push(std::hint::black_box(touched_mib()));
     }
+}
+
+/// 1 MiB with every page written, so it is resident.
+fn touched_mib() -> Vec<u8> {
+    let mut chunk = vec![0u8; 1 << 20];
+    for page in chunk.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    chunk
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use oomtrace_record::{Constraint, K8s, LimitScope, MemcgSource, OomKill};
+use oomtrace_record::{Constraint, K8s, LimitScope, MemcgSource, MemcgUnknown, OomKill};
 
 use super::{
     ChargeSlack, KubeletNames,
@@ -26,8 +26,9 @@ impl Attributor {
         }
     }
 
+    /// Names the container, pod and limit of a kill about to be written
+    /// (after [`Self::fired_memcg`] and the kernel's log line had their say).
     pub fn attribute(&mut self, kill: &mut OomKill) {
-        self.fired_memcg(kill);
         let victim_path = kill.victim.cgroup.path.clone();
         let global = kill.oom.constraint == Some(Constraint::Global);
         kill.oom.limit_scope = match (&victim_path, &kill.oom.memcg_path) {
@@ -64,22 +65,38 @@ impl Attributor {
         kill.container = identity.container;
     }
 
-    /// `oom.memcg_path` and how it is known: from oom_kill_process when it
-    /// is hooked (its `constraint` is then set), else the nearest memcg at
-    /// its limit among the levels read at the kill.
-    fn fired_memcg(&self, kill: &mut OomKill) {
+    /// `oom.memcg_path` as far as the ring buffer record knows it: from
+    /// oom_kill_process when it is hooked (its `constraint` is then set),
+    /// else derived from the levels read at the kill. The kernel's log line,
+    /// read later, overrides a derived value (pipeline/kernel_log.rs).
+    ///
+    /// The derivation only considers the memcgs that hold the allocating
+    /// task too (`shared_levels`, counted from the root): the kernel charges
+    /// the allocating task's memcg and its ancestors, so the limit that
+    /// fired is one of those. A sibling of the allocating task's cgroup can
+    /// sit at its own limit by chance, and must not be blamed.
+    pub fn fired_memcg(&self, kill: &mut OomKill, shared_levels: Option<usize>) {
         if kill.oom.constraint.is_some() {
             kill.oom.memcg_source = Some(MemcgSource::OomKillProcess);
             return;
         }
         let Some(memcg) = &kill.memcg else {
+            kill.oom.memcg_unknown = Some(MemcgUnknown::LevelsUnknown);
             return;
         };
-        if let Some(level) = nearest_limited_ancestor(&memcg.levels, self.slack)
-            .and_then(|i| memcg.levels[i].path.clone())
-        {
-            kill.oom.memcg_path = Some(level);
-            kill.oom.memcg_source = Some(MemcgSource::UsageAtLimit);
+        let Some(shared) = shared_levels else {
+            kill.oom.memcg_unknown = Some(MemcgUnknown::TriggerUnknown);
+            return;
+        };
+        let first_shared = memcg.levels.len().saturating_sub(shared);
+        let found = nearest_limited_ancestor(&memcg.levels[first_shared..], self.slack)
+            .and_then(|i| memcg.levels[first_shared + i].path.clone());
+        match found {
+            Some(level) => {
+                kill.oom.memcg_path = Some(level);
+                kill.oom.memcg_source = Some(MemcgSource::UsageAtLimit);
+            }
+            None => kill.oom.memcg_unknown = Some(MemcgUnknown::NoSharedLevelAtLimit),
         }
     }
 }
@@ -191,10 +208,51 @@ mod tests {
         kill
     }
 
-    fn attribute(mut kill: OomKill) -> OomKill {
+    /// Attributes a kill whose allocating task was in the victim's memcg.
+    fn attribute(kill: OomKill) -> OomKill {
+        let shared = kill.memcg.as_ref().map(|m| m.levels.len());
+        attribute_with_trigger(kill, shared)
+    }
+
+    fn attribute_with_trigger(mut kill: OomKill, shared_levels: Option<usize>) -> OomKill {
         let mut attributor = Attributor::new(Path::new("/nonexistent-host-root"), 4096);
+        attributor.fired_memcg(&mut kill, shared_levels);
         attributor.attribute(&mut kill);
         kill
+    }
+
+    /// Issue 12's case: /P (64 MiB) holds B and C. The victim is in B, which
+    /// happens to sit at its own limit, and the allocation in C hit P's limit.
+    #[test]
+    fn a_sibling_at_its_own_limit_is_not_blamed() {
+        // B, P, root: B at its limit, P at its limit.
+        let levels = [
+            (24 * MIB, Some(24 * MIB), Some(false)),
+            (64 * MIB, Some(64 * MIB), Some(false)),
+            (900 * MIB, None, Some(false)),
+        ];
+        let victim = kill(Some("/P/B"), None, &levels);
+        // The trigger shares P and the root with the victim, not B.
+        let k = attribute_with_trigger(victim.clone(), Some(2));
+        assert_eq!(k.oom.memcg_path.as_deref(), Some("/P"));
+        assert_eq!(k.oom.memcg_source, Some(MemcgSource::UsageAtLimit));
+        // Had P not been at its limit, nothing would be at it: null, and why.
+        let levels = [
+            levels[0],
+            (40 * MIB, Some(64 * MIB), Some(false)),
+            levels[2],
+        ];
+        let k = attribute_with_trigger(kill(Some("/P/B"), None, &levels), Some(2));
+        assert_eq!(k.oom.memcg_path, None);
+        assert_eq!(
+            k.oom.memcg_unknown,
+            Some(MemcgUnknown::NoSharedLevelAtLimit)
+        );
+        // Without the trigger's ancestry, no derivation at all.
+        let k = attribute_with_trigger(victim, None);
+        assert_eq!(k.oom.memcg_path, None);
+        assert_eq!(k.oom.memcg_unknown, Some(MemcgUnknown::TriggerUnknown));
+        assert_eq!(k.oom.limit_scope, None);
     }
 
     /// container, pod, burstable, kubepods, root.
