@@ -210,7 +210,9 @@ pub struct Lost {
 }
 
 /// Written last, on a stop signal, after every kill read has been written.
-/// Not written when the output itself went away.
+/// Not written when the output itself went away (its reader closed the
+/// pipe), nor when the output stayed blocked past the 10 s flush deadline
+/// at shutdown (stderr then says how many records were not written).
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Stop {
     /// Always 1 in this version of the format.
@@ -221,7 +223,9 @@ pub struct Stop {
     pub time: String,
     /// The same instant in CLOCK_BOOTTIME nanoseconds.
     pub boot_ns: u64,
-    /// The signal that stopped it.
+    /// The signal that stopped it: any signal whose default action would
+    /// end the process (except SIGHUP, which reopens `--output`, and the
+    /// faults: SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGSYS, SIGTRAP).
     pub reason: StopReason,
     pub counters: Counters,
 }
@@ -233,6 +237,29 @@ pub enum StopReason {
     Sigterm,
     #[serde(rename = "SIGINT")]
     Sigint,
+    #[serde(rename = "SIGQUIT")]
+    Sigquit,
+    #[serde(rename = "SIGUSR1")]
+    Sigusr1,
+    #[serde(rename = "SIGUSR2")]
+    Sigusr2,
+    #[serde(rename = "SIGALRM")]
+    Sigalrm,
+    #[serde(rename = "SIGVTALRM")]
+    Sigvtalrm,
+    #[serde(rename = "SIGPROF")]
+    Sigprof,
+    #[serde(rename = "SIGIO")]
+    Sigio,
+    #[serde(rename = "SIGPWR")]
+    Sigpwr,
+    #[serde(rename = "SIGSTKFLT")]
+    Sigstkflt,
+    #[serde(rename = "SIGXCPU")]
+    Sigxcpu,
+    /// A real-time signal (SIGRTMIN to SIGRTMAX).
+    #[serde(rename = "SIGRT")]
+    Sigrt,
     /// A value from a newer oomtrace (read, never written).
     #[serde(other)]
     #[schemars(skip)]

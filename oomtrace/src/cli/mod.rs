@@ -37,13 +37,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Trace OOM kills, one record per line, until SIGINT or SIGTERM.
+    /// Trace OOM kills, one record per line, until SIGTERM or SIGINT.
     ///
     /// Writes a `start` record once every probe is attached (the ready
     /// signal), then one `oom_kill` record per kill, `late_exit` when a
     /// victim exits after its kill was written, `lost` if records could not
     /// be made, and `stop` at the end. Exit status 0 on a signal or when the
-    /// reader of stdout goes away.
+    /// reader of stdout goes away; 1 when the output cannot take records at
+    /// all (e.g. -o /proc/version).
+    ///
+    /// Signals: SIGHUP reopens --output (for logrotate's `postrotate kill
+    /// -HUP`); SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM,
+    /// SIGPROF, SIGIO, SIGPWR, SIGSTKFLT, SIGXCPU and the real-time signals
+    /// stop it cleanly: kills still waiting are written, then `stop`, whose
+    /// `reason` names the signal. A second one cuts the exit grace short. If
+    /// the output stays blocked (a stalled reader), it gives up after 10 s
+    /// and says on stderr what was not written.
     ///
     /// Example: oomtrace run --format text
     Run(run::RunArgs),
@@ -157,3 +166,6 @@ impl ProbeArgs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

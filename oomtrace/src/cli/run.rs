@@ -1,5 +1,5 @@
-//! `oomtrace run`: attach, then write one record per OOM kill until SIGINT or
-//! SIGTERM (or until the reader of stdout goes away).
+//! `oomtrace run`: attach, then write one record per OOM kill until a stop
+//! signal (or until the reader of stdout goes away).
 //!
 //! Three threads: this one drains the ring buffer into the pipeline's inbox
 //! and waits for signals; the pipeline's converts, attributes and joins; the
@@ -7,7 +7,7 @@
 
 use std::{
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -17,7 +17,7 @@ use oomtrace_record::{CollectorStatus, KernelLogStatus, StopReason};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    sync::Notify,
+    sync::{Notify, mpsc},
 };
 
 use super::ProbeArgs;
@@ -25,7 +25,7 @@ use crate::{
     kernel::{attach, host, kmsg, ring},
     output::{
         Destination, Format,
-        writer::{Ended, QUEUE_BYTES, Writer},
+        writer::{Ended, OutputEnd, QUEUE_BYTES, Writer},
     },
     pipeline::{Pipeline, Settings, convert, join::JoinLimits},
 };
@@ -44,14 +44,16 @@ pub struct RunArgs {
     /// kernel's OOM reaper, which steps in 2 s after a kill
     /// (OOM_REAPER_DELAY in mm/oom_kill.c) to free the memory of a victim
     /// that has not exited: victims that need it exit just after.
-    #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION",
+          allow_hyphen_values = true)]
     pub exit_wait: Duration,
     /// How long a victim written without its exit is still watched. Its exit
     /// within this horizon is written as a `late_exit` record naming the
     /// kill (a victim stuck in the kernel, on a hung NFS or FUSE mount, can
     /// take minutes). Past it, the kill counts in `stop` as one whose exit
     /// was never seen.
-    #[arg(long, value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration, default_value = "10m", value_name = "DURATION",
+          allow_hyphen_values = true)]
     pub exit_retention: Duration,
     /// oomtrace's own oom_score_adj. The default, -1000, keeps the OOM
     /// killer away from the recorder (needs CAP_SYS_RESOURCE; if refused,
@@ -84,19 +86,26 @@ pub struct RunArgs {
     pub no_kernel_log: bool,
     /// How many kills may wait for their exits at once; beyond it the oldest
     /// is written without its exit (and still watched for a late exit).
-    #[arg(long, hide = true, default_value_t = 4096)]
-    pub max_pending: usize,
+    #[arg(long, hide = true, default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_PENDING as i64))]
+    pub max_pending: u32,
 }
 
 /// The longest `--exit-wait` or `--exit-retention`: a day.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// The most `--max-pending` kills that may wait at once.
+const MAX_PENDING: u32 = 1 << 20;
 /// At shutdown, how long kills still waiting may wait for their exits.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 /// At shutdown, how long the output may take to write what is queued.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if text.trim_start().starts_with('-') {
+        return Err("a duration cannot be negative".to_string());
+    }
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (write it as 500ms, 5s, 10m, 1h)"))?;
     if duration > MAX_DURATION {
         return Err(format!(
             "at most {}",
@@ -108,14 +117,30 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     host::privileges::check()?;
+    // Signal handlers first: a stop signal during the start-up (a supervisor
+    // giving up on a slow start) still ends the run cleanly, with `stop`.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    let signals = {
+        let _in_runtime = runtime.enter();
+        listen_for_signals()?
+    };
     // Open the output first: a typo in --output should fail before attaching.
     let destination = match &args.output {
-        Some(path) => Destination::file(path)
-            .with_context(|| format!("cannot open --output {}", path.display()))?,
+        Some(path) => Destination::file(path).context("--output")?,
         None => Destination::stdout(),
     };
-    let oom_score_adj = host::protect_self(args.oom_score_adj);
     let mut notes = Vec::new();
+    if destination.discards_everything() {
+        let warning = "stdout is /dev/null (closed at start, or redirected there): every record \
+                       is discarded. Write to a file with -o FILE, or pipe stdout to a reader";
+        eprintln!("oomtrace: warning: {warning}");
+        notes.push(warning.to_string());
+    }
+    check_host_root(&args.host_root, &mut notes)?;
+    let oom_score_adj = host::protect_self(args.oom_score_adj);
     if let Some(error) = &oom_score_adj.error {
         log::warn!("{error}; continuing");
         notes.push(format!(
@@ -165,10 +190,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let start = convert::start(&origin, facts.clone(), tracer.probes, collector, notes);
 
-    let output_closed = Arc::new(Notify::new());
+    let target = destination.target();
+    let output_end = Arc::new(OutputEnded::default());
     let writer = Writer::spawn(destination, QUEUE_BYTES, {
-        let closed = Arc::clone(&output_closed);
-        move || closed.notify_one()
+        let ended = Arc::clone(&output_end);
+        move |end| ended.set(end)
     })
     .context("starting the writer thread")?;
     let settings = Settings {
@@ -178,7 +204,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         limits: JoinLimits {
             exit_wait: args.exit_wait,
             retention: args.exit_retention,
-            max_waiting: args.max_pending,
+            max_waiting: args.max_pending as usize,
             // Leave the kernel's map a quarter for kills arriving faster
             // than the pipeline can forget old ones.
             max_tracked: oomtrace_ebpf::VICTIMS_CAPACITY as usize * 3 / 4,
@@ -200,41 +226,132 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .context("starting the kernel log thread")?;
     }
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the event loop")?;
     let mut ebpf = tracer.ebpf;
     let reason = runtime.block_on(drain_until_stopped(
         &mut ebpf,
         tracer.events,
         &pipeline,
-        &output_closed,
+        &writer,
+        &output_end,
+        signals,
         args.exit_wait,
     ))?;
     let counters = pipeline.finish(reason.unwrap_or(StopReason::Sigterm));
     match writer.finish(FLUSH_DEADLINE) {
         Ended::Flushed | Ended::Closed => {}
         Ended::Blocked { unwritten } => eprintln!(
-            "oomtrace: the output stayed blocked for {}s at shutdown: {unwritten} records \
-             (among them `stop`) were not written",
+            "oomtrace: {target} stayed blocked for {}s at shutdown: {unwritten} records \
+             (among them `stop`) were not written; counters at stop: {counters:?}",
             FLUSH_DEADLINE.as_secs()
         ),
     }
     log::info!("stopped: {counters:?}");
     // Detach only now: every record the kernel made has been read.
     drop(ebpf);
+    match output_end.take() {
+        Some(OutputEnd::Unwritable(error)) => Err(anyhow::anyhow!(
+            "{error}: {target} cannot take records; nothing was traced"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `--host-root` must be a directory; without the kubelet's pod log
+/// directories under it, Kubernetes names stay null (a note says so).
+fn check_host_root(host_root: &std::path::Path, notes: &mut Vec<String>) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(host_root)
+        .with_context(|| format!("--host-root {}", host_root.display()))?;
+    if !meta.is_dir() {
+        anyhow::bail!(
+            "--host-root {} is not a directory: give the directory where the node's root \
+             filesystem is mounted (/ on the node itself, /host in a DaemonSet that mounts it there)",
+            host_root.display()
+        );
+    }
+    let pods = host_root.join("var/log/pods");
+    if !pods.is_dir() {
+        notes.push(format!(
+            "no kubelet pod logs at {}: k8s.namespace, k8s.pod and k8s.container will be null",
+            pods.display()
+        ));
+    }
     Ok(())
 }
 
+/// How the output ended, as the writer thread reports it.
+#[derive(Default)]
+struct OutputEnded {
+    end: Mutex<Option<OutputEnd>>,
+    notify: Notify,
+}
+
+impl OutputEnded {
+    fn set(&self, end: OutputEnd) {
+        *self.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Option<OutputEnd> {
+        self.end.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// The signals that stop a run cleanly, as SIGTERM does: every signal whose
+/// default action ends the process, except SIGHUP (reopens `--output`),
+/// SIGPIPE (ignored: a closed pipe shows as EPIPE), SIGXFSZ (ignored: an
+/// over-large file shows as EFBIG) and the faults (SIGSEGV, SIGBUS, SIGILL,
+/// SIGFPE, SIGABRT, SIGSYS, SIGTRAP), which are not requests. Real-time
+/// signals stop it too (as `SIGRT`).
+const STOP_SIGNALS: &[(libc::c_int, StopReason)] = &[
+    (libc::SIGTERM, StopReason::Sigterm),
+    (libc::SIGINT, StopReason::Sigint),
+    (libc::SIGQUIT, StopReason::Sigquit),
+    (libc::SIGUSR1, StopReason::Sigusr1),
+    (libc::SIGUSR2, StopReason::Sigusr2),
+    (libc::SIGALRM, StopReason::Sigalrm),
+    (libc::SIGVTALRM, StopReason::Sigvtalrm),
+    (libc::SIGPROF, StopReason::Sigprof),
+    (libc::SIGIO, StopReason::Sigio),
+    (libc::SIGPWR, StopReason::Sigpwr),
+    (libc::SIGSTKFLT, StopReason::Sigstkflt),
+    (libc::SIGXCPU, StopReason::Sigxcpu),
+];
+
+/// Listens for every stop signal (and SIGHUP); each arrival is sent on the
+/// returned channel. Must run inside the event loop.
+fn listen_for_signals() -> anyhow::Result<mpsc::UnboundedReceiver<Option<StopReason>>> {
+    // SAFETY: ignoring SIGXFSZ only changes how RLIMIT_FSIZE is reported
+    // (EFBIG from write instead of a kill).
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let realtime = (libc::SIGRTMIN()..=libc::SIGRTMAX()).map(|n| (n, Some(StopReason::Sigrt)));
+    let named = STOP_SIGNALS.iter().map(|&(n, reason)| (n, Some(reason)));
+    // SIGHUP arrives as None: reopen, don't stop.
+    for (number, reason) in named.chain(realtime).chain([(libc::SIGHUP, None)]) {
+        let mut stream = signal(SignalKind::from_raw(number))
+            .with_context(|| format!("installing a handler for signal {number}"))?;
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if sender.send(reason).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(receiver)
+}
+
 /// Drains the ring buffer into the pipeline until a stop signal (its
-/// reason) or until the output goes away (None). On a signal, keeps
+/// reason) or until the output can take no more (None). On a signal, keeps
 /// draining for a short grace while kills still wait for their exits.
 async fn drain_until_stopped(
     ebpf: &mut aya::Ebpf,
     events: RingBuf<MapData>,
     pipeline: &Pipeline,
-    output_closed: &Notify,
+    writer: &Writer,
+    output_end: &OutputEnded,
+    mut signals: mpsc::UnboundedReceiver<Option<StopReason>>,
     exit_wait: Duration,
 ) -> anyhow::Result<Option<StopReason>> {
     let inbox = pipeline.inbox();
@@ -248,15 +365,14 @@ async fn drain_until_stopped(
     } else {
         None
     };
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-
     let reason = loop {
         tokio::select! {
-            _ = sigterm.recv() => break StopReason::Sigterm,
-            _ = sigint.recv() => break StopReason::Sigint,
-            _ = output_closed.notified() => {
-                log::info!("output closed; stopping");
+            Some(signal) = signals.recv() => match signal {
+                Some(reason) => break reason,
+                None => writer.reopen(),
+            },
+            _ = output_end.notify.notified() => {
+                log::info!("the output can take no more records; stopping");
                 return Ok(None);
             }
             guard = events.readable_mut() => {
@@ -270,7 +386,7 @@ async fn drain_until_stopped(
     log::info!("{reason:?}: flushing");
 
     // Read what the kernel has queued, then give kills still waiting a
-    // short grace for their exits.
+    // short grace for their exits. A second stop signal ends the grace.
     ring::drain(events.get_mut(), |event| inbox.push(event));
     let grace_end = Instant::now() + SHUTDOWN_GRACE.min(exit_wait);
     while pipeline.waiting_for_exits() > 0 && Instant::now() < grace_end {
@@ -283,8 +399,7 @@ async fn drain_until_stopped(
             }
             // The pipeline's count moves as it works through its inbox.
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            Some(Some(_)) = signals.recv() => break,
         }
     }
     ring::drain(events.get_mut(), |event| inbox.push(event));

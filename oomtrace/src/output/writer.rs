@@ -37,6 +37,14 @@ struct State {
     closed: bool,
     /// The output went away (EPIPE): nothing more can be written.
     gone: bool,
+    /// Reopen the output before the next line (SIGHUP).
+    reopen: bool,
+}
+
+/// What the writer thread does next.
+enum Next {
+    Line(Vec<u8>),
+    Reopen,
 }
 
 struct Queue {
@@ -67,13 +75,17 @@ impl Queue {
         true
     }
 
-    /// The next line, waiting for one; None once closed and empty.
-    fn pop(&self) -> Option<Vec<u8>> {
+    /// The next line or reopen request, waiting for one; None once closed
+    /// and empty.
+    fn pop(&self) -> Option<Next> {
         let mut state = self.lock();
         loop {
+            if std::mem::take(&mut state.reopen) {
+                return Some(Next::Reopen);
+            }
             if let Some(line) = state.lines.pop_front() {
                 state.bytes -= line.len();
-                return Some(line);
+                return Some(Next::Line(line));
             }
             if state.closed || state.gone {
                 return None;
@@ -84,6 +96,16 @@ impl Queue {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
     }
+}
+
+/// Why the output can take no more records, as the writer thread reports it.
+#[derive(Debug)]
+pub enum OutputEnd {
+    /// The reader went away (EPIPE).
+    ReaderGone,
+    /// The very first line could not be written, with an error that does
+    /// not pass (EIO, EBADF, ...): the destination cannot take records.
+    Unwritable(String),
 }
 
 /// How the writer ended.
@@ -106,12 +128,12 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `destination`. `on_closed` runs on that
-    /// thread when the reader goes away (EPIPE).
+    /// Starts the writer thread on `destination`. `on_end` runs on that
+    /// thread when the output can take no more records.
     pub fn spawn(
         destination: Destination,
         capacity: usize,
-        on_closed: impl FnOnce() + Send + 'static,
+        on_end: impl FnOnce(OutputEnd) + Send + 'static,
     ) -> std::io::Result<Self> {
         let queue = Arc::new(Queue {
             state: Mutex::new(State::default()),
@@ -125,7 +147,7 @@ impl Writer {
             std::thread::Builder::new()
                 .name("writer".into())
                 .spawn(move || {
-                    write_all(&queue, destination, on_closed);
+                    write_all(&queue, destination, on_end);
                     let _ = done_tx.send(());
                 })?
         };
@@ -142,6 +164,14 @@ impl Writer {
             queue: Arc::clone(&self.queue),
             format,
         }
+    }
+
+    /// Has the writer reopen its output before its next line (SIGHUP, after
+    /// logrotate moved the file away).
+    pub fn reopen(&self) {
+        let mut state = self.queue.lock();
+        state.reopen = true;
+        self.queue.ready.notify_one();
     }
 
     /// Closes the queue and waits up to `deadline` for the writer to write
@@ -167,17 +197,33 @@ impl Writer {
     }
 }
 
-fn write_all(queue: &Queue, mut destination: Destination, on_closed: impl FnOnce()) {
+fn write_all(queue: &Queue, mut destination: Destination, on_end: impl FnOnce(OutputEnd)) {
     let mut failing = false;
-    while let Some(line) = queue.pop() {
-        match destination.write_line(&line) {
+    let mut first = true;
+    while let Some(next) = queue.pop() {
+        let line = match next {
+            Next::Line(line) => line,
+            Next::Reopen => {
+                match destination.reopen() {
+                    Ok(true) => log::info!("SIGHUP: reopened {}", destination.target()),
+                    Ok(false) => log::info!("SIGHUP: records go to stdout; nothing to reopen"),
+                    Err(e) => log::error!("SIGHUP: {e}; still writing to the file open before"),
+                }
+                continue;
+            }
+        };
+        let result = destination.write_line(&line);
+        let was_first = std::mem::take(&mut first);
+        match result {
             Ok(()) => {
                 if failing {
-                    log::warn!("writing output works again");
+                    log::warn!("writing {} works again", destination.target());
                     failing = false;
                 }
             }
-            Err(WriteError::Closed) => {
+            Err(error)
+                if matches!(error, WriteError::Closed) || (was_first && !error.may_pass()) =>
+            {
                 let mut state = queue.lock();
                 state.gone = true;
                 queue
@@ -186,11 +232,15 @@ fn write_all(queue: &Queue, mut destination: Destination, on_closed: impl FnOnce
                 state.lines.clear();
                 state.bytes = 0;
                 drop(state);
-                on_closed();
+                on_end(match error {
+                    WriteError::Closed => OutputEnd::ReaderGone,
+                    error => OutputEnd::Unwritable(error.to_string()),
+                });
                 return;
             }
             Err(error) => {
-                // Say it once per episode; count every record it costs.
+                // Say it once per episode; count every record it costs, and
+                // try each next line: space can come back.
                 if !failing {
                     log::error!("{error}; records are dropped (and counted) until it works again");
                     failing = true;
@@ -253,11 +303,17 @@ mod tests {
         assert!(q.push(vec![b'a'; 6], false));
         assert!(!q.push(vec![b'b'; 5], false), "over the bound");
         assert!(q.push(vec![b'c'; 4], false), "fits exactly");
-        assert_eq!(q.pop().map(|l| l[0]), Some(b'a'));
+        assert!(matches!(q.pop(), Some(Next::Line(l)) if l[0] == b'a'));
         assert!(q.push(vec![b'd'; 1], false), "room again");
         assert!(q.push(vec![b's'; 50], true), "stop always fits");
         q.lock().closed = true;
-        let rest: Vec<u8> = std::iter::from_fn(|| q.pop()).map(|l| l[0]).collect();
+        q.lock().reopen = true;
+        assert!(matches!(q.pop(), Some(Next::Reopen)), "a reopen goes first");
+        let rest: Vec<u8> = std::iter::from_fn(|| match q.pop()? {
+            Next::Line(l) => Some(l[0]),
+            Next::Reopen => Some(b'r'),
+        })
+        .collect();
         assert_eq!(rest, b"cds");
     }
 }
