@@ -136,6 +136,16 @@ impl MemCgroup {
         text.trim().parse().expect("a byte count")
     }
 
+    /// The most memory ever charged to this cgroup, in bytes.
+    pub fn peak(&self) -> u64 {
+        let file = match self.version {
+            Version::V1 => "memory.max_usage_in_bytes",
+            Version::V2 => "memory.peak",
+        };
+        let text = std::fs::read_to_string(self.dir.join(file)).expect("read peak");
+        text.trim().parse().expect("a byte count")
+    }
+
     /// Sets this cgroup's limit (v1 `memory.limit_in_bytes`, v2 `memory.max`).
     pub fn set_limit(&self, bytes: u64) {
         let file = match self.version {

@@ -324,3 +324,49 @@ pub fn check_and_bad_btf(env: &Env) {
     );
     assert!(output.stdout.is_empty());
 }
+
+/// The memory a collector needs, as the README's requirements state it:
+/// started inside a memory cgroup limited to that much, it attaches, traces
+/// a kill elsewhere, and stops cleanly, never OOM-killed itself; the
+/// cgroup's own peak stays under the limit. (Below its start-up peak, about
+/// 24 MiB while aya parses the kernel's BTF, it would be OOM-killed while
+/// starting: the README says so.)
+pub fn starts_within_the_documented_memory(env: &Env) {
+    /// README "Requirements": "a memory limit of at least 32 MiB".
+    const DOCUMENTED: u64 = 32 << 20;
+    let home = MemCgroup::create("collector-home", Some(DOCUMENTED));
+    let victims = MemCgroup::create("collector-victims", Some(LIMIT));
+    let mut collector = Command::new(&env.workload)
+        .args(["exec-in", home.dir_str()])
+        .arg(&env.oomtrace)
+        .arg("run")
+        .args(&env.collector_args)
+        .args(["--exit-wait", "200ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn oomtrace in its cgroup");
+    let mut lines = BufReader::new(collector.stdout.take().expect("stdout")).lines();
+    let mut next = || -> Value {
+        let line = lines
+            .next()
+            .expect("the collector ended early")
+            .expect("read line");
+        serde_json::from_str(&line).expect("json")
+    };
+    assert_eq!(next()["type"], "start", "attached inside {DOCUMENTED} bytes");
+    let mut victim = Workload::spawn(env, "alloc", &["--cgroup", victims.dir_str()]);
+    assert_sigkilled(victim.wait(), "the allocator");
+    let kill = next();
+    assert_eq!(kill["victim"]["pid"], victim.pid(), "{kill}");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(collector.id() as i32, libc::SIGTERM) };
+    let stop = std::iter::repeat_with(&mut next)
+        .find(|r| r["type"] == "stop")
+        .expect("stop");
+    assert!(collector.wait().expect("wait").success(), "{stop}");
+    assert_eq!(home.oom_kills(), 0, "the collector was OOM-killed in its own cgroup");
+    let peak = home.peak();
+    eprintln!("collector's cgroup peak: {:.1} MiB", peak as f64 / (1 << 20) as f64);
+    assert!(peak <= DOCUMENTED, "peak {peak} over the documented {DOCUMENTED}");
+}

@@ -48,4 +48,5 @@ scenario! {
     operations::classic_tracepoint_modes,
     operations::text_output_to_file,
     operations::check_and_bad_btf,
+    operations::starts_within_the_documented_memory,
 }
