@@ -54,6 +54,13 @@ pub fn sibling_at_its_own_limit_is_not_blamed(env: &Env) {
     }
     for (collector, reads_log) in [(&mut with_log, true), (&mut without_log, false)] {
         let record = collector.kill_of(victim.pid(), KILL_TIMEOUT);
+        if record["exit"]["observed"] == false {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            collector.stop_with(libc::SIGTERM);
+            for r in &collector.records {
+                eprintln!("DEBUG {reads_log} {r}");
+            }
+        }
         let oom = &record["oom"];
         assert_eq!(
             oom["memcg_path"],

@@ -354,7 +354,11 @@ pub fn starts_within_the_documented_memory(env: &Env) {
             .expect("read line");
         serde_json::from_str(&line).expect("json")
     };
-    assert_eq!(next()["type"], "start", "attached inside {DOCUMENTED} bytes");
+    assert_eq!(
+        next()["type"],
+        "start",
+        "attached inside {DOCUMENTED} bytes"
+    );
     let mut victim = Workload::spawn(env, "alloc", &["--cgroup", victims.dir_str()]);
     assert_sigkilled(victim.wait(), "the allocator");
     let kill = next();
@@ -365,8 +369,18 @@ pub fn starts_within_the_documented_memory(env: &Env) {
         .find(|r| r["type"] == "stop")
         .expect("stop");
     assert!(collector.wait().expect("wait").success(), "{stop}");
-    assert_eq!(home.oom_kills(), 0, "the collector was OOM-killed in its own cgroup");
+    assert_eq!(
+        home.oom_kills(),
+        0,
+        "the collector was OOM-killed in its own cgroup"
+    );
     let peak = home.peak();
-    eprintln!("collector's cgroup peak: {:.1} MiB", peak as f64 / (1 << 20) as f64);
-    assert!(peak <= DOCUMENTED, "peak {peak} over the documented {DOCUMENTED}");
+    eprintln!(
+        "collector's cgroup peak: {:.1} MiB",
+        peak as f64 / (1 << 20) as f64
+    );
+    assert!(
+        peak <= DOCUMENTED,
+        "peak {peak} over the documented {DOCUMENTED}"
+    );
 }

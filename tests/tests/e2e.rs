@@ -1,7 +1,7 @@
 //! The end-to-end scenarios as cargo tests. Run them with `cargo xtask test`
 //! (root; one at a time: `--test-threads=1`).
 
-use oomtrace_tests::{Env, attribution, faults, operations, scenarios};
+use oomtrace_tests::{Env, attribution, faults, fired_limit, operations, scenarios};
 
 fn env() -> Env {
     Env::from_cargo(env!("CARGO_BIN_EXE_oomtrace-workload"))
@@ -26,7 +26,7 @@ scenario! {
     scenarios::two_cgroups_at_once,
     scenarios::cgroup_removed_after_kill,
     scenarios::parent_limit_fires,
-    // fired_limit::sibling_at_its_own_limit_is_not_blamed, (needs the trigger memcg walk)
+    fired_limit::sibling_at_its_own_limit_is_not_blamed,
     scenarios::leader_exits_before_victim_thread,
     scenarios::exec_from_non_leader_thread,
     attribution::container_init_killed,

@@ -81,9 +81,18 @@ pub struct Victim {
     /// tracepoint mode.
     pub ns_pid: Option<u32>,
     /// Whether the victim was PID 1 of its pid namespace (a container's
-    /// init), so that its container died with it. Null in classic
-    /// tracepoint mode.
+    /// init), so that its container died with it. False for a process in the
+    /// host's pid namespace (`pid_ns` equal to `start.host.pid_ns`), where no
+    /// process is a container's PID 1. Null in classic tracepoint mode.
     pub container_init: Option<bool>,
+    /// The inode number of the victim's pid namespace, as
+    /// `readlink /proc/PID/ns/pid` shows it (`pid:[N]`). Equal to
+    /// `start.host.pid_ns` for a process in the host's pid namespace: a
+    /// container run with `--pid=host` or Kubernetes `hostPID: true` has
+    /// no init of its own. Null in classic tracepoint mode, or where BTF
+    /// lacks the field.
+    #[serde(default)]
+    pub pid_ns: Option<u64>,
     /// Task name. Bytes that are not UTF-8 are replaced by U+FFFD and
     /// `comm_hex` then has the exact bytes. Null where the classic
     /// tracepoint has only `pid` (kernels before 6.9).

@@ -46,6 +46,12 @@ pub struct HostFacts {
     pub tracefs: Option<String>,
     /// Bytes per page.
     pub page_size: u64,
+    /// The inode number of the collector's own pid namespace (the host's,
+    /// when it runs as it should: on the node, or with `hostPID: true`). A
+    /// victim with the same `victim.pid_ns` is in no pid namespace of its
+    /// own.
+    #[serde(default)]
+    pub pid_ns: Option<u64>,
 }
 
 impl HostFacts {

@@ -27,7 +27,7 @@ use crate::{
         Destination, Format,
         writer::{Ended, OutputEnd, QUEUE_BYTES, Writer},
     },
-    pipeline::{Pipeline, Settings, convert, join::JoinLimits},
+    pipeline::{Pipeline, Settings, attribution::HostView, convert, join::JoinLimits},
 };
 
 #[derive(Debug, clap::Args)]
@@ -210,6 +210,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             max_tracked: oomtrace_ebpf::VICTIMS_CAPACITY as usize * 3 / 4,
         },
         kernel_log: kernel_log.is_ok(),
+        host: HostView {
+            pid_ns: facts.pid_ns,
+            cgroup_root: host::cgroup_root_dir(&facts),
+        },
     };
     let pipeline = Pipeline::spawn(
         settings,

@@ -22,7 +22,36 @@ pub fn gather() -> HostFacts {
         btf: Path::new(DEFAULT_BTF).exists(),
         tracefs: super::tracefs::find().map(|p| p.display().to_string()),
         page_size: page_size(),
+        pid_ns: pid_namespace(),
     }
+}
+
+/// The collector's own pid namespace: the inode of /proc/self/ns/pid.
+fn pid_namespace() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
+}
+
+/// The directory where cgroup paths as the kernel walks them (from the
+/// hierarchy's root) can be opened: the memory controller's mount, if
+/// /proc/self/mountinfo says it shows the hierarchy from its root. In a
+/// cgroup namespace, or with a sub-tree bind-mounted, it does not: then
+/// None, and nothing is looked up by path.
+pub fn cgroup_root_dir(facts: &HostFacts) -> Option<PathBuf> {
+    let mount = &facts.memory_controller.as_ref()?.mount;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mount_shows_root(&mountinfo, mount).then(|| PathBuf::from(mount))
+}
+
+/// Whether the mount at `mount` in `mountinfo` has root `/` (the fourth
+/// field of a mountinfo line is the mount's root within its file system).
+fn mount_shows_root(mountinfo: &str, mount: &str) -> bool {
+    mountinfo
+        .lines()
+        .map(|line| line.split(' ').collect::<Vec<_>>())
+        .filter(|fields| fields.len() > 4 && fields[4] == mount)
+        .last()
+        .is_some_and(|fields| fields[3] == "/")
 }
 
 /// Where this collector's records come from: the host, its boot, and this
@@ -280,6 +309,17 @@ pub mod privileges {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_mounts_from_their_root_only() {
+        let info = "30 25 0:26 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory\n\
+                    40 30 0:26 /kubepods/pod1 /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+                    41 25 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
+        // The last mount on a mount point is the one visible there.
+        assert!(!mount_shows_root(info, "/sys/fs/cgroup/memory"));
+        assert!(mount_shows_root(info, "/sys/fs/cgroup/unified"));
+        assert!(!mount_shows_root(info, "/sys/fs/cgroup/cpu"));
+    }
 
     const HYBRID: &str = "\
 tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0

@@ -97,6 +97,8 @@ pub fn kill(rec: &KillRecord, origin: &Origin, page_size: u64) -> (OomKill, Trac
         tid: rec.victim_tid.get(),
         ns_pid,
         container_init: ns_pid.map(|pid| pid == 1),
+        // TEMPORARY until the kernel side reads the namespace's inode.
+        pid_ns: None,
         comm: victim_comm,
         comm_hex: victim_comm_hex,
         uid: rec.victim_uid.get(),

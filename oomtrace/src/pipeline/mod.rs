@@ -32,7 +32,7 @@ use std::{
 use oomtrace_record::{Counters, Origin, Record, Start, StopReason};
 
 use self::{
-    attribution::Attributor,
+    attribution::{Attributor, HostView},
     convert::Loss,
     join::{JoinLimits, Joiner, Outcome},
     kernel_log::{KernelLines, LINE_WAIT},
@@ -78,6 +78,8 @@ pub struct Settings {
     pub limits: JoinLimits,
     /// Whether the kernel's log lines are read (and so awaited for each kill).
     pub kernel_log: bool,
+    /// The host's pid namespace and cgroup root, for attribution.
+    pub host: HostView,
 }
 
 /// The sending end of the pipeline's queue, for the ring-draining thread.
@@ -137,11 +139,12 @@ impl Pipeline {
             host_root,
             limits,
             kernel_log,
+            host,
         } = settings;
         let line_wait = LINE_WAIT.min(limits.exit_wait);
         let mut worker = Worker {
             joiner: Joiner::new(limits, origin.clone()),
-            attributor: Attributor::new(&host_root, page_size),
+            attributor: Attributor::new(&host_root, page_size, host),
             lines: KernelLines::new(kernel_log),
             line_wait,
             origin,

@@ -2,7 +2,7 @@
 //! container and pod, their Kubernetes names, the limit that fired and
 //! whose it was, and whether the container outlives the kill.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use oomtrace_record::{Constraint, K8s, LimitScope, MemcgSource, MemcgUnknown, OomKill};
 
@@ -12,17 +12,31 @@ use super::{
     identify, limit_scope, nearest_limited_ancestor,
 };
 
-/// Per-collector attribution state: the kubelet name cache.
+/// Per-collector attribution state: the kubelet name cache, and what is
+/// known of this host.
 pub struct Attributor {
     kubelet: KubeletNames,
     slack: ChargeSlack,
+    host: HostView,
+}
+
+/// What attribution needs to know of the host beyond the record.
+#[derive(Clone, Debug, Default)]
+pub struct HostView {
+    /// The host's pid namespace (`start.host.pid_ns`).
+    pub pid_ns: Option<u64>,
+    /// Where cgroup paths from the kernel can be opened (the hierarchy's
+    /// root, as `kernel::host::cgroup_root_dir` finds it); None when they
+    /// cannot.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 impl Attributor {
-    pub fn new(host_root: &Path, page_size: u64) -> Self {
+    pub fn new(host_root: &Path, page_size: u64, host: HostView) -> Self {
         Self {
             kubelet: KubeletNames::new(host_root),
             slack: ChargeSlack::for_this_host(page_size),
+            host,
         }
     }
 
@@ -60,7 +74,7 @@ impl Attributor {
         kill.container_survives = identity
             .container
             .is_some()
-            .then(|| container_survives(kill, &victim_path))
+            .then(|| self.container_survives(kill, &victim_path))
             .flatten();
         kill.container = identity.container;
     }
@@ -101,17 +115,56 @@ impl Attributor {
     }
 }
 
-/// Whether the victim's container keeps running after this kill. False when
-/// the victim was its PID 1, or when `memory.oom.group` makes the kernel
-/// kill the whole container with it; true when neither; null when either is
-/// unknown.
-fn container_survives(kill: &OomKill, victim_path: &str) -> Option<bool> {
+impl Attributor {
+    /// Whether the victim's container keeps running after this kill.
+    ///
+    /// In a pid namespace of its own, a container ends with its PID 1: false
+    /// when the victim was its PID 1, or when `memory.oom.group` makes the
+    /// kernel kill the whole container with it; true when neither.
+    ///
+    /// In the host's pid namespace (`--pid=host`, `hostPID: true`) no
+    /// process is the container's PID 1, and the shim being the victim's
+    /// parent proves nothing (shims are child subreapers: orphans get them
+    /// as parent too). What is known for sure: once the victim has exited,
+    /// a container cgroup holding no other process has ended (false).
+    /// Anything else is null, never a guess.
+    fn container_survives(&self, kill: &OomKill, victim_path: &str) -> Option<bool> {
+        let parts = components(victim_path)?;
+        let container_depth = locate(&parts).container_depth?;
+        let container_path = format!("/{}", parts[..container_depth].join("/"));
+        let own_pid_ns = kill.victim.pid_ns? != self.host.pid_ns?;
+        if own_pid_ns {
+            return survives_its_init(kill, &container_path);
+        }
+        if !kill.exit.observed {
+            return None;
+        }
+        let procs = self
+            .host
+            .cgroup_root
+            .as_ref()?
+            .join(container_path.trim_start_matches('/'))
+            .join("cgroup.procs");
+        match std::fs::read_to_string(&procs) {
+            // The victim itself may still be listed for a moment:
+            // sched_process_exit fires before cgroup_exit() unlinks it.
+            Ok(text) => text
+                .split_whitespace()
+                .all(|pid| pid.parse::<u32>().ok() == kill.victim.pid)
+                .then_some(false),
+            // The runtime removed the container's cgroup: it has ended.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(false),
+            Err(_) => None,
+        }
+    }
+}
+
+/// A container with its own pid namespace: see
+/// [`Attributor::container_survives`].
+fn survives_its_init(kill: &OomKill, container_path: &str) -> Option<bool> {
     if kill.victim.container_init? {
         return Some(false);
     }
-    let parts = components(victim_path)?;
-    let container_depth = locate(&parts).container_depth?;
-    let container_path = format!("/{}", parts[..container_depth].join("/"));
     let levels = &kill.memcg.as_ref()?.levels;
     // mem_cgroup_get_oom_group(): from the victim's memcg up to the OOM
     // domain (the memcg that fired; the root for a global OOM), the highest
@@ -176,6 +229,7 @@ mod tests {
             "container": null, "k8s": null, "systemd_unit": null, "container_survives": null
         }))
         .expect("a valid record");
+        kill.victim.pid_ns = Some(HOST_PID_NS + 1);
         if let Some(path) = path.filter(|_| !levels.is_empty()) {
             // Level i's path: the victim's path minus i trailing names.
             let mut paths = vec![path.to_string()];
@@ -214,8 +268,24 @@ mod tests {
         attribute_with_trigger(kill, shared)
     }
 
-    fn attribute_with_trigger(mut kill: OomKill, shared_levels: Option<usize>) -> OomKill {
-        let mut attributor = Attributor::new(Path::new("/nonexistent-host-root"), 4096);
+    /// The host's pid namespace in these tests; victims are in another one
+    /// unless a test says otherwise.
+    const HOST_PID_NS: u64 = 4026531836;
+
+    fn attribute_with_trigger(kill: OomKill, shared_levels: Option<usize>) -> OomKill {
+        attribute_on(kill, shared_levels, None)
+    }
+
+    fn attribute_on(
+        mut kill: OomKill,
+        shared_levels: Option<usize>,
+        cgroup_root: Option<PathBuf>,
+    ) -> OomKill {
+        let host = HostView {
+            pid_ns: Some(HOST_PID_NS),
+            cgroup_root,
+        };
+        let mut attributor = Attributor::new(Path::new("/nonexistent-host-root"), 4096, host);
         attributor.fired_memcg(&mut kill, shared_levels);
         attributor.attribute(&mut kill);
         kill
@@ -402,5 +472,66 @@ mod tests {
         let k = attribute(k);
         assert_eq!(k.oom.limit_scope, Some(LimitScope::Container));
         assert!(k.container.is_none() && k.k8s.is_none() && k.container_survives.is_none());
+    }
+
+    /// `docker run --pid=host`: the container's main process is in the
+    /// host's pid namespace, so `container_init` says nothing. Once the
+    /// victim has exited, an empty container cgroup (or one that lists only
+    /// the victim, not yet unlinked) has ended; one that holds others is
+    /// unknown; one the runtime removed has ended.
+    #[test]
+    fn without_a_pid_namespace_the_cgroup_decides() {
+        let root = std::env::temp_dir().join(format!("oomtrace-attr-{}", std::process::id()));
+        let dir = root.join(format!("docker/{ID}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = format!("/docker/{ID}");
+        let levels = [
+            (64 * MIB, Some(64 * MIB), Some(false)),
+            (900 * MIB, None, Some(false)),
+        ];
+        let survives = |procs: Option<&str>, observed: bool| {
+            match procs {
+                Some(text) => std::fs::write(dir.join("cgroup.procs"), text).expect("write"),
+                None => {
+                    let _ = std::fs::remove_file(dir.join("cgroup.procs"));
+                }
+            }
+            let mut k = kill(Some(&path), Some(false), &levels);
+            k.victim.pid_ns = Some(HOST_PID_NS);
+            k.exit.observed = observed;
+            attribute_on(k, Some(2), Some(root.clone())).container_survives
+        };
+        assert_eq!(survives(Some(""), true), Some(false), "empty: ended");
+        assert_eq!(
+            survives(Some("7\n"), true),
+            Some(false),
+            "only the victim, exiting"
+        );
+        assert_eq!(
+            survives(Some("7\n12\n"), true),
+            None,
+            "others: unknown, not a guess"
+        );
+        assert_eq!(
+            survives(Some(""), false),
+            None,
+            "the victim may still be alive"
+        );
+        std::fs::remove_dir_all(dir.join("..")).expect("cleanup");
+        assert_eq!(survives(None, true), Some(false), "cgroup removed: ended");
+        // Without a cgroup root to look in, or without the pid namespace: null.
+        let mut k = kill(Some(&path), Some(false), &levels);
+        k.victim.pid_ns = Some(HOST_PID_NS);
+        k.exit.observed = true;
+        assert_eq!(
+            attribute_on(k.clone(), Some(2), None).container_survives,
+            None
+        );
+        k.victim.pid_ns = None;
+        assert_eq!(
+            attribute_on(k, Some(2), Some(root.clone())).container_survives,
+            None
+        );
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

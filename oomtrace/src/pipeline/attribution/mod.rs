@@ -25,7 +25,7 @@ mod scope;
 #[cfg(test)]
 mod tests;
 
-pub use attribute::Attributor;
+pub use attribute::{Attributor, HostView};
 pub use cgroup_path::identify;
 pub use kubelet::KubeletNames;
 pub use scope::{ChargeSlack, limit_scope, nearest_limited_ancestor};
