@@ -59,6 +59,15 @@ impl Workload {
     /// The workload's next line on stdout: it says `WORD NUMBER`; returns
     /// the number.
     pub fn said(&mut self, word: &str) -> u32 {
+        let rest = self.said_line(word);
+        rest.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("the workload said `{word} {rest}`, not `{word} N`"))
+    }
+
+    /// The workload's next line on stdout, which starts with `word`; returns
+    /// the rest of it.
+    pub fn said_line(&mut self, word: &str) -> String {
         let stdout = self.child.stdout.as_mut().expect("stdout");
         // Byte by byte: a buffered reader could take more than this line.
         let mut line = Vec::new();
@@ -71,8 +80,8 @@ impl Workload {
         }
         let line = String::from_utf8_lossy(&line);
         line.strip_prefix(word)
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("the workload said {line:?}, not `{word} N`"))
+            .map(|rest| rest.trim().to_string())
+            .unwrap_or_else(|| panic!("the workload said {line:?}, not `{word} ...`"))
     }
 }
 

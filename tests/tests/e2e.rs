@@ -31,6 +31,8 @@ scenario! {
     scenarios::exec_from_non_leader_thread,
     attribution::container_init_killed,
     attribution::container_child_killed_container_survives,
+    attribution::host_pid_container_main_killed,
+    attribution::host_pid_container_child_killed,
     faults::stuck_victims_are_evicted_at_the_cap,
     faults::tiny_ring_buffer_counts_every_loss,
     faults::storm_every_kill_once,

@@ -18,9 +18,11 @@
 //!       `mounted`, then reads each request, prints `holding OPCODE`, and
 //!       never answers it. Ending this process aborts the connection and
 //!       frees every waiter; DIR stays mounted (unmount it with MNT_DETACH).
-//!   oomtrace-workload parent ALLOC-ARGS...
+//!   oomtrace-workload parent [--linger] ALLOC-ARGS...
 //!       stays where it is, runs `alloc ALLOC-ARGS` as its child, waits, and
-//!       prints `child PID STATUS` (the raw wait status); exits 0.
+//!       prints `child PID STATUS` (the raw wait status); exits 0 (with
+//!       --linger, only once its stdin is closed: a container's main
+//!       process that outlives its child).
 //!   oomtrace-workload pidns [--cgroup DIR] MODE ARGS...
 //!       what `unshare --pid --fork` does, as a container runtime starts a
 //!       container: enters a new pid namespace and forks its PID 1, which
@@ -141,7 +143,11 @@ fn main() {
     }
 }
 
-fn parent(alloc_args: &[String]) {
+fn parent(args: &[String]) {
+    let (linger, alloc_args) = match args {
+        [flag, rest @ ..] if flag == "--linger" => (true, rest),
+        rest => (false, rest),
+    };
     let mut child = Command::new(std::env::current_exe().unwrap())
         .arg("alloc")
         .args(alloc_args)
@@ -150,6 +156,10 @@ fn parent(alloc_args: &[String]) {
     let pid = child.id();
     let status = child.wait().unwrap();
     println!("child {pid} {}", status.into_raw());
+    if linger {
+        let _ = std::io::stdout().flush();
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+    }
 }
 
 fn pidns(args: &[String]) {

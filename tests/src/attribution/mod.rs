@@ -476,3 +476,6 @@ pub fn oom_group_takes_the_container(env: &Env) {
     assert!(matches!(counted, 2 | 3), "memory.events oom_kill {counted}");
     let _ = shim.wait();
 }
+
+mod host_pid;
+pub use host_pid::{host_pid_container_child_killed, host_pid_container_main_killed};
