@@ -29,7 +29,8 @@ pub struct OomKill {
     pub trigger: Trigger,
     pub oom: Oom,
     /// The victim's memory cgroup at the kill. Null in classic tracepoint
-    /// mode, where the victim's task is out of reach.
+    /// mode, where the victim's task is out of reach, and when the victim's
+    /// memcg is more than 32 levels below the root memcg.
     pub memcg: Option<Memcg>,
     pub exit: Exit,
     /// The container the victim ran in, from its cgroup path. Null outside
@@ -120,11 +121,20 @@ pub struct Rss {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 pub struct CgroupRef {
     /// The cgroup's kernfs id (the inode number of its directory). Null in
-    /// classic tracepoint mode, and for a path deeper than 16 levels.
+    /// classic tracepoint mode, and when the kernel's walk up from it could
+    /// not be read. Known for a path too deep or too long to carry.
     pub id: Option<u64>,
     /// Its path inside the hierarchy with the memory controller, as
-    /// /proc/PID/cgroup shows it. Null when `id` is.
+    /// /proc/PID/cgroup shows it. Bytes that are not UTF-8 are replaced by
+    /// U+FFFD and `path_hex` then has the exact bytes. Null when `id` is, and
+    /// for a path the kernel's walk cannot carry whole: more than 32 levels
+    /// below the root, or longer than 4,095 bytes (PATH_MAX less its NUL;
+    /// /proc/PID/cgroup fails with ENAMETOOLONG beyond). Never cut short.
     pub path: Option<String>,
+    /// The exact `path` bytes, `/` separators included, as lowercase hex,
+    /// only when they are not valid UTF-8; otherwise null.
+    #[serde(default)]
+    pub path_hex: Option<String>,
 }
 
 /// The task whose allocation ran out of memory (`current` at the kill).
@@ -154,8 +164,13 @@ pub struct Oom {
     /// within the charge slack of its limit (8 pages + 65 pages per CPU, at
     /// most 1/8 of the limit). Null for a global OOM, and when neither way
     /// knows it (no hook and no level at its limit, e.g. a v1 `memsw`
-    /// limit; classic tracepoint without the hook).
+    /// limit; classic tracepoint without the hook), and when its path is not
+    /// carried whole (as `victim.cgroup.path`). Not UTF-8: as
+    /// `victim.cgroup.path`.
     pub memcg_path: Option<String>,
+    /// As `victim.cgroup.path_hex`, for `memcg_path`.
+    #[serde(default)]
+    pub memcg_path_hex: Option<String>,
     /// The chosen process's badness (`oom_badness()`: pages of RSS, swap and
     /// page tables, plus oom_score_adj × totalpages / 1000).
     pub points: Option<i64>,
@@ -231,8 +246,13 @@ pub enum LimitScope {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Memcg {
     /// Its path (the victim's cgroup on cgroup v1; on v2 the nearest cgroup
-    /// with the memory controller enabled).
+    /// with the memory controller enabled). Taken from the victim's cgroup
+    /// path, so null when `victim.cgroup.path` is; not UTF-8: as
+    /// `victim.cgroup.path`.
     pub path: Option<String>,
+    /// As `victim.cgroup.path_hex`, for `path`.
+    #[serde(default)]
+    pub path_hex: Option<String>,
     /// `memory.usage_in_bytes` (v1) / `memory.current` (v2) at the kill.
     pub usage_bytes: u64,
     /// Null when the cgroup has no limit.
@@ -244,8 +264,12 @@ pub struct Memcg {
 /// One memory cgroup on the way from the victim's up to the root.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 pub struct MemcgLevel {
-    /// Its path; `/` for the root.
+    /// Its path; `/` for the root. As `memcg.path`, null when
+    /// `victim.cgroup.path` is.
     pub path: Option<String>,
+    /// As `victim.cgroup.path_hex`, for `path`.
+    #[serde(default)]
+    pub path_hex: Option<String>,
     /// Its usage at the kill.
     pub usage_bytes: u64,
     /// Null when this level has no limit.
@@ -367,7 +391,13 @@ pub enum Qos {
 /// `comm` as the record carries it: the name, and its exact bytes in hex
 /// when they are not UTF-8. `raw` is the kernel's NUL-padded array.
 pub fn comm_fields(raw: &[u8]) -> (String, Option<String>) {
-    let bytes = raw.split(|b| *b == 0).next().unwrap_or_default();
+    text_fields(raw.split(|b| *b == 0).next().unwrap_or_default())
+}
+
+/// A kernel string as the record carries it (`comm`, a cgroup path): the
+/// text, each byte that is not UTF-8 replaced by U+FFFD, and, only then,
+/// the exact bytes as lowercase hex (the `*_hex` field).
+pub fn text_fields(bytes: &[u8]) -> (String, Option<String>) {
     match std::str::from_utf8(bytes) {
         Ok(s) => (s.to_string(), None),
         Err(_) => (
@@ -398,6 +428,20 @@ mod tests {
             .collect();
         assert_eq!(bytes, b"a\"b\\c\nd\xffe");
         assert_eq!(comm_fields(b"stress\0\0"), ("stress".into(), None));
+    }
+
+    #[test]
+    fn paths_keep_their_separators_in_hex() {
+        let (path, hex) = text_fields(b"/a/bad\xff\xfe");
+        assert_eq!(path, "/a/bad\u{fffd}\u{fffd}");
+        assert_eq!(hex.as_deref(), Some("2f612f626164fffe"));
+        assert_eq!(
+            text_fields(b"/kubepods/pod1"),
+            ("/kubepods/pod1".into(), None)
+        );
+        // An added field: records written before it still read.
+        let old: CgroupRef = serde_json::from_str(r#"{"id": 7, "path": "/a"}"#).expect("read");
+        assert_eq!((old.id, old.path_hex), (Some(7), None));
     }
 
     #[test]

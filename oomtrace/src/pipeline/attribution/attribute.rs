@@ -76,9 +76,11 @@ impl Attributor {
             return;
         };
         if let Some(level) = nearest_limited_ancestor(&memcg.levels, self.slack)
-            .and_then(|i| memcg.levels[i].path.clone())
+            .map(|i| &memcg.levels[i])
+            .filter(|level| level.path.is_some())
         {
-            kill.oom.memcg_path = Some(level);
+            kill.oom.memcg_path = level.path.clone();
+            kill.oom.memcg_path_hex = level.path_hex.clone();
             kill.oom.memcg_source = Some(MemcgSource::UsageAtLimit);
         }
     }
@@ -175,6 +177,7 @@ mod tests {
                 .map(
                     |(&(usage_bytes, limit_bytes, oom_group), path)| MemcgLevel {
                         path: Some(path),
+                        path_hex: None,
                         usage_bytes,
                         limit_bytes,
                         oom_group,
@@ -183,6 +186,7 @@ mod tests {
                 .collect();
             kill.memcg = Some(Memcg {
                 path: levels[0].path.clone(),
+                path_hex: None,
                 usage_bytes: levels[0].usage_bytes,
                 limit_bytes: levels[0].limit_bytes,
                 levels,
