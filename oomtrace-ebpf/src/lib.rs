@@ -29,9 +29,10 @@ pub const CGROUP_LEVELS: usize = MAX_CGROUP_DEPTH + 1;
 /// A kernfs name is at most `NAME_MAX` (255) bytes plus its NUL.
 pub const CGROUP_NAME_MAX: usize = 256;
 /// The longest cgroup path a record carries: `PATH_MAX` (4,096) less its
-/// NUL, the longest path /proc/PID/cgroup can show (proc_cgroup_show() fails
-/// with ENAMETOOLONG beyond). A longer path is null, never cut short. The
-/// names of a path take exactly its length: each level's name and a NUL
+/// NUL, the longest path /proc/PID/cgroup shows whole (proc_cgroup_show()
+/// formats into PATH_MAX bytes: 6.x kernels cut a longer path there, older
+/// ones fail with ENAMETOOLONG). A longer path is null, never cut short.
+/// The names of a path take exactly its length: each level's name and a NUL
 /// (where the path has a `/` before it).
 pub const CGROUP_PATH_MAX: usize = 4095;
 /// The names area the walk writes into: one byte more than

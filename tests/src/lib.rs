@@ -10,6 +10,7 @@ pub mod faults;
 pub mod kmsg;
 pub mod matrix;
 pub mod operations;
+pub mod paths;
 pub mod scenarios;
 pub mod storm;
 

@@ -1,7 +1,7 @@
 //! The end-to-end scenarios as cargo tests. Run them with `cargo xtask test`
 //! (root; one at a time: `--test-threads=1`).
 
-use oomtrace_tests::{Env, attribution, faults, operations, scenarios};
+use oomtrace_tests::{Env, attribution, faults, operations, paths, scenarios};
 
 fn env() -> Env {
     Env::from_cargo(env!("CARGO_BIN_EXE_oomtrace-workload"))
@@ -28,6 +28,13 @@ scenario! {
     scenarios::parent_limit_fires,
     scenarios::leader_exits_before_victim_thread,
     scenarios::exec_from_non_leader_thread,
+    paths::cgroup_depth_at_the_limit,
+    paths::cgroup_depth_past_the_limit,
+    paths::cgroup_depth_fifteen_and_sixteen,
+    paths::cgroup_names_of_255_bytes,
+    paths::cgroup_path_at_path_max,
+    paths::cgroup_path_past_path_max,
+    paths::cgroup_name_not_utf8,
     attribution::container_init_killed,
     attribution::container_child_killed_container_survives,
     faults::stuck_victims_are_evicted_at_the_cap,

@@ -129,7 +129,8 @@ pub struct CgroupRef {
     /// U+FFFD and `path_hex` then has the exact bytes. Null when `id` is, and
     /// for a path the kernel's walk cannot carry whole: more than 32 levels
     /// below the root, or longer than 4,095 bytes (PATH_MAX less its NUL;
-    /// /proc/PID/cgroup fails with ENAMETOOLONG beyond). Never cut short.
+    /// /proc/PID/cgroup cannot show a longer one whole either). Never cut
+    /// short.
     pub path: Option<String>,
     /// The exact `path` bytes, `/` separators included, as lowercase hex,
     /// only when they are not valid UTF-8; otherwise null.
