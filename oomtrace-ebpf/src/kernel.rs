@@ -185,6 +185,25 @@ fn read_or_zero<T: Copy>(base: *const u8, offset: usize) -> T {
     }
 }
 
+/// `value & (CGROUP_NAMES_LEN - 1)`, done by an instruction the compiler
+/// cannot drop: it drops a mask it can prove changes nothing (after a
+/// bounds check), but older verifiers (6.1) do not carry a bound learned
+/// from a branch over to a copy of the value reloaded from the stack, and
+/// then refuse the access ("R1 min value is negative") without the mask.
+#[inline(always)]
+pub fn names_offset(value: usize) -> usize {
+    let mut value = value as u64;
+    // SAFETY: one ALU instruction on a register.
+    unsafe {
+        core::arch::asm!(
+            "{v} &= {mask}",
+            v = inout(reg) value,
+            mask = const CGROUP_NAMES_LEN - 1,
+        );
+    }
+    value as usize
+}
+
 /// Walks kernfs names from `kn` up to (not including) the hierarchy's root,
 /// inside the kernel at the moment of the kill: container runtimes remove the
 /// cgroup right after the container dies, so a path resolved later from
@@ -235,7 +254,7 @@ pub fn walk_cgroup_path(scratch: *mut KillScratch, mut kn: *const u8) -> bool {
             }
             // The mask is a no-op at run time (used < CGROUP_NAMES_LEN, a power
             // of two) but lets the verifier prove the write stays in bounds.
-            let start = used & (CGROUP_NAMES_LEN - 1);
+            let start = names_offset(used);
             let name: ty::kn_name = read_or_zero(kn, name_at);
             let copied = bpf_probe_read_kernel_str(
                 names.add(start).cast(),

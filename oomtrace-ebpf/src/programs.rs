@@ -17,14 +17,14 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use oomtrace_ebpf::{
-    CGROUP_NAMES_LEN, COMM_LEN, ExitRecord, KILL_RECORD_MIN, KillRecord, KillScratch, OomContext,
-    RECORD_EXIT, RECORD_KILL, SOURCE_RAW_TRACEPOINT, SOURCE_TRACEPOINT, cgroup_path_of, counter,
+    COMM_LEN, ExitRecord, KILL_RECORD_MIN, KillRecord, KillScratch, OomContext, RECORD_EXIT,
+    RECORD_KILL, SOURCE_RAW_TRACEPOINT, SOURCE_TRACEPOINT, cgroup_path_of, counter,
 };
 
 use crate::{
     kernel::{
-        MARK_VICTIM_LAYOUT, cgroup_kn, field, mm_counter_bytes, off, page_shift, read, read_field,
-        read_ptr_field, set, victim_cgroup, walk_cgroup_path, walk_memcg_levels,
+        MARK_VICTIM_LAYOUT, cgroup_kn, field, mm_counter_bytes, names_offset, off, page_shift,
+        read, read_field, read_ptr_field, set, victim_cgroup, walk_cgroup_path, walk_memcg_levels,
         walk_trigger_memcg, zero,
     },
     maps::{EVENTS, KILL_SCRATCH, OOM_CONTEXTS, bump},
@@ -126,7 +126,7 @@ fn send_kill<C: EbpfContext>(ctx: &C, scratch: *mut KillScratch) {
     // keeps the length inside it (cgroup_names_len <= CGROUP_PATH_MAX <
     // CGROUP_NAMES_LEN, a power of two), as the verifier must see.
     let written = unsafe {
-        let names_len = (*scratch).rec.cgroup_names_len as usize & (CGROUP_NAMES_LEN - 1);
+        let names_len = names_offset((*scratch).rec.cgroup_names_len as usize);
         let bytes = core::slice::from_raw_parts(scratch as *const u8, KILL_RECORD_MIN + names_len);
         EVENTS.output::<[u8]>(bytes, 0).is_ok()
     };

@@ -86,9 +86,7 @@ pub fn kill(kill: &KillEvent, origin: &Origin, page_size: u64) -> (OomKill, Trac
     let of_victim = rec.cgroup_path_of == cgroup_path_of::VICTIM;
     // The victim's own cgroup, as opposed to the fired memcg's ancestry.
     let victim_chain = chain.as_ref().filter(|_| of_victim);
-    if of_victim {
-        log_uncarried_path(rec);
-    }
+    log_uncarried_path(rec);
     let (victim_comm, victim_comm_hex) = comm(rec.victim_comm.get());
     let (trigger_comm, trigger_comm_hex) = comm(rec.trigger_comm.get());
     let (cgroup_path, cgroup_path_hex) = path_fields(
@@ -178,23 +176,28 @@ pub fn kill(kill: &KillEvent, origin: &Origin, page_size: u64) -> (OomKill, Trac
     (kill, tracking)
 }
 
-/// Says on stderr why a victim's cgroup path is null when a limit of the
-/// kernel's walk is the reason (the record itself only has the null).
+/// Says on stderr why a cgroup path is null when a limit of the kernel's
+/// walk is the reason (the record itself only has the null).
 fn log_uncarried_path(rec: &KillRecord) {
-    let pid = rec.victim_tgid.get().or(rec.victim_tid.get()).unwrap_or(0);
-    match rec.cgroup_walk_end {
-        cgroup_walk_end::TOO_DEEP => log::warn!(
-            "kill {}: pid {pid}'s cgroup is more than {MAX_CGROUP_DEPTH} levels below the root: \
-             its cgroup and memcg paths are null",
-            rec.seq
-        ),
-        cgroup_walk_end::TOO_LONG => log::warn!(
-            "kill {}: pid {pid}'s cgroup path is longer than {CGROUP_PATH_MAX} bytes: its \
-             cgroup and memcg paths are null",
-            rec.seq
-        ),
-        _ => {}
-    }
+    let whose = match rec.cgroup_path_of {
+        cgroup_path_of::VICTIM => {
+            let pid = rec.victim_tgid.get().or(rec.victim_tid.get()).unwrap_or(0);
+            format!("pid {pid}'s cgroup")
+        }
+        cgroup_path_of::OOM_MEMCG => "the memcg whose limit fired".to_string(),
+        _ => return,
+    };
+    let why = match rec.cgroup_walk_end {
+        cgroup_walk_end::TOO_DEEP => {
+            format!("is more than {MAX_CGROUP_DEPTH} levels below the root")
+        }
+        cgroup_walk_end::TOO_LONG => format!("has a path longer than {CGROUP_PATH_MAX} bytes"),
+        _ => return,
+    };
+    log::warn!(
+        "kill {}: {whose} {why}: its cgroup and memcg paths are null",
+        rec.seq
+    );
 }
 
 /// `enum oom_constraint` in include/linux/oom.h. A value this oomtrace does
