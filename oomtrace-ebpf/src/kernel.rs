@@ -4,15 +4,16 @@
 //! without touching memory: a field this kernel lacks is never read at a
 //! guessed offset.
 
-use core::ptr::{addr_of, read_volatile};
+use core::ptr::{addr_of, addr_of_mut, read_volatile};
 
 use aya_ebpf::helpers::{
-    bpf_probe_read_kernel,
+    bpf_get_current_task, bpf_probe_read_kernel,
     generated::{bpf_probe_read_kernel as bpf_probe_read_kernel_raw, bpf_probe_read_kernel_str},
 };
 use oomtrace_ebpf::{
-    CGROUP_NAME_MAX, CGROUP_NAMES_LEN, Config, FieldOffset, KernelOffsets, KillRecord, Known,
-    MAX_CGROUP_DEPTH, MarkVictimLayout, VictimKey,
+    CGROUP_LEVELS, CGROUP_NAME_MAX, CGROUP_NAMES_LEN, CGROUP_PATH_MAX, Config, FieldOffset,
+    KernelOffsets, KillRecord, KillScratch, Known, MAX_CGROUP_DEPTH, MarkVictimLayout, VictimKey,
+    cgroup_walk_end,
 };
 
 // Load-time globals, overridden by the collector (`EbpfLoader::override_global`).
@@ -117,12 +118,14 @@ pub fn mm_counter_bytes(pages: Option<i64>) -> Option<u64> {
 /// Zeroes a whole record in one helper call: bpf_probe_read_kernel zeroes
 /// its destination when the source cannot be read
 /// (bpf_probe_read_kernel_common() in kernel/trace/bpf_trace.c), and
-/// address 0 never can be. Then every `Known` starts unknown and no byte of
-/// an earlier record in the ring buffer crosses over.
+/// address 0 never can be. Then every `Known` starts unknown and nothing of
+/// the previous record built in the same scratch buffer crosses over. (The
+/// names after a [`KillRecord`] need no zeroing: only the bytes this kill's
+/// walk wrote are sent.)
 #[inline(always)]
 pub fn zero<T>(rec: *mut T) {
-    // SAFETY: `rec` is a live reservation of size_of::<T>() bytes; the helper
-    // writes exactly that many.
+    // SAFETY: `rec` points to size_of::<T>() writable bytes of a map value;
+    // the helper writes exactly that many.
     unsafe {
         bpf_probe_read_kernel_raw(
             rec.cast(),
@@ -136,7 +139,7 @@ pub fn zero<T>(rec: *mut T) {
 #[inline(always)]
 pub fn set<T: Copy + Default>(field: *mut Known<T>, value: Option<T>) {
     if let Some(value) = value {
-        // SAFETY: `field` points into a live reservation.
+        // SAFETY: `field` points into this CPU's scratch record.
         unsafe {
             (*field).value = value;
             (*field).known = 1;
@@ -165,7 +168,7 @@ pub fn victim_cgroup(css_set: *const u8, memory_css: *const u8) -> *const u8 {
 
 /// Reads a `T` at `base + offset`, giving zero when the read faults (the
 /// helper zeroes its destination on failure). No branch: the cgroup walks
-/// below run up to 16 levels, and a branch per read there multiplies the
+/// below run up to 33 levels, and a branch per read there multiplies the
 /// paths the verifier has to explore.
 #[inline(always)]
 fn read_or_zero<T: Copy>(base: *const u8, offset: usize) -> T {
@@ -182,13 +185,36 @@ fn read_or_zero<T: Copy>(base: *const u8, offset: usize) -> T {
     }
 }
 
+/// `value & (CGROUP_NAMES_LEN - 1)`, done by an instruction the compiler
+/// cannot drop: it drops a mask it can prove changes nothing (after a
+/// bounds check), but older verifiers (6.1) do not carry a bound learned
+/// from a branch over to a copy of the value reloaded from the stack, and
+/// then refuse the access ("R1 min value is negative") without the mask.
+#[inline(always)]
+pub fn names_offset(value: usize) -> usize {
+    let mut value = value as u64;
+    // SAFETY: one ALU instruction on a register.
+    unsafe {
+        core::arch::asm!(
+            "{v} &= {mask}",
+            v = inout(reg) value,
+            mask = const CGROUP_NAMES_LEN - 1,
+        );
+    }
+    value as usize
+}
+
 /// Walks kernfs names from `kn` up to (not including) the hierarchy's root,
 /// inside the kernel at the moment of the kill: container runtimes remove the
 /// cgroup right after the container dies, so a path resolved later from
-/// userspace is often gone. Names land leaf first, NUL-terminated, in
-/// `rec.cgroup_names`. Returns true when the walk reached the root.
+/// userspace is often gone. Ids land leaf first in `rec.cgroup_ids`, names
+/// leaf first, NUL-terminated, in `scratch.names`, and
+/// `rec.cgroup_walk_end` says how it ended: a path is reported only when it
+/// reached the root within [`MAX_CGROUP_DEPTH`] levels and
+/// [`CGROUP_PATH_MAX`] bytes (kernfs_path_from_node() builds the same path
+/// from the same `name`/`parent` links). Returns true when it did.
 #[inline(always)]
-pub fn walk_cgroup_path(rec: *mut KillRecord, mut kn: *const u8) -> bool {
+pub fn walk_cgroup_path(scratch: *mut KillScratch, mut kn: *const u8) -> bool {
     use oomtrace_ebpf::kernel_field_type as ty;
     let (Some(parent_at), Some(name_at), Some(id_at)) =
         (off!(kn_parent), off!(kn_name), off!(kn_id))
@@ -200,28 +226,35 @@ pub fn walk_cgroup_path(rec: *mut KillRecord, mut kn: *const u8) -> bool {
     }
     let mut used: usize = 0;
     let mut depth: usize = 0;
-    let mut complete = false;
-    // SAFETY: `rec` is a live, zeroed reservation; every index is bounded by
-    // MAX_CGROUP_DEPTH or masked into the names buffer, whose slack covers
-    // one full name.
+    let mut end = cgroup_walk_end::UNREAD;
+    // SAFETY: `scratch` is this CPU's scratch value, its record zeroed; every
+    // index is bounded by CGROUP_LEVELS or masked into the names area, whose
+    // slack covers one full name.
     unsafe {
-        let names = addr_of!((*rec).cgroup_names) as *mut u8;
-        let ids = addr_of!((*rec).cgroup_ids) as *mut u64;
-        for level in 0..MAX_CGROUP_DEPTH {
+        let rec = addr_of_mut!((*scratch).rec);
+        let names = addr_of_mut!((*scratch).names) as *mut u8;
+        let ids = addr_of_mut!((*rec).cgroup_ids) as *mut u64;
+        for level in 0..CGROUP_LEVELS {
             let id: ty::kn_id = read_or_zero(kn, id_at);
             ids.add(level).write(id);
             let parent: ty::kn_parent = read_or_zero(kn, parent_at);
             if parent.is_null() {
                 // `kn` is the hierarchy's root (its id stays in this slot).
-                complete = true;
+                end = cgroup_walk_end::ROOT;
                 break;
             }
-            if used >= CGROUP_NAMES_LEN {
+            if level == MAX_CGROUP_DEPTH {
+                // The last slot is the root's, and this is not the root.
+                end = cgroup_walk_end::TOO_DEEP;
+                break;
+            }
+            if used > CGROUP_PATH_MAX {
+                end = cgroup_walk_end::TOO_LONG;
                 break;
             }
             // The mask is a no-op at run time (used < CGROUP_NAMES_LEN, a power
             // of two) but lets the verifier prove the write stays in bounds.
-            let start = used & (CGROUP_NAMES_LEN - 1);
+            let start = names_offset(used);
             let name: ty::kn_name = read_or_zero(kn, name_at);
             let copied = bpf_probe_read_kernel_str(
                 names.add(start).cast(),
@@ -235,16 +268,26 @@ pub fn walk_cgroup_path(rec: *mut KillRecord, mut kn: *const u8) -> bool {
             depth = level + 1;
             kn = parent;
         }
+        // The last name may have taken the path past its limit.
+        if end == cgroup_walk_end::ROOT && used > CGROUP_PATH_MAX {
+            end = cgroup_walk_end::TOO_LONG;
+        }
+        if end != cgroup_walk_end::ROOT {
+            // Nothing of a path that is not reported is sent.
+            used = 0;
+        }
+        (*rec).cgroup_walk_end = end;
         (*rec).cgroup_depth = depth as u32;
         (*rec).cgroup_names_len = used as u32;
     }
-    complete
+    end == cgroup_walk_end::ROOT
 }
 
-/// Walks the memory cgroup from the victim's memcg up to the root memcg,
+/// Walks the memory cgroups from the victim's memcg up to the root memcg,
 /// recording each one's kernfs id, `memory.usage` and `memory.max` (pages) as
 /// they are at the kill: the limit that fired is the one at its max.
-/// Returns true when the walk reached the root.
+/// Returns true when the walk reached the root within [`CGROUP_LEVELS`]
+/// memcgs (the root included), the same depth as the path walk.
 #[inline(always)]
 pub fn walk_memcg_levels(rec: *mut KillRecord, mut css: *const u8) -> bool {
     use oomtrace_ebpf::kernel_field_type as ty;
@@ -258,6 +301,9 @@ pub fn walk_memcg_levels(rec: *mut KillRecord, mut css: *const u8) -> bool {
     ) else {
         return false;
     };
+    if css.is_null() {
+        return false;
+    }
     // Optional: when BTF lacks it the byte read is meaningless, and stays
     // unknown in the record. Read unconditionally to stay branch-free.
     let group_at = off!(memcg_oom_group);
@@ -266,15 +312,11 @@ pub fn walk_memcg_levels(rec: *mut KillRecord, mut css: *const u8) -> bool {
     let mut complete = false;
     // SAFETY: as in walk_cgroup_path.
     unsafe {
-        let groups = addr_of!((*rec).memcg_oom_group.value) as *mut u8;
-        let ids = addr_of!((*rec).memcg_ids) as *mut u64;
-        let usages = addr_of!((*rec).memcg_usage_pages) as *mut u64;
-        let maxes = addr_of!((*rec).memcg_max_pages) as *mut u64;
-        for level in 0..MAX_CGROUP_DEPTH {
-            if css.is_null() {
-                complete = depth > 0;
-                break;
-            }
+        let groups = addr_of_mut!((*rec).memcg_oom_group) as *mut u8;
+        let ids = addr_of_mut!((*rec).memcg_ids) as *mut u64;
+        let usages = addr_of_mut!((*rec).memcg_usage_pages) as *mut u64;
+        let maxes = addr_of_mut!((*rec).memcg_max_pages) as *mut u64;
+        for level in 0..CGROUP_LEVELS {
             let cgroup: ty::css_cgroup = read_or_zero(css, cgroup_at);
             let kn: ty::cgroup_kn = read_or_zero(cgroup, kn_at);
             ids.add(level).write(read_or_zero::<ty::kn_id>(kn, id_at));
@@ -288,11 +330,60 @@ pub fn walk_memcg_levels(rec: *mut KillRecord, mut css: *const u8) -> bool {
                 .write(read_or_zero::<ty::memcg_oom_group>(css, group_read_at));
             depth = level + 1;
             css = read_or_zero(css, parent_at);
+            if css.is_null() {
+                // That level was the root memcg, which has no parent.
+                complete = true;
+                break;
+            }
         }
         (*rec).memcg_depth = depth as u32;
         if complete && group_at.is_some() {
-            (*rec).memcg_oom_group.known = 1;
+            (*rec).memcg_oom_group_known = 1;
         }
     }
     complete
+}
+
+/// The trigger's side of the same ancestry: the kernfs ids of `current`'s
+/// memory cgroup (its css_set's memory css, on cgroup v1 and v2 alike) and
+/// of every ancestor up to the root memcg, leaf first, in
+/// `rec.trigger_memcg_ids`. With the victim's levels it tells which memcgs
+/// are ancestors of both: only those can be the one whose limit fired.
+#[inline(always)]
+pub fn walk_trigger_memcg(rec: *mut KillRecord) {
+    use oomtrace_ebpf::kernel_field_type as ty;
+    let (Some(parent_at), Some(cgroup_at), Some(kn_at), Some(id_at)) = (
+        off!(css_parent),
+        off!(css_cgroup),
+        off!(cgroup_kn),
+        off!(kn_id),
+    ) else {
+        return;
+    };
+    // SAFETY: a plain helper call.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let css_set = read_ptr_field!(task, task_cgroups);
+    let mut css = read_ptr_field!(css_set, css_set_memory_css);
+    if css.is_null() {
+        return;
+    }
+    let mut depth: usize = 0;
+    let mut complete = false;
+    // SAFETY: as in walk_cgroup_path.
+    unsafe {
+        let ids = addr_of_mut!((*rec).trigger_memcg_ids) as *mut u64;
+        for level in 0..CGROUP_LEVELS {
+            let cgroup: ty::css_cgroup = read_or_zero(css, cgroup_at);
+            let kn: ty::cgroup_kn = read_or_zero(cgroup, kn_at);
+            ids.add(level).write(read_or_zero::<ty::kn_id>(kn, id_at));
+            depth = level + 1;
+            css = read_or_zero(css, parent_at);
+            if css.is_null() {
+                complete = true;
+                break;
+            }
+        }
+        (*rec).trigger_memcg_depth = depth as u32;
+        (*rec).trigger_memcg_complete = complete as u32;
+    }
 }

@@ -18,17 +18,36 @@ pub use fields::{Anchor, FieldRule, KernelField, KernelOffsets, KernelPtr, kerne
 
 /// `TASK_COMM_LEN` in include/linux/sched.h.
 pub const COMM_LEN: usize = 16;
-/// How many cgroup levels (leaf first) the programs walk before giving up:
-/// a deeper path is not reported (null), never cut short. Kubernetes paths
-/// are 4–6 levels deep.
-pub const MAX_CGROUP_DEPTH: usize = 16;
+/// How many cgroup levels below the root the programs walk: a path of more
+/// components (a deeper cgroup) is not reported (null), never cut short.
+/// Both walks, the cgroup path and the memcg levels, stop at the same depth;
+/// each array holds this many levels plus the root's. Kubernetes paths are
+/// 4–6 levels deep; systemd nests slices a few levels more.
+pub const MAX_CGROUP_DEPTH: usize = 32;
+/// Slots of every per-level array: [`MAX_CGROUP_DEPTH`] levels and the root.
+pub const CGROUP_LEVELS: usize = MAX_CGROUP_DEPTH + 1;
 /// A kernfs name is at most `NAME_MAX` (255) bytes plus its NUL.
 pub const CGROUP_NAME_MAX: usize = 256;
-/// Bytes of cgroup names a record can carry (all levels, NUL-separated).
-pub const CGROUP_NAMES_LEN: usize = 1024;
-/// The names buffer has one name's worth of slack past `CGROUP_NAMES_LEN`, so
-/// that the verifier can prove every `bpf_probe_read_kernel_str` stays inside.
+/// The longest cgroup path a record carries: `PATH_MAX` (4,096) less its
+/// NUL, the longest path /proc/PID/cgroup shows whole (proc_cgroup_show()
+/// formats into PATH_MAX bytes: 6.x kernels cut a longer path there, older
+/// ones fail with ENAMETOOLONG). A longer path is null, never cut short.
+/// The names of a path take exactly its length: each level's name and a NUL
+/// (where the path has a `/` before it).
+pub const CGROUP_PATH_MAX: usize = 4095;
+/// The names area the walk writes into: one byte more than
+/// [`CGROUP_PATH_MAX`], a power of two, so that masking an offset with
+/// `CGROUP_NAMES_LEN - 1` proves to the verifier that it is in bounds.
+pub const CGROUP_NAMES_LEN: usize = CGROUP_PATH_MAX + 1;
+/// The programs' names buffer ([`KillScratch::names`]) has one name's worth
+/// of slack past `CGROUP_NAMES_LEN`, so that the verifier can prove every
+/// `bpf_probe_read_kernel_str` stays inside.
 pub const CGROUP_NAMES_SIZE: usize = CGROUP_NAMES_LEN + CGROUP_NAME_MAX;
+/// Bytes of a kill record in the ring buffer: the fixed [`KillRecord`] and
+/// then `cgroup_names_len` bytes of names. A record with no path is
+/// `KILL_RECORD_MIN` bytes, the largest is `KILL_RECORD_MAX`.
+pub const KILL_RECORD_MIN: usize = core::mem::size_of::<KillRecord>();
+pub const KILL_RECORD_MAX: usize = KILL_RECORD_MIN + CGROUP_PATH_MAX;
 
 /// Record kinds: the first `u32` of every ring-buffer record.
 pub const RECORD_KILL: u32 = 1;
@@ -40,7 +59,7 @@ pub const SOURCE_TRACEPOINT: u32 = 2;
 
 /// What [`KillRecord::cgroup_path_of`] says the `cgroup_*` walk holds.
 pub mod cgroup_path_of {
-    /// Nothing: the walk did not run or did not reach the root.
+    /// Nothing: the walk did not run.
     pub const NONE: u32 = 0;
     /// The victim's own cgroup, up to the root.
     pub const VICTIM: u32 = 1;
@@ -48,6 +67,19 @@ pub mod cgroup_path_of {
     /// the root: what the classic tracepoint, which does not know the
     /// victim's task, can still name.
     pub const OOM_MEMCG: u32 = 2;
+}
+
+/// How the cgroup path walk ended: [`KillRecord::cgroup_walk_end`]. Only
+/// [`cgroup_walk_end::ROOT`] gives a path.
+pub mod cgroup_walk_end {
+    /// Not walked, or a kernfs node could not be read.
+    pub const UNREAD: u32 = 0;
+    /// It reached the hierarchy's root: the path is complete.
+    pub const ROOT: u32 = 1;
+    /// More than `MAX_CGROUP_DEPTH` levels below the root.
+    pub const TOO_DEEP: u32 = 2;
+    /// Longer than `CGROUP_PATH_MAX` bytes.
+    pub const TOO_LONG: u32 = 3;
 }
 
 /// Indexes into the `COUNTERS` array map.
@@ -170,6 +202,31 @@ pub struct VictimEntry {
     /// (classic tracepoint mode): an exiting task with this key but another
     /// start time is a new process that reused the pid, not the victim.
     pub start_time: u64,
+    /// [`victim_state`] bits, set with atomic fetch-or: who has done what,
+    /// between the kill's program (which registers the victim before it
+    /// writes the record) and the victim's exit.
+    pub state: u64,
+    /// The victim's exit, left here by the exit hook when it came before the
+    /// kill record was written; the kill's program then writes it, after
+    /// the kill (`victim_state::EXITED`).
+    pub exit_boot_ns: u64,
+    pub exit_code: Known<i32>,
+    pub _pad: u32,
+}
+
+/// Bits of [`VictimEntry::state`]. A kill record is written with
+/// `bpf_ringbuf_output` after its victim is registered, so the victim can
+/// exit in between; its exit record must still follow the kill in the ring.
+/// Each side sets its bit and reads the other's in one atomic step, so
+/// exactly one of them sees both and finishes (removes the entry, and
+/// writes the exit when the kill was written).
+pub mod victim_state {
+    /// The kill record is in the ring buffer.
+    pub const WRITTEN: u64 = 1;
+    /// The kill record could not be written (ring buffer full).
+    pub const DROPPED: u64 = 2;
+    /// The victim has exited; the entry holds its exit.
+    pub const EXITED: u64 = 4;
 }
 
 /// Field offsets of the classic `oom:mark_victim` tracepoint record, read at
@@ -230,9 +287,11 @@ pub struct OomContext {
     pub memcg_kn: u64,
 }
 
-/// One OOM kill, as `mark_victim` saw it. Built in place in the ring buffer
-/// (it is far larger than the 512-byte eBPF stack), after the whole
-/// reservation has been zeroed.
+/// One OOM kill, as `mark_victim` saw it: the fixed part. In the ring
+/// buffer it is followed by `cgroup_names_len` bytes of cgroup names, so a
+/// record is as long as its path needs ([`KILL_RECORD_MIN`] to
+/// [`KILL_RECORD_MAX`] bytes). The programs build it in [`KillScratch`],
+/// zeroed first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct KillRecord {
@@ -269,12 +328,14 @@ pub struct KillRecord {
     pub trigger_tid: u32,
     pub trigger_tgid: u32,
 
-    /// What the cgroup walk below holds: a [`cgroup_path_of`] value. Leaf
-    /// first: `cgroup_depth` kernfs ids, and as many NUL-terminated names
-    /// packed into `cgroup_names` (`cgroup_names_len` bytes used). The root
-    /// cgroup has no name; when the walk reached it and `cgroup_depth <
-    /// MAX_CGROUP_DEPTH`, its id is `cgroup_ids[cgroup_depth]`.
+    /// Whose cgroup the walk below is of: a [`cgroup_path_of`] value.
     pub cgroup_path_of: u32,
+    /// How that walk ended: a [`cgroup_walk_end`] value; only `ROOT` gives a
+    /// path. Leaf first: `cgroup_ids` holds the kernfs id of each level it
+    /// read (the root's too when it got there, at `cgroup_ids[cgroup_depth]`),
+    /// and the names that follow the record hold `cgroup_depth`
+    /// NUL-terminated names (the root has none), `cgroup_names_len` bytes.
+    pub cgroup_walk_end: u32,
     pub cgroup_depth: u32,
     pub cgroup_names_len: u32,
     /// The memcg walk below reached the root memcg.
@@ -283,17 +344,33 @@ pub struct KillRecord {
     /// including the root memcg: kernfs id, `memory.usage` and `memory.max`
     /// (pages) of each, read at the moment of the kill.
     pub memcg_depth: u32,
+    /// The trigger's (`current`'s) memory cgroup and its ancestors, leaf
+    /// first, up to and including the root memcg: kernfs ids only.
+    pub trigger_memcg_complete: u32,
+    pub trigger_memcg_depth: u32,
+    pub cgroup_ids: [u64; CGROUP_LEVELS],
+    pub memcg_ids: [u64; CGROUP_LEVELS],
+    pub memcg_usage_pages: [u64; CGROUP_LEVELS],
+    pub memcg_max_pages: [u64; CGROUP_LEVELS],
+    pub trigger_memcg_ids: [u64; CGROUP_LEVELS],
+    /// `memory.oom.group` of each memcg level (1 = set): with it, the kernel
+    /// kills every task under the highest such memcg between the victim's
+    /// and the one whose limit fired (mem_cgroup_get_oom_group()). Unknown
+    /// (`memcg_oom_group_known` 0) where BTF lacks `mem_cgroup::oom_group`.
+    pub memcg_oom_group: [u8; CGROUP_LEVELS],
+    pub _pad_oom_group: [u8; 8 - CGROUP_LEVELS % 8],
+    pub memcg_oom_group_known: u32,
     pub _pad: u32,
-    pub cgroup_ids: [u64; MAX_CGROUP_DEPTH],
-    pub memcg_ids: [u64; MAX_CGROUP_DEPTH],
-    pub memcg_usage_pages: [u64; MAX_CGROUP_DEPTH],
-    pub memcg_max_pages: [u64; MAX_CGROUP_DEPTH],
-    /// `memory.oom.group` of each level (1 = set): with it, the kernel kills
-    /// every task under the highest such memcg between the victim's and the
-    /// one whose limit fired (mem_cgroup_get_oom_group()). Unknown where BTF
-    /// lacks `mem_cgroup::oom_group`.
-    pub memcg_oom_group: Known<[u8; MAX_CGROUP_DEPTH]>,
-    pub cgroup_names: [u8; CGROUP_NAMES_SIZE],
+}
+
+/// Where the programs build a kill record: the per-CPU scratch map's one
+/// value (a record is far larger than the 512-byte eBPF stack). The record
+/// and the names are adjacent, as they go into the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct KillScratch {
+    pub rec: KillRecord,
+    pub names: [u8; CGROUP_NAMES_SIZE],
 }
 
 /// A victim's exit, from `sched_process_exit`.
@@ -336,7 +413,7 @@ mod tests {
         assert_eq!(size_of::<KernelOffsets>(), KernelOffsets::FIELDS.len() * 8);
         assert_eq!(size_of::<MarkVictimLayout>(), 9 * 8);
         assert_eq!(size_of::<Config>(), 16);
-        assert_eq!(size_of::<VictimEntry>(), 16);
+        assert_eq!(size_of::<VictimEntry>(), 8 * 4 + 12 + 4);
         assert_eq!(size_of::<OomContext>(), 40);
         assert_eq!(size_of::<Known<u32>>(), 12);
         assert_eq!(size_of::<Known<u64>>(), 16);
@@ -346,9 +423,17 @@ mod tests {
         let kill_fixed = 4 + 4 + 8 + 8 // header
             + 6 * known(8) + known(40) // sizes, alias, oom context
             + 5 * known(4) + known(4) + 2 * known(COMM_LEN) + 2 * 4 // ids, names
-            + 6 * 4 // walk headers
-            + 4 * 8 * MAX_CGROUP_DEPTH + known(MAX_CGROUP_DEPTH) + CGROUP_NAMES_SIZE;
+            + 8 * 4 // walk headers
+            + 5 * 8 * CGROUP_LEVELS // per-level arrays
+            + CGROUP_LEVELS.next_multiple_of(8) + 8; // oom groups
         assert_eq!(size_of::<KillRecord>(), kill_fixed);
+        assert_eq!(KILL_RECORD_MIN, kill_fixed);
+        assert_eq!(
+            size_of::<KillScratch>(),
+            kill_fixed + CGROUP_NAMES_SIZE,
+            "the names follow the record directly, as in the ring buffer"
+        );
+        assert!(CGROUP_NAMES_LEN.is_power_of_two());
         assert!(align_of::<KillRecord>() <= 8, "ring buffer aligns to 8");
     }
 

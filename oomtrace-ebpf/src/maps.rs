@@ -2,15 +2,26 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use oomtrace_ebpf::{OomContext, counter};
+use oomtrace_ebpf::{KillScratch, OomContext, counter};
 
-/// The one ordered stream of records to the collector. 1 MiB holds about
-/// 490 kill records (2,120 bytes each, plus the ring's 8-byte header); the
-/// collector can resize it (`map_max_entries`).
+/// The one ordered stream of records to the collector. A kill record is
+/// `KILL_RECORD_MIN` (1,696) bytes plus its cgroup path's length, at most
+/// `KILL_RECORD_MAX` (5,791), and the ring adds an 8-byte header: 1 MiB
+/// holds about 590 kills with 60-byte paths, 540 with kubelet-length ones
+/// (250 bytes), 180 at the longest. The collector can resize it
+/// (`map_max_entries`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Where each CPU builds a kill record before it is copied into `EVENTS` at
+/// its used length (`bpf_ringbuf_output`): a reservation has a size fixed
+/// at load time, the longest record's, and a path's length is only known
+/// once walked. Programs of one kind do not nest on a CPU (a tracepoint
+/// program does not run inside another), so one value per CPU is enough.
+#[map]
+pub static KILL_SCRATCH: PerCpuArray<KillScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// `oom_kill_process` context, keyed by the killing thread's pid_tgid (see
 /// `OomContext`).

@@ -17,16 +17,17 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use oomtrace_ebpf::{
-    COMM_LEN, ExitRecord, KillRecord, Known, OomContext, RECORD_EXIT, RECORD_KILL,
-    SOURCE_RAW_TRACEPOINT, SOURCE_TRACEPOINT, cgroup_path_of, counter,
+    COMM_LEN, ExitRecord, KILL_RECORD_MIN, KillRecord, KillScratch, OomContext, RECORD_EXIT,
+    RECORD_KILL, SOURCE_RAW_TRACEPOINT, SOURCE_TRACEPOINT, cgroup_path_of, counter,
 };
 
 use crate::{
     kernel::{
-        MARK_VICTIM_LAYOUT, cgroup_kn, field, mm_counter_bytes, off, page_shift, read, read_field,
-        read_ptr_field, set, victim_cgroup, walk_cgroup_path, walk_memcg_levels, zero,
+        MARK_VICTIM_LAYOUT, cgroup_kn, field, mm_counter_bytes, names_offset, off, page_shift,
+        read, read_field, read_ptr_field, set, victim_cgroup, walk_cgroup_path, walk_memcg_levels,
+        walk_trigger_memcg, zero,
     },
-    maps::{EVENTS, OOM_CONTEXTS, bump},
+    maps::{EVENTS, KILL_SCRATCH, OOM_CONTEXTS, bump},
     registry,
 };
 
@@ -39,14 +40,14 @@ use crate::{
 #[raw_tracepoint(tracepoint = "mark_victim")]
 pub fn mark_victim_raw(ctx: RawTracePointContext) -> i32 {
     let task: *const u8 = ctx.arg(0);
-    let Some(mut entry) = EVENTS.reserve::<KillRecord>(0) else {
+    let Some(scratch) = KILL_SCRATCH.get_ptr_mut(0) else {
         bump(counter::LOST_KILLS);
-        debug!(&ctx, "mark_victim: ring buffer full, kill record lost");
         return 0;
     };
-    let rec = entry.as_mut_ptr();
+    // SAFETY: `scratch` is this CPU's scratch value.
+    let rec = unsafe { addr_of_mut!((*scratch).rec) };
     begin_kill_record(rec, SOURCE_RAW_TRACEPOINT);
-    // SAFETY: `rec` is a live reservation.
+    // SAFETY: as above.
     unsafe {
         set(
             addr_of_mut!((*rec).victim_tid),
@@ -61,11 +62,13 @@ pub fn mark_victim_raw(ctx: RawTracePointContext) -> i32 {
         }
     }
     // Registered before the slow part of the record, so that the victim's
-    // exit finds its entry even when one of its threads races to it.
+    // exit finds its entry even when one of its threads races to it (the
+    // registry then holds the exit until the kill is written).
     registry::register(rec, registry::process_start_time(task).unwrap_or(0));
-    fill_victim_from_task(rec, task);
+    fill_victim_from_task(scratch, task);
     attach_oom_context(rec);
-    entry.submit(0);
+    walk_trigger_memcg(rec);
+    send_kill(&ctx, scratch);
     0
 }
 
@@ -74,18 +77,19 @@ pub fn mark_victim_raw(ctx: RawTracePointContext) -> i32 {
 /// namespace stay unknown (null).
 #[tracepoint(category = "oom", name = "mark_victim")]
 pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
-    let Some(mut entry) = EVENTS.reserve::<KillRecord>(0) else {
+    let Some(scratch) = KILL_SCRATCH.get_ptr_mut(0) else {
         bump(counter::LOST_KILLS);
-        debug!(&ctx, "mark_victim: ring buffer full, kill record lost");
         return 0;
     };
-    let rec = entry.as_mut_ptr();
+    // SAFETY: `scratch` is this CPU's scratch value.
+    let rec = unsafe { addr_of_mut!((*scratch).rec) };
     begin_kill_record(rec, SOURCE_TRACEPOINT);
     fill_victim_from_tracepoint(&ctx, rec);
     registry::register(rec, 0);
     attach_oom_context(rec);
-    walk_oom_memcg_path(rec);
-    entry.submit(0);
+    walk_oom_memcg_path(scratch);
+    walk_trigger_memcg(rec);
+    send_kill(&ctx, scratch);
     0
 }
 
@@ -95,7 +99,7 @@ pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
 fn begin_kill_record(rec: *mut KillRecord, source: u32) {
     zero(rec);
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: `rec` is a live, zeroed reservation.
+    // SAFETY: `rec` is this CPU's zeroed scratch record.
     unsafe {
         (*rec).kind = RECORD_KILL;
         (*rec).source = source;
@@ -110,11 +114,38 @@ fn begin_kill_record(rec: *mut KillRecord, source: u32) {
     }
 }
 
+/// Copies the record and the names its walk used into the ring buffer (the
+/// fixed part and `cgroup_names_len` bytes: a short path makes a short
+/// record), then settles the victim's registration: a kill that did not fit
+/// is counted, and an exit that came while the record was being built is
+/// written now, after it.
 #[inline(always)]
-fn fill_victim_from_task(rec: *mut KillRecord, task: *const u8) {
-    // SAFETY: `rec` is a live reservation; `task` is only read through
-    // bpf_probe_read_kernel.
+fn send_kill<C: EbpfContext>(ctx: &C, scratch: *mut KillScratch) {
+    // SAFETY: `scratch` is this CPU's scratch value; the record and its
+    // names are adjacent in it (KillScratch is #[repr(C)]), and the mask
+    // keeps the length inside it (cgroup_names_len <= CGROUP_PATH_MAX <
+    // CGROUP_NAMES_LEN, a power of two), as the verifier must see.
+    let written = unsafe {
+        let names_len = names_offset((*scratch).rec.cgroup_names_len as usize);
+        let bytes = core::slice::from_raw_parts(scratch as *const u8, KILL_RECORD_MIN + names_len);
+        EVENTS.output::<[u8]>(bytes, 0).is_ok()
+    };
+    if !written {
+        bump(counter::LOST_KILLS);
+        debug!(ctx, "mark_victim: ring buffer full, kill record lost");
+    }
+    // SAFETY: as above.
+    if let Some(exit) = registry::settle(unsafe { addr_of!((*scratch).rec) }, written) {
+        write_exit(ctx, &exit);
+    }
+}
+
+#[inline(always)]
+fn fill_victim_from_task(scratch: *mut KillScratch, task: *const u8) {
+    // SAFETY: `scratch` is this CPU's scratch value; `task` is only read
+    // through bpf_probe_read_kernel.
     unsafe {
+        let rec = addr_of_mut!((*scratch).rec);
         set(
             addr_of_mut!((*rec).victim_comm),
             read_field!(task, task_comm),
@@ -156,9 +187,8 @@ fn fill_victim_from_task(rec: *mut KillRecord, task: *const u8) {
         let css_set = read_ptr_field!(task, task_cgroups);
         let memory_css = read_ptr_field!(css_set, css_set_memory_css);
         let cgroup = victim_cgroup(css_set, memory_css);
-        if walk_cgroup_path(rec, cgroup_kn(cgroup)) {
-            (*rec).cgroup_path_of = cgroup_path_of::VICTIM;
-        }
+        (*rec).cgroup_path_of = cgroup_path_of::VICTIM;
+        walk_cgroup_path(scratch, cgroup_kn(cgroup));
         if walk_memcg_levels(rec, memory_css) {
             (*rec).memcg_complete = 1;
         }
@@ -189,7 +219,7 @@ fn fill_pid_namespace(rec: *mut KillRecord, task: *const u8) {
         pid,
         Some(numbers + level as usize * upid_size + nr),
     );
-    // SAFETY: `rec` is a live reservation.
+    // SAFETY: `rec` is this CPU's scratch record.
     unsafe { set(addr_of_mut!((*rec).victim_ns_pid), ns_pid.map(|p| p as u32)) };
 }
 
@@ -197,7 +227,7 @@ fn fill_pid_namespace(rec: *mut KillRecord, task: *const u8) {
 fn fill_victim_from_tracepoint(ctx: &TracePointContext, rec: *mut KillRecord) {
     let layout = addr_of!(MARK_VICTIM_LAYOUT);
     let base = ctx.as_ptr() as *const u8;
-    // SAFETY: `rec` is a live reservation; `base` is the tracepoint record,
+    // SAFETY: `rec` is this CPU's scratch record; `base` is the tracepoint record,
     // read only through bpf_probe_read_kernel at tracefs-given offsets.
     unsafe {
         set(
@@ -251,22 +281,24 @@ fn attach_oom_context(rec: *mut KillRecord) {
     let Some(context) = OOM_CONTEXTS.get_ptr(bpf_get_current_pid_tgid()) else {
         return;
     };
-    // SAFETY: `rec` is a live reservation; `context` a map value pointer.
+    // SAFETY: `rec` is this CPU's scratch record; `context` a map value pointer.
     unsafe { set(addr_of_mut!((*rec).oom), Some(*context)) };
 }
 
 /// The classic tracepoint gives no task, so the victim's cgroup is unknown;
 /// the memcg whose limit fired still is, when `oom_kill_process` left its
-/// kernfs node. Its path goes into the (otherwise unused) `cgroup_*` buffer.
-/// Not done in the raw tracepoint program, which fills that buffer with the
+/// kernfs node. Its path goes into the (otherwise unused) `cgroup_*` walk.
+/// Not done in the raw tracepoint program, which fills that walk with the
 /// victim's own path (and finds the fired memcg among its ancestors).
 #[inline(always)]
-fn walk_oom_memcg_path(rec: *mut KillRecord) {
-    // SAFETY: `rec` is a live reservation.
-    let kn = unsafe { (*rec).oom.value.memcg_kn } as *const u8;
-    if !kn.is_null() && walk_cgroup_path(rec, kn) {
-        // SAFETY: as above.
-        unsafe { (*rec).cgroup_path_of = cgroup_path_of::OOM_MEMCG };
+fn walk_oom_memcg_path(scratch: *mut KillScratch) {
+    // SAFETY: `scratch` is this CPU's scratch value.
+    unsafe {
+        let kn = (*scratch).rec.oom.value.memcg_kn as *const u8;
+        if !kn.is_null() {
+            (*scratch).rec.cgroup_path_of = cgroup_path_of::OOM_MEMCG;
+            walk_cgroup_path(scratch, kn);
+        }
     }
 }
 
@@ -360,26 +392,25 @@ pub fn sched_process_exit_tp(ctx: TracePointContext) -> u32 {
 /// gets past the registry's lookup.
 #[inline(always)]
 fn on_exit<C: EbpfContext>(ctx: &C) {
-    let Some(entry) = registry::take_exiting() else {
-        return;
-    };
+    if let Some(exit) = registry::take_exiting() {
+        write_exit(ctx, &exit);
+    }
+}
+
+/// Writes the exit record that closes kill `exit.kill_seq`.
+#[inline(always)]
+fn write_exit<C: EbpfContext>(ctx: &C, exit: &registry::Exit) {
     let Some(mut slot) = EVENTS.reserve::<ExitRecord>(0) else {
         bump(counter::LOST_EXITS);
-        debug!(
-            ctx,
-            "sched_process_exit: ring buffer full, exit record lost"
-        );
+        debug!(ctx, "exit record lost: ring buffer full");
         return;
     };
-    // SAFETY: a plain helper call.
-    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
     slot.write(ExitRecord {
         kind: RECORD_EXIT,
         _pad: 0,
-        // SAFETY: a plain helper call.
-        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        kill_seq: entry.kill_seq,
-        exit_code: Known::from_option(read_field!(task, task_exit_code)),
+        boot_ns: exit.boot_ns,
+        kill_seq: exit.kill_seq,
+        exit_code: exit.exit_code,
         _pad2: 0,
     });
     slot.submit(0);

@@ -2,19 +2,29 @@
 //! that applies its key rule (`oomtrace_ebpf::VictimKey`), both when a
 //! victim is registered at `mark_victim` and when a task exits.
 //!
-//! Ordering: a victim is registered after its kill record is reserved in
-//! the ring buffer, and an exit record is reserved only after the exiting
-//! task found its entry. The ring buffer hands records to the collector in
-//! reservation order, so a kill record always comes before the exit that
-//! closes it.
+//! Ordering: the ring buffer hands records to the collector in the order
+//! they are written, and a kill record must come before the exit that
+//! closes it (pipeline/join.rs drops an exit whose kill it has not seen).
+//! A kill record is written (`bpf_ringbuf_output`, at its full length) only
+//! after its victim is registered, and the victim, already sent SIGKILL by
+//! __oom_kill_process(), may exit in between. So the entry says, in its
+//! `state` ([`oomtrace_ebpf::victim_state`]), how far each side is: the
+//! kill's program sets WRITTEN (or DROPPED when the ring buffer was full)
+//! after its attempt, and the exit hook leaves the exit in the entry and
+//! sets EXITED. Each sets its bit and reads the other's in one atomic
+//! fetch-or, so exactly one of them sees both bits and finishes: it removes
+//! the entry and, if the kill was written, writes the exit, after the kill.
+//! Neither ever removes an entry the other may still be using.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, generated::bpf_ktime_get_boot_ns},
     macros::map,
     maps::HashMap,
 };
-use oomtrace_ebpf::{KillRecord, VICTIMS_CAPACITY, VictimEntry, VictimKey, counter};
+use oomtrace_ebpf::{
+    KillRecord, Known, VICTIMS_CAPACITY, VictimEntry, VictimKey, counter, victim_state,
+};
 
 use crate::{
     kernel::{off, read_field, read_ptr_field, set, victim_key_rule},
@@ -38,6 +48,31 @@ static VICTIMS: HashMap<u32, VictimEntry> = HashMap::with_max_entries(VICTIMS_CA
 /// `-EEXIST`, as map updates return it.
 const EEXIST: i32 = -17;
 
+/// An exit to write: the kill it closes, when, and the wait status.
+pub struct Exit {
+    pub kill_seq: u64,
+    pub boot_ns: u64,
+    pub exit_code: Known<i32>,
+}
+
+/// Sets `bits` in the u64 at `word` and returns its previous value, in one
+/// instruction atomic across CPUs: BPF_ATOMIC BPF_OR|BPF_FETCH (Linux
+/// 5.12+; core's AtomicU64 is not available on the bpf target). Fully
+/// ordered, so what was stored before it is seen by whoever reads the bit.
+#[inline(always)]
+fn fetch_or(word: *mut u64, bits: u64) -> u64 {
+    let mut value = bits;
+    // SAFETY: `word` is an 8-byte aligned u64 in a map value.
+    unsafe {
+        core::arch::asm!(
+            "{v} = atomic_fetch_or((u64 *)({p} + 0), {v})",
+            p = in(reg) word,
+            v = inout(reg) value,
+        );
+    }
+    value
+}
+
 /// The `start_time` of a task's thread-group leader: with the pid, it tells
 /// one process from a later one given the same pid.
 #[inline(always)]
@@ -50,7 +85,7 @@ pub fn process_start_time(task: *const u8) -> Option<u64> {
 /// `start_time` is the victim's [`process_start_time`], or 0 when unknown.
 #[inline(always)]
 pub fn register(rec: *mut KillRecord, start_time: u64) {
-    // SAFETY: `rec` is a live reservation.
+    // SAFETY: `rec` is this CPU's scratch record.
     let (key, seq) = unsafe {
         let key = match victim_key_rule() {
             VictimKey::Tgid => (*rec).victim_tgid,
@@ -64,6 +99,7 @@ pub fn register(rec: *mut KillRecord, start_time: u64) {
     let entry = VictimEntry {
         kill_seq: seq,
         start_time,
+        ..VictimEntry::default()
     };
     let registered = match VICTIMS.insert(key, entry, u64::from(BPF_NOEXIST)) {
         Ok(()) => true,
@@ -75,7 +111,7 @@ pub fn register(rec: *mut KillRecord, start_time: u64) {
                     || start_time == 0
                     || existing.start_time == start_time;
                 if same_process {
-                    // SAFETY: `rec` is a live reservation.
+                    // SAFETY: `rec` is this CPU's scratch record.
                     set(
                         unsafe { core::ptr::addr_of_mut!((*rec).same_victim_as) },
                         Some(existing.kill_seq),
@@ -92,7 +128,7 @@ pub fn register(rec: *mut KillRecord, start_time: u64) {
         Err(_) => false,
     };
     if registered {
-        // SAFETY: `rec` is a live reservation.
+        // SAFETY: `rec` is this CPU's scratch record.
         set(
             unsafe { core::ptr::addr_of_mut!((*rec).victim_key) },
             Some(key),
@@ -102,15 +138,52 @@ pub fn register(rec: *mut KillRecord, start_time: u64) {
     }
 }
 
-/// At `sched_process_exit`: the entry of the exiting task's process, if it
-/// is a registered victim and this is the exit that ends it (its last thread
-/// by tgid, the marked thread by tid). The entry is removed; when several
-/// threads get here at once, only the one that removes it gets it.
+/// After the kill's program tried to write its record (`written`): sets
+/// WRITTEN or DROPPED on the entry this kill registered. If the victim
+/// exited meanwhile (EXITED was set first), the exit hook left the entry to
+/// this side: it is removed here, and, when the kill was written, its exit
+/// is returned, to be written now, after the kill.
+#[inline(always)]
+pub fn settle(rec: *const KillRecord, written: bool) -> Option<Exit> {
+    // SAFETY: `rec` is this CPU's scratch record.
+    let (key, seq) = unsafe { ((*rec).victim_key.get()?, (*rec).seq) };
+    let entry = VICTIMS.get_ptr_mut(key)?;
+    // SAFETY: a map value pointer from a successful lookup; the entry is not
+    // removed by the exit hook before this side sets its bit.
+    unsafe {
+        if (*entry).kill_seq != seq {
+            return None;
+        }
+        let bit = if written {
+            victim_state::WRITTEN
+        } else {
+            victim_state::DROPPED
+        };
+        let before = fetch_or(core::ptr::addr_of_mut!((*entry).state), bit);
+        if before & victim_state::EXITED == 0 {
+            return None; // the exit hook finishes, when the victim exits
+        }
+        let exit = Exit {
+            kill_seq: seq,
+            boot_ns: (*entry).exit_boot_ns,
+            exit_code: (*entry).exit_code,
+        };
+        VICTIMS.remove(key).ok()?;
+        written.then_some(exit)
+    }
+}
+
+/// At `sched_process_exit`: the exit to write now, if the exiting task's
+/// process is a registered victim, this is the exit that ends it (its last
+/// thread by tgid, the marked thread by tid), and its kill record is
+/// written. When the kill record is not written yet, the exit is left in
+/// the entry for the kill's program to write (see the module docs); when it
+/// was lost, the entry is only removed.
 ///
 /// Runs on every exit on the node, so the common case is one hash lookup
 /// that misses.
 #[inline(always)]
-pub fn take_exiting() -> Option<VictimEntry> {
+pub fn take_exiting() -> Option<Exit> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let by_tgid = victim_key_rule() == VictimKey::Tgid;
     let key = if by_tgid {
@@ -118,8 +191,9 @@ pub fn take_exiting() -> Option<VictimEntry> {
     } else {
         pid_tgid as u32
     };
+    let entry = VICTIMS.get_ptr_mut(key)?;
     // SAFETY: a map value pointer from a successful lookup.
-    let entry = unsafe { *VICTIMS.get_ptr(key)? };
+    let (kill_seq, start_time) = unsafe { ((*entry).kill_seq, (*entry).start_time) };
     // current is the exiting task. do_exit() has already decremented
     // signal->live, so the last thread of the group reads 0.
     // SAFETY: a plain helper call.
@@ -130,11 +204,30 @@ pub fn take_exiting() -> Option<VictimEntry> {
             return None; // not the last thread; the process is not gone yet
         }
     }
-    if entry.start_time != 0
-        && process_start_time(task).is_some_and(|started| started != entry.start_time)
-    {
+    if start_time != 0 && process_start_time(task).is_some_and(|started| started != start_time) {
         return None; // a later process reusing the victim's pid
     }
+    let exit = Exit {
+        kill_seq,
+        // SAFETY: a plain helper call.
+        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        exit_code: Known::from_option(read_field!(task, task_exit_code)),
+    };
+    // SAFETY: as above; the kill's side does not remove the entry before
+    // this side sets EXITED, and then only if it saw EXITED.
+    let before = unsafe {
+        (*entry).exit_boot_ns = exit.boot_ns;
+        (*entry).exit_code = exit.exit_code;
+        fetch_or(
+            core::ptr::addr_of_mut!((*entry).state),
+            victim_state::EXITED,
+        )
+    };
+    if before & (victim_state::WRITTEN | victim_state::DROPPED) == 0 {
+        return None; // the kill's program writes this exit, after the kill
+    }
+    // When several threads get here at once, only the one that removes the
+    // entry writes the exit.
     VICTIMS.remove(key).ok()?;
-    Some(entry)
+    (before & victim_state::WRITTEN != 0).then_some(exit)
 }

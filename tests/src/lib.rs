@@ -11,6 +11,7 @@ pub mod fired_limit;
 pub mod kmsg;
 pub mod matrix;
 pub mod operations;
+pub mod paths;
 pub mod scenarios;
 pub mod storm;
 

@@ -10,7 +10,7 @@ use std::{panic::AssertUnwindSafe, process::Command, time::Instant};
 
 use serde_json::Value;
 
-use crate::{Env, attribution, cgroup, operations, scenarios};
+use crate::{Env, attribution, cgroup, operations, paths, scenarios};
 
 type Scenario = (&'static str, fn(&Env));
 
@@ -55,8 +55,44 @@ const EXIT_PATHS: &[Scenario] = &[
     ),
 ];
 
+/// Cgroup paths at the limits of the kernel's walks (see `paths.rs`). The
+/// walks are the same in every raw mode; `oom.memcg_path` is not (the
+/// hook's `oc->memcg`, or derived from the levels), so they run with
+/// `oom_kill_process` hooked and without.
+const PATHS: &[Scenario] = &[
+    (
+        "cgroup_depth_at_the_limit",
+        paths::cgroup_depth_at_the_limit,
+    ),
+    (
+        "cgroup_depth_past_the_limit",
+        paths::cgroup_depth_past_the_limit,
+    ),
+    (
+        "cgroup_depth_fifteen_and_sixteen",
+        paths::cgroup_depth_fifteen_and_sixteen,
+    ),
+    (
+        "cgroup_names_of_255_bytes",
+        paths::cgroup_names_of_255_bytes,
+    ),
+    ("cgroup_path_at_path_max", paths::cgroup_path_at_path_max),
+    (
+        "cgroup_path_past_path_max",
+        paths::cgroup_path_past_path_max,
+    ),
+    ("cgroup_name_not_utf8", paths::cgroup_name_not_utf8),
+    (
+        "cgroup_past_the_limit_below_its_memcg",
+        paths::cgroup_past_the_limit_below_its_memcg,
+    ),
+];
+
 /// Scenarios that need cgroup v2 (n/a on a v1 host).
-const V2_ONLY: &[&str] = &["oom_group_takes_the_container"];
+const V2_ONLY: &[&str] = &[
+    "oom_group_takes_the_container",
+    "cgroup_past_the_limit_below_its_memcg",
+];
 
 pub struct Mode {
     pub name: &'static str,
@@ -76,7 +112,7 @@ pub const MODES: &[Mode] = &[
             ("mark_victim", "raw_tracepoint"),
             ("oom_kill_process", "fentry"),
         ],
-        scenarios: &[KILLS],
+        scenarios: &[KILLS, PATHS],
     },
     Mode {
         name: "raw+kprobe",
@@ -91,7 +127,7 @@ pub const MODES: &[Mode] = &[
         name: "raw+off",
         flags: &["--victim-probe", "raw", "--oom-kill-probe", "off"],
         requires: &[("mark_victim", "raw_tracepoint")],
-        scenarios: &[KILLS, EXIT_PATHS],
+        scenarios: &[KILLS, EXIT_PATHS, PATHS],
     },
     Mode {
         // The scenario itself runs `--victim-probe tracepoint` (with

@@ -1,7 +1,7 @@
 //! The end-to-end scenarios as cargo tests. Run them with `cargo xtask test`
 //! (root; one at a time: `--test-threads=1`).
 
-use oomtrace_tests::{Env, attribution, faults, fired_limit, operations, scenarios};
+use oomtrace_tests::{Env, attribution, faults, fired_limit, operations, paths, scenarios};
 
 fn env() -> Env {
     Env::from_cargo(env!("CARGO_BIN_EXE_oomtrace-workload"))
@@ -29,6 +29,13 @@ scenario! {
     fired_limit::sibling_at_its_own_limit_is_not_blamed,
     scenarios::leader_exits_before_victim_thread,
     scenarios::exec_from_non_leader_thread,
+    paths::cgroup_depth_at_the_limit,
+    paths::cgroup_depth_past_the_limit,
+    paths::cgroup_depth_fifteen_and_sixteen,
+    paths::cgroup_names_of_255_bytes,
+    paths::cgroup_path_at_path_max,
+    paths::cgroup_path_past_path_max,
+    paths::cgroup_name_not_utf8,
     attribution::container_init_killed,
     attribution::container_child_killed_container_survives,
     attribution::host_pid_container_main_killed,

@@ -29,7 +29,8 @@ pub struct OomKill {
     pub trigger: Trigger,
     pub oom: Oom,
     /// The victim's memory cgroup at the kill. Null in classic tracepoint
-    /// mode, where the victim's task is out of reach.
+    /// mode, where the victim's task is out of reach, and when the victim's
+    /// memcg is more than 32 levels below the root memcg.
     pub memcg: Option<Memcg>,
     pub exit: Exit,
     /// The container the victim ran in, from its cgroup path. Null outside
@@ -129,11 +130,21 @@ pub struct Rss {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 pub struct CgroupRef {
     /// The cgroup's kernfs id (the inode number of its directory). Null in
-    /// classic tracepoint mode, and for a path deeper than 16 levels.
+    /// classic tracepoint mode, and when the kernel's walk up from it could
+    /// not be read. Known for a path too deep or too long to carry.
     pub id: Option<u64>,
     /// Its path inside the hierarchy with the memory controller, as
-    /// /proc/PID/cgroup shows it. Null when `id` is.
+    /// /proc/PID/cgroup shows it. Bytes that are not UTF-8 are replaced by
+    /// U+FFFD and `path_hex` then has the exact bytes. Null when `id` is, and
+    /// for a path the kernel's walk cannot carry whole: more than 32 levels
+    /// below the root, or longer than 4,095 bytes (PATH_MAX less its NUL;
+    /// /proc/PID/cgroup cannot show a longer one whole either). Never cut
+    /// short.
     pub path: Option<String>,
+    /// The exact `path` bytes, `/` separators included, as lowercase hex,
+    /// only when they are not valid UTF-8; otherwise null.
+    #[serde(default)]
+    pub path_hex: Option<String>,
 }
 
 /// The task whose allocation ran out of memory (`current` at the kill).
@@ -168,8 +179,11 @@ pub struct Oom {
     /// allocation failed: the kernel charges the allocating task's memcg and
     /// its ancestors, so the limit that fired is one of theirs. Null for a
     /// global OOM, and when no evidence settles it (`memcg_unknown` says
-    /// why).
+    /// why). Not UTF-8: as `victim.cgroup.path`.
     pub memcg_path: Option<String>,
+    /// As `victim.cgroup.path_hex`, for `memcg_path`.
+    #[serde(default)]
+    pub memcg_path_hex: Option<String>,
     /// The chosen process's badness (`oom_badness()`: pages of RSS, swap and
     /// page tables, plus oom_score_adj × totalpages / 1000).
     pub points: Option<i64>,
@@ -243,6 +257,10 @@ pub enum MemcgUnknown {
     /// The allocating task's memcg ancestry is unknown, so no level can be
     /// shown to hold both it and the victim.
     TriggerUnknown,
+    /// The memcg that fired is known, but its path is not carried whole
+    /// (deeper than 32 levels or longer than 4,095 bytes; see
+    /// `victim.cgroup.path`).
+    PathNotCarried,
     /// No memcg holding both the victim and the allocating task was at its
     /// limit when read: e.g. a v1 `memsw` limit fired, memory was freed
     /// before mark_victim, or the charge was made on another memcg's behalf.
@@ -313,8 +331,13 @@ pub enum LimitScope {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Memcg {
     /// Its path (the victim's cgroup on cgroup v1; on v2 the nearest cgroup
-    /// with the memory controller enabled).
+    /// with the memory controller enabled). Taken from the victim's cgroup
+    /// path, so null when `victim.cgroup.path` is; not UTF-8: as
+    /// `victim.cgroup.path`.
     pub path: Option<String>,
+    /// As `victim.cgroup.path_hex`, for `path`.
+    #[serde(default)]
+    pub path_hex: Option<String>,
     /// `memory.usage_in_bytes` (v1) / `memory.current` (v2) at the kill.
     pub usage_bytes: u64,
     /// Null when the cgroup has no limit.
@@ -326,8 +349,12 @@ pub struct Memcg {
 /// One memory cgroup on the way from the victim's up to the root.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 pub struct MemcgLevel {
-    /// Its path; `/` for the root.
+    /// Its path; `/` for the root. As `memcg.path`, null when
+    /// `victim.cgroup.path` is.
     pub path: Option<String>,
+    /// As `victim.cgroup.path_hex`, for `path`.
+    #[serde(default)]
+    pub path_hex: Option<String>,
     /// Its usage at the kill.
     pub usage_bytes: u64,
     /// Null when this level has no limit.
@@ -449,7 +476,13 @@ pub enum Qos {
 /// `comm` as the record carries it: the name, and its exact bytes in hex
 /// when they are not UTF-8. `raw` is the kernel's NUL-padded array.
 pub fn comm_fields(raw: &[u8]) -> (String, Option<String>) {
-    let bytes = raw.split(|b| *b == 0).next().unwrap_or_default();
+    text_fields(raw.split(|b| *b == 0).next().unwrap_or_default())
+}
+
+/// A kernel string as the record carries it (`comm`, a cgroup path): the
+/// text, each byte that is not UTF-8 replaced by U+FFFD, and, only then,
+/// the exact bytes as lowercase hex (the `*_hex` field).
+pub fn text_fields(bytes: &[u8]) -> (String, Option<String>) {
     match std::str::from_utf8(bytes) {
         Ok(s) => (s.to_string(), None),
         Err(_) => (
@@ -480,6 +513,20 @@ mod tests {
             .collect();
         assert_eq!(bytes, b"a\"b\\c\nd\xffe");
         assert_eq!(comm_fields(b"stress\0\0"), ("stress".into(), None));
+    }
+
+    #[test]
+    fn paths_keep_their_separators_in_hex() {
+        let (path, hex) = text_fields(b"/a/bad\xff\xfe");
+        assert_eq!(path, "/a/bad\u{fffd}\u{fffd}");
+        assert_eq!(hex.as_deref(), Some("2f612f626164fffe"));
+        assert_eq!(
+            text_fields(b"/kubepods/pod1"),
+            ("/kubepods/pod1".into(), None)
+        );
+        // An added field: records written before it still read.
+        let old: CgroupRef = serde_json::from_str(r#"{"id": 7, "path": "/a"}"#).expect("read");
+        assert_eq!((old.id, old.path_hex), (Some(7), None));
     }
 
     #[test]

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use kill::{
     CgroupRef, Constraint, Container, Exit, K8s, KernelLog, KillSource, LateExit, LimitScope,
     Memcg, MemcgLevel, MemcgSource, MemcgUnknown, Oom, OomKill, Qos, Rss, Runtime, Trigger, Victim,
-    comm_fields,
+    comm_fields, text_fields,
 };
 pub use schema::{field_tables, fill_field_tables, json_schema};
 pub use session::{

@@ -49,8 +49,7 @@ fn mount_shows_root(mountinfo: &str, mount: &str) -> bool {
     mountinfo
         .lines()
         .map(|line| line.split(' ').collect::<Vec<_>>())
-        .filter(|fields| fields.len() > 4 && fields[4] == mount)
-        .last()
+        .rfind(|fields| fields.len() > 4 && fields[4] == mount)
         .is_some_and(|fields| fields[3] == "/")
 }
 

@@ -2,18 +2,24 @@
 //! the cgroup paths rebuilt from the names the kernel walked, the exit
 //! status as a shell reports it, and the records around the kills.
 
+mod chain;
+#[cfg(test)]
+mod path_tests;
+
 use oomtrace_ebpf::{
-    CGROUP_NAMES_SIZE, ExitRecord, KillRecord, MAX_CGROUP_DEPTH, SOURCE_RAW_TRACEPOINT,
-    SOURCE_TRACEPOINT, cgroup_path_of,
+    CGROUP_LEVELS, CGROUP_PATH_MAX, ExitRecord, KillRecord, MAX_CGROUP_DEPTH,
+    SOURCE_RAW_TRACEPOINT, SOURCE_TRACEPOINT, cgroup_path_of, cgroup_walk_end,
 };
 use oomtrace_record::{
     CgroupRef, CollectorStatus, Constraint, Counters, Exit, HostFacts, KillSource, Lost, Memcg,
     MemcgLevel, Oom, OomKill, Origin, ProbeStatus, Rss, SCHEMA_VERSION, Start, Stop, StopReason,
-    Trigger, Victim, comm_fields,
+    Trigger, Victim, comm_fields, text_fields,
 };
 
+pub use chain::CgroupChain;
+
 use super::join::Tracking;
-use crate::kernel::{clock, maps::KernelLoss};
+use crate::kernel::{clock, maps::KernelLoss, ring::KillEvent};
 
 /// `PAGE_COUNTER_MAX` (LONG_MAX / PAGE_SIZE): a page_counter at or above
 /// this has no limit.
@@ -21,53 +27,40 @@ fn page_counter_max(page_size: u64) -> u64 {
     (i64::MAX as u64) / page_size
 }
 
-/// The hierarchy the kernel walked, as (kernfs id, path) pairs, leaf first,
-/// root last.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct CgroupChain {
-    pub levels: Vec<(u64, String)>,
+/// A path and its `*_hex` sibling, from raw bytes that may be unknown.
+fn path_fields(raw: Option<&[u8]>) -> (Option<String>, Option<String>) {
+    match raw {
+        Some(raw) => {
+            let (path, hex) = text_fields(raw);
+            (Some(path), hex)
+        }
+        None => (None, None),
+    }
 }
 
-impl CgroupChain {
-    /// Rebuilds the chain from `cgroup_names`/`cgroup_ids`. None unless the
-    /// walk reached the root: a partial path is never passed off as a path.
-    pub fn from_record(rec: &KillRecord) -> Option<Self> {
-        if rec.cgroup_path_of == cgroup_path_of::NONE {
-            return None;
-        }
-        let depth = (rec.cgroup_depth as usize).min(MAX_CGROUP_DEPTH - 1);
-        let used = (rec.cgroup_names_len as usize).min(CGROUP_NAMES_SIZE);
-        let names: Vec<&[u8]> = rec.cgroup_names[..used]
-            .split(|b| *b == 0)
-            .take(depth)
-            .collect();
-        if names.len() != depth {
-            return None;
-        }
-        // names[0] is the leaf; the path of level i is the reversed names[i..].
-        let mut levels = Vec::with_capacity(depth + 1);
-        for i in 0..depth {
-            let mut path = String::new();
-            for name in names[i..].iter().rev() {
-                path.push('/');
-                path.push_str(&String::from_utf8_lossy(name));
-            }
-            levels.push((rec.cgroup_ids[i], path));
-        }
-        levels.push((rec.cgroup_ids[depth], "/".to_string()));
-        Some(Self { levels })
-    }
-
-    pub fn leaf(&self) -> Option<&(u64, String)> {
-        self.levels.first()
-    }
-
-    pub fn path_of(&self, id: u64) -> Option<&str> {
-        self.levels
-            .iter()
-            .find(|(i, _)| *i == id)
-            .map(|(_, p)| p.as_str())
-    }
+/// How many of the victim's memcg levels, counted from the root memcg
+/// down, are ancestors of the trigger's memcg (or the trigger's memcg
+/// itself): the memcgs whose limit an allocation by the trigger could have
+/// hit, since the memcg whose limit fires is an ancestor-or-self of both
+/// the trigger's memcg and the victim's. At least 1 (the root memcg) when
+/// both are in one hierarchy. None when either walk did not reach the root
+/// (classic tracepoint mode, a memcg more than `MAX_CGROUP_DEPTH` levels
+/// deep, a kernel without the fields).
+pub fn shared_memcg_levels(rec: &KillRecord) -> Option<usize> {
+    let walked = |complete: u32, depth: u32| {
+        let depth = depth as usize;
+        (complete != 0 && (1..=CGROUP_LEVELS).contains(&depth)).then_some(depth)
+    };
+    let victim = walked(rec.memcg_complete, rec.memcg_depth)?;
+    let trigger = walked(rec.trigger_memcg_complete, rec.trigger_memcg_depth)?;
+    // Both lists are leaf first: compare them from their roots down.
+    let shared = rec.memcg_ids[..victim]
+        .iter()
+        .rev()
+        .zip(rec.trigger_memcg_ids[..trigger].iter().rev())
+        .take_while(|(v, t)| v == t && **v != 0)
+        .count();
+    Some(shared)
 }
 
 /// `comm` and `comm_hex`, from a kernel comm that may be unknown.
@@ -83,14 +76,20 @@ fn comm(raw: Option<[u8; oomtrace_ebpf::COMM_LEN]>) -> (Option<String>, Option<S
 
 /// The `oom_kill` record for a kill whose exit is not known yet, and how
 /// the kernel tracks its victim.
-pub fn kill(rec: &KillRecord, origin: &Origin, page_size: u64) -> (OomKill, Tracking) {
-    let chain = CgroupChain::from_record(rec);
+pub fn kill(kill: &KillEvent, origin: &Origin, page_size: u64) -> (OomKill, Tracking) {
+    let rec = &kill.rec;
+    let chain = CgroupChain::from_record(kill);
+    let of_victim = rec.cgroup_path_of == cgroup_path_of::VICTIM;
     // The victim's own cgroup, as opposed to the fired memcg's ancestry.
-    let victim_chain = chain
-        .as_ref()
-        .filter(|_| rec.cgroup_path_of == cgroup_path_of::VICTIM);
+    let victim_chain = chain.as_ref().filter(|_| of_victim);
+    log_uncarried_path(rec);
     let (victim_comm, victim_comm_hex) = comm(rec.victim_comm.get());
     let (trigger_comm, trigger_comm_hex) = comm(rec.trigger_comm.get());
+    let (cgroup_path, cgroup_path_hex) = path_fields(
+        victim_chain
+            .and_then(|c| c.leaf())
+            .map(|(_, p)| p.as_slice()),
+    );
     let ns_pid = rec.victim_ns_pid.get();
     let victim = Victim {
         pid: rec.victim_tgid.get(),
@@ -112,8 +111,13 @@ pub fn kill(rec: &KillRecord, origin: &Origin, page_size: u64) -> (OomKill, Trac
             shmem_bytes: rec.rss_shmem_bytes.get(),
         },
         cgroup: CgroupRef {
-            id: victim_chain.and_then(|c| c.leaf()).map(|(id, _)| *id),
-            path: victim_chain.and_then(|c| c.leaf()).map(|(_, p)| p.clone()),
+            id: if of_victim {
+                chain::leaf_id(kill)
+            } else {
+                None
+            },
+            path: cgroup_path,
+            path_hex: cgroup_path_hex,
         },
     };
     let trigger = Trigger {
@@ -123,21 +127,21 @@ pub fn kill(rec: &KillRecord, origin: &Origin, page_size: u64) -> (OomKill, Trac
         comm_hex: trigger_comm_hex,
     };
     let oom = match rec.oom.get() {
-        Some(context) => Oom {
-            constraint: constraint(context.constraint),
-            memcg_path: (context.memcg_id != 0)
-                .then(|| {
-                    chain
-                        .as_ref()?
-                        .path_of(context.memcg_id)
-                        .map(str::to_string)
-                })
-                .flatten(),
-            points: Some(context.chosen_points),
-            totalpages: Some(context.totalpages),
-            chosen_pid: Some(context.chosen_tgid),
-            ..Oom::default()
-        },
+        Some(context) => {
+            let fired = (context.memcg_id != 0)
+                .then(|| chain.as_ref()?.path_of(context.memcg_id))
+                .flatten();
+            let (memcg_path, memcg_path_hex) = path_fields(fired);
+            Oom {
+                constraint: constraint(context.constraint),
+                memcg_path,
+                memcg_path_hex,
+                points: Some(context.chosen_points),
+                totalpages: Some(context.totalpages),
+                chosen_pid: Some(context.chosen_tgid),
+                ..Oom::default()
+            }
+        }
         None => Oom::default(),
     };
     let tracking = match (rec.victim_key.get(), rec.same_victim_as.get()) {
@@ -170,6 +174,30 @@ pub fn kill(rec: &KillRecord, origin: &Origin, page_size: u64) -> (OomKill, Trac
     (kill, tracking)
 }
 
+/// Says on stderr why a cgroup path is null when a limit of the kernel's
+/// walk is the reason (the record itself only has the null).
+fn log_uncarried_path(rec: &KillRecord) {
+    let whose = match rec.cgroup_path_of {
+        cgroup_path_of::VICTIM => {
+            let pid = rec.victim_tgid.get().or(rec.victim_tid.get()).unwrap_or(0);
+            format!("pid {pid}'s cgroup")
+        }
+        cgroup_path_of::OOM_MEMCG => "the memcg whose limit fired".to_string(),
+        _ => return,
+    };
+    let why = match rec.cgroup_walk_end {
+        cgroup_walk_end::TOO_DEEP => {
+            format!("is more than {MAX_CGROUP_DEPTH} levels below the root")
+        }
+        cgroup_walk_end::TOO_LONG => format!("has a path longer than {CGROUP_PATH_MAX} bytes"),
+        _ => return,
+    };
+    log::warn!(
+        "kill {}: {whose} {why}: its cgroup and memcg paths are null",
+        rec.seq
+    );
+}
+
 /// `enum oom_constraint` in include/linux/oom.h. A value this oomtrace does
 /// not know is null, not a guess.
 fn constraint(value: u32) -> Option<Constraint> {
@@ -186,35 +214,33 @@ fn constraint(value: u32) -> Option<Constraint> {
 }
 
 fn memcg(rec: &KillRecord, chain: Option<&CgroupChain>, page_size: u64) -> Option<Memcg> {
-    let depth = (rec.memcg_depth as usize).min(MAX_CGROUP_DEPTH);
+    let depth = (rec.memcg_depth as usize).min(CGROUP_LEVELS);
     if rec.memcg_complete == 0 || depth == 0 {
         return None;
     }
     let unlimited = page_counter_max(page_size);
-    let oom_groups = rec.memcg_oom_group.get();
+    let oom_groups_known = rec.memcg_oom_group_known != 0;
     let levels: Vec<MemcgLevel> = (0..depth)
-        .map(|i| MemcgLevel {
-            path: chain
-                .and_then(|c| c.path_of(rec.memcg_ids[i]))
-                .map(str::to_string),
-            usage_bytes: rec.memcg_usage_pages[i] * page_size,
-            limit_bytes: (rec.memcg_max_pages[i] < unlimited)
-                .then(|| rec.memcg_max_pages[i] * page_size),
-            oom_group: oom_groups.map(|groups| groups[i] != 0),
+        .map(|i| {
+            let (path, path_hex) = path_fields(chain.and_then(|c| c.path_of(rec.memcg_ids[i])));
+            MemcgLevel {
+                path,
+                path_hex,
+                usage_bytes: rec.memcg_usage_pages[i] * page_size,
+                limit_bytes: (rec.memcg_max_pages[i] < unlimited)
+                    .then(|| rec.memcg_max_pages[i] * page_size),
+                oom_group: oom_groups_known.then_some(rec.memcg_oom_group[i] != 0),
+            }
         })
         .collect();
     let leaf = levels.first()?.clone();
     Some(Memcg {
         path: leaf.path,
+        path_hex: leaf.path_hex,
         usage_bytes: leaf.usage_bytes,
         limit_bytes: leaf.limit_bytes,
         levels,
     })
-}
-
-/// TEMPORARY until the trigger's memcg ancestry is recorded: unknown.
-pub fn shared_memcg_levels(_rec: &KillRecord) -> Option<usize> {
-    None
 }
 
 /// The wait status do_exit() stored, as a shell would report it.
@@ -320,66 +346,17 @@ pub fn stop(origin: &Origin, reason: StopReason, counters: Counters) -> Stop {
 
 #[cfg(test)]
 mod tests {
+    use super::chain::tests::{blank, with_path};
     use super::*;
     use oomtrace_ebpf::{Known, OomContext};
 
-    /// A zeroed record, as the programs start every record.
-    fn blank() -> KillRecord {
-        // SAFETY: KillRecord is plain integers and arrays of integers.
-        unsafe { std::mem::zeroed() }
-    }
-
-    fn with_path(names: &[&str], ids: &[u64]) -> KillRecord {
-        let mut rec = blank();
-        let mut used = 0;
-        for name in names {
-            rec.cgroup_names[used..used + name.len()].copy_from_slice(name.as_bytes());
-            used += name.len() + 1;
-        }
-        rec.cgroup_names_len = used as u32;
-        rec.cgroup_depth = names.len() as u32;
-        rec.cgroup_ids[..ids.len()].copy_from_slice(ids);
-        rec.cgroup_path_of = cgroup_path_of::VICTIM;
-        rec
-    }
-
-    fn convert(rec: &KillRecord) -> OomKill {
-        kill(rec, &Origin::default(), 4096).0
-    }
-
-    #[test]
-    fn path_is_rebuilt_root_first() {
-        let rec = with_path(&["ctr", "pod1", "kubepods"], &[30, 20, 10, 1]);
-        let chain = CgroupChain::from_record(&rec).expect("chain");
-        assert_eq!(
-            chain.levels,
-            vec![
-                (30, "/kubepods/pod1/ctr".to_string()),
-                (20, "/kubepods/pod1".to_string()),
-                (10, "/kubepods".to_string()),
-                (1, "/".to_string()),
-            ]
-        );
-        assert_eq!(chain.path_of(20), Some("/kubepods/pod1"));
-        assert_eq!(chain.path_of(99), None);
-    }
-
-    #[test]
-    fn root_cgroup_and_incomplete_walks() {
-        let rec = with_path(&[], &[1]);
-        let chain = CgroupChain::from_record(&rec).expect("chain");
-        assert_eq!(chain.leaf(), Some(&(1, "/".to_string())));
-        let mut partial = with_path(&["a"], &[5]);
-        partial.cgroup_path_of = cgroup_path_of::NONE;
-        assert_eq!(CgroupChain::from_record(&partial), None);
-        let mut lying = with_path(&["a"], &[5]);
-        lying.cgroup_depth = 3; // more levels than names: refuse
-        assert_eq!(CgroupChain::from_record(&lying), None);
+    fn convert(kill: &KillEvent) -> OomKill {
+        super::kill(kill, &Origin::default(), 4096).0
     }
 
     #[test]
     fn unread_fields_are_null_and_the_victim_untracked() {
-        let (kill, tracking) = kill(&blank(), &Origin::default(), 4096);
+        let (kill, tracking) = kill(&KillEvent::without_names(blank()), &Origin::default(), 4096);
         assert_eq!(tracking, Tracking::Untracked);
         let json = serde_json::to_value(&kill).expect("json");
         assert!(json["victim"]["pid"].is_null());
@@ -392,17 +369,19 @@ mod tests {
 
     #[test]
     fn tracking_comes_from_the_kernels_registry() {
+        let tracking = |rec| kill(&KillEvent::without_names(rec), &Origin::default(), 4096).1;
         let mut rec = blank();
         rec.victim_key = Known::new(42);
-        assert_eq!(kill(&rec, &Origin::default(), 4096).1, Tracking::Key(42));
+        assert_eq!(tracking(rec), Tracking::Key(42));
         let mut rec = blank();
         rec.same_victim_as = Known::new(7);
-        assert_eq!(kill(&rec, &Origin::default(), 4096).1, Tracking::SameAs(7));
+        assert_eq!(tracking(rec), Tracking::SameAs(7));
     }
 
     #[test]
     fn memcg_levels_get_paths_and_unlimited_is_null() {
-        let mut rec = with_path(&["child", "parent"], &[3, 2, 1]);
+        let mut event = with_path(&[b"child", b"parent"], &[3, 2, 1]);
+        let rec = &mut event.rec;
         rec.memcg_complete = 1;
         rec.memcg_depth = 3;
         rec.memcg_ids[..3].copy_from_slice(&[3, 2, 1]);
@@ -413,7 +392,7 @@ mod tests {
             memcg_id: 2,
             ..OomContext::default()
         });
-        let kill = convert(&rec);
+        let kill = convert(&event);
         let memcg = kill.memcg.expect("memcg");
         assert_eq!(memcg.path.as_deref(), Some("/parent/child"));
         assert_eq!(memcg.limit_bytes, None);
@@ -429,14 +408,14 @@ mod tests {
     /// it names `oom.memcg_path` and never poses as the victim's cgroup.
     #[test]
     fn fired_memcg_path_is_not_the_victims_cgroup() {
-        let mut rec = with_path(&["pod", "kubepods"], &[7, 6, 1]);
-        rec.cgroup_path_of = cgroup_path_of::OOM_MEMCG;
-        rec.oom = Known::new(OomContext {
+        let mut event = with_path(&[b"pod", b"kubepods"], &[7, 6, 1]);
+        event.rec.cgroup_path_of = cgroup_path_of::OOM_MEMCG;
+        event.rec.oom = Known::new(OomContext {
             constraint: 3,
             memcg_id: 7,
             ..OomContext::default()
         });
-        let kill = convert(&rec);
+        let kill = convert(&event);
         assert_eq!(kill.oom.memcg_path.as_deref(), Some("/kubepods/pod"));
         assert_eq!(kill.victim.cgroup.path, None);
         assert_eq!(kill.victim.cgroup.id, None);

@@ -385,6 +385,7 @@ impl Joiner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::ring::KillEvent;
     use oomtrace_ebpf::{KillRecord, Known};
 
     /// The record of a kill of pid 100 + seq, as convert makes it.
@@ -395,7 +396,7 @@ mod tests {
         rec.boot_ns = 1_000_000;
         rec.victim_tgid = Known::new(100 + seq as u32);
         rec.victim_tid = rec.victim_tgid;
-        convert::kill(&rec, &Origin::default(), 4096).0
+        convert::kill(&KillEvent::without_names(rec), &Origin::default(), 4096).0
     }
 
     fn exit(seq: u64) -> ExitRecord {

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use oomtrace_record::{Constraint, KernelLog, MemcgSource, OomKill};
+use oomtrace_record::{Constraint, KernelLog, MemcgSource, OomKill, text_fields};
 
 use crate::kernel::kmsg::{KilledLine, Mismatch};
 
@@ -88,25 +88,29 @@ pub fn settle(kill: &mut OomKill, line: &KilledLine) {
         kill.oom.kernel_log = Some(KernelLog::Absent);
         return;
     };
-    let comm = raw_comm(kill);
-    let task_memcg = kill.memcg.as_ref().and_then(|m| m.path.as_deref());
+    let comm = raw_bytes(kill.victim.comm.as_deref(), kill.victim.comm_hex.as_deref());
+    let task_memcg = kill
+        .memcg
+        .as_ref()
+        .and_then(|m| raw_bytes(m.path.as_deref(), m.path_hex.as_deref()));
     let (Some(comm), Some(task_memcg)) = (comm, task_memcg) else {
         kill.oom.kernel_log = Some(KernelLog::Unverified);
         return;
     };
-    let fired = summary.fired_memcg(
-        &comm,
-        kill.victim.pid,
-        kill.victim.tid,
-        task_memcg.as_bytes(),
-    );
+    let fired = summary.fired_memcg(&comm, kill.victim.pid, kill.victim.tid, &task_memcg);
     match fired {
         Ok(fired) => {
             kill.oom.kernel_log = Some(KernelLog::Matched);
             if kill.oom.memcg_source == Some(MemcgSource::OomKillProcess) {
                 return;
             }
-            let fired = fired.map(|path| String::from_utf8_lossy(&path).into_owned());
+            let (fired, fired_hex) = match fired {
+                Some(path) => {
+                    let (text, hex) = text_fields(&path);
+                    (Some(text), hex)
+                }
+                None => (None, None),
+            };
             if kill.oom.memcg_path.is_some() && kill.oom.memcg_path != fired {
                 log::debug!(
                     "kill {}: the kernel's line names {fired:?}, usage at limit suggested {:?}",
@@ -117,6 +121,7 @@ pub fn settle(kill: &mut OomKill, line: &KilledLine) {
             kill.oom.constraint = summary.constraint;
             kill.oom.memcg_source = fired.as_ref().map(|_| MemcgSource::KernelLog);
             kill.oom.memcg_path = fired;
+            kill.oom.memcg_path_hex = fired_hex;
             kill.oom.memcg_unknown = None;
             if kill.oom.memcg_path.is_none() && summary.constraint == Some(Constraint::Memcg) {
                 // fired_memcg() never gives this pair; keep the record honest anyway.
@@ -128,13 +133,14 @@ pub fn settle(kill: &mut OomKill, line: &KilledLine) {
     }
 }
 
-/// The victim's comm as the kernel has it: `comm_hex` when it is not UTF-8.
-fn raw_comm(kill: &OomKill) -> Option<Vec<u8>> {
-    if let Some(hex) = &kill.victim.comm_hex {
+/// A kernel string's exact bytes, from its record fields: the `*_hex`
+/// sibling when it is there (the text was not UTF-8), else the text.
+fn raw_bytes(text: Option<&str>, hex: Option<&str>) -> Option<Vec<u8>> {
+    if let Some(hex) = hex {
         return (0..hex.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
             .collect();
     }
-    kill.victim.comm.as_ref().map(|c| c.as_bytes().to_vec())
+    text.map(|t| t.as_bytes().to_vec())
 }

@@ -20,7 +20,7 @@ use crate::{
 /// counts equal the kernel's own oom_kill count, and every line is whole.
 pub fn tiny_ring_buffer_counts_every_loss(env: &Env) {
     const KILLS: u64 = 6;
-    // One page: a kill record is ~2 KiB, so two fit.
+    // One page: a kill record is ~1.8 KiB, so two fit.
     let mut collector = Collector::start(
         env,
         &["--ring-buffer-bytes", "4096", "--exit-wait", "500ms"],
@@ -65,7 +65,7 @@ pub fn tiny_ring_buffer_counts_every_loss(env: &Env) {
 /// 248 KB), so the collector has to hold ~150 records (~180 KiB) while its
 /// writes block. Its pipeline must go on draining the ring buffer
 /// meanwhile, or the kernel loses records once the ring is full: the ring
-/// is cut to 256 KiB here (~125 of the kernel's kill records, ~2 KiB each),
+/// is cut to 256 KiB here (~145 of the kernel's kill records, ~1.8 KiB each),
 /// because the default 1 MiB (~500) holds a whole 200-kill storm even when
 /// nothing drains it, and the test would prove nothing (measured: a
 /// collector that stalls its drain behind the pipe lost 16 kills and 8

@@ -104,12 +104,14 @@ impl Attributor {
         };
         let first_shared = memcg.levels.len().saturating_sub(shared);
         let found = nearest_limited_ancestor(&memcg.levels[first_shared..], self.slack)
-            .and_then(|i| memcg.levels[first_shared + i].path.clone());
+            .map(|i| &memcg.levels[first_shared + i]);
         match found {
-            Some(level) => {
-                kill.oom.memcg_path = Some(level);
+            Some(level) if level.path.is_some() => {
+                kill.oom.memcg_path = level.path.clone();
+                kill.oom.memcg_path_hex = level.path_hex.clone();
                 kill.oom.memcg_source = Some(MemcgSource::UsageAtLimit);
             }
+            Some(_) => kill.oom.memcg_unknown = Some(MemcgUnknown::PathNotCarried),
             None => kill.oom.memcg_unknown = Some(MemcgUnknown::NoSharedLevelAtLimit),
         }
     }
@@ -246,6 +248,7 @@ mod tests {
                 .map(
                     |(&(usage_bytes, limit_bytes, oom_group), path)| MemcgLevel {
                         path: Some(path),
+                        path_hex: None,
                         usage_bytes,
                         limit_bytes,
                         oom_group,
@@ -254,6 +257,7 @@ mod tests {
                 .collect();
             kill.memcg = Some(Memcg {
                 path: levels[0].path.clone(),
+                path_hex: None,
                 usage_bytes: levels[0].usage_bytes,
                 limit_bytes: levels[0].limit_bytes,
                 levels,
