@@ -197,8 +197,14 @@ impl Writer {
     }
 }
 
+/// After a write error is said, the same trouble coming back within this
+/// long is only counted: a nearly full disk takes a short line now and then
+/// and refuses the next long one, and that must not flood stderr.
+const ERROR_QUIET: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn write_all(queue: &Queue, mut destination: Destination, on_end: impl FnOnce(OutputEnd)) {
     let mut failing = false;
+    let mut said_at: Option<std::time::Instant> = None;
     let mut first = true;
     while let Some(next) = queue.pop() {
         let line = match next {
@@ -216,10 +222,10 @@ fn write_all(queue: &Queue, mut destination: Destination, on_end: impl FnOnce(Ou
         let was_first = std::mem::take(&mut first);
         match result {
             Ok(()) => {
-                if failing {
+                if failing && said_at.is_some_and(|at| at.elapsed() >= ERROR_QUIET) {
                     log::warn!("writing {} works again", destination.target());
-                    failing = false;
                 }
+                failing = false;
             }
             Err(error)
                 if matches!(error, WriteError::Closed) || (was_first && !error.may_pass()) =>
@@ -239,12 +245,16 @@ fn write_all(queue: &Queue, mut destination: Destination, on_end: impl FnOnce(Ou
                 return;
             }
             Err(error) => {
-                // Say it once per episode; count every record it costs, and
-                // try each next line: space can come back.
-                if !failing {
-                    log::error!("{error}; records are dropped (and counted) until it works again");
-                    failing = true;
+                // Say it once (again at most every ERROR_QUIET); count every
+                // record it costs, and try each next line: space can come back.
+                if !failing && said_at.is_none_or(|at| at.elapsed() >= ERROR_QUIET) {
+                    log::error!(
+                        "{error}; records that cannot be written are dropped and counted \
+                         (stop.counters.records_dropped), and each next one is tried"
+                    );
+                    said_at = Some(std::time::Instant::now());
                 }
+                failing = true;
                 queue.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
