@@ -184,6 +184,13 @@ kernel_fields! {
     pid_numbers: Anchor = member!("pid", ["numbers"]);
     upid_nr: i32 = member!("upid", ["nr"]);
     upid_size: Anchor = FieldRule::SizeOf { strukt: "upid" };
+    upid_ns: KernelPtr = member!("upid", ["ns"]);
+    /// The namespace's inode number, as /proc/PID/ns/pid shows it.
+    pidns_inum: u32 = FieldRule::Member {
+        strukt: "pid_namespace",
+        path: &[&["ns"], &["inum"]],
+        relative_to: None,
+    };
     // struct oom_control
     oc_memcg: KernelPtr = member!("oom_control", ["memcg"]);
     oc_totalpages: u64 = member!("oom_control", ["totalpages"]);

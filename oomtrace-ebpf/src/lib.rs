@@ -229,6 +229,22 @@ pub mod victim_state {
     pub const EXITED: u64 = 4;
 }
 
+/// Value of `EXITS_BEFORE_MARK` (oomtrace-ebpf/src/registry.rs): a process
+/// that ended by SIGKILL, kept a moment in case it is an OOM victim whose
+/// `mark_victim` has not run yet. Since Linux 6.13 do_exit() fires
+/// `sched_process_exit` before exit_mm(), so a victim that
+/// __oom_kill_process() has sent SIGKILL can pass it on another CPU before
+/// the OOM killer reaches mark_oom_victim().
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitBeforeMark {
+    /// The process's leader's `start_time` (0 when unknown).
+    pub start_time: u64,
+    pub boot_ns: u64,
+    pub exit_code: Known<i32>,
+    pub _pad: u32,
+}
+
 /// Field offsets of the classic `oom:mark_victim` tracepoint record, read at
 /// run time from tracefs (`events/oom/mark_victim/format`). The old format
 /// (4.13–6.8) has only `pid`; 6.9 added the rest (sizes in kB there).
@@ -322,6 +338,8 @@ pub struct KillRecord {
     pub victim_uid: Known<u32>,
     /// The victim's tgid as seen inside its own pid namespace.
     pub victim_ns_pid: Known<u32>,
+    /// The inode number of that pid namespace (`ns_common::inum`).
+    pub victim_pid_ns: Known<u32>,
     pub victim_oom_score_adj: Known<i32>,
     pub victim_comm: Known<[u8; COMM_LEN]>,
     pub trigger_comm: Known<[u8; COMM_LEN]>,
@@ -414,6 +432,7 @@ mod tests {
         assert_eq!(size_of::<MarkVictimLayout>(), 9 * 8);
         assert_eq!(size_of::<Config>(), 16);
         assert_eq!(size_of::<VictimEntry>(), 8 * 4 + 12 + 4);
+        assert_eq!(size_of::<ExitBeforeMark>(), 8 * 2 + 12 + 4);
         assert_eq!(size_of::<OomContext>(), 40);
         assert_eq!(size_of::<Known<u32>>(), 12);
         assert_eq!(size_of::<Known<u64>>(), 16);
@@ -422,7 +441,7 @@ mod tests {
         let known = |n: usize| n + 8;
         let kill_fixed = 4 + 4 + 8 + 8 // header
             + 6 * known(8) + known(40) // sizes, alias, oom context
-            + 5 * known(4) + known(4) + 2 * known(COMM_LEN) + 2 * 4 // ids, names
+            + 6 * known(4) + known(4) + 2 * known(COMM_LEN) + 2 * 4 // ids, names
             + 8 * 4 // walk headers
             + 5 * 8 * CGROUP_LEVELS // per-level arrays
             + CGROUP_LEVELS.next_multiple_of(8) + 8; // oom groups

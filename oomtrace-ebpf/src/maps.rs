@@ -52,3 +52,25 @@ pub fn bump(index: u32) -> u64 {
     }
     previous
 }
+
+/// A full memory barrier: an atomic read-modify-write (BPF_ATOMIC
+/// BPF_ADD|BPF_FETCH of 0; `lock xadd` on x86, `ldaddal` on arm64). What
+/// was stored before it is visible to every CPU before anything loaded
+/// after it, which plain map updates (a store under a bucket lock) do not
+/// promise.
+#[inline(always)]
+pub fn full_fence() {
+    let Some(value) = COUNTERS.get_ptr_mut(counter::KILL_SEQ) else {
+        return;
+    };
+    let mut zero: u64 = 0;
+    // SAFETY: as in `bump`; adding 0 changes nothing.
+    unsafe {
+        core::arch::asm!(
+            "{v} = atomic_fetch_add((u64 *)({p} + 0), {v})",
+            p = in(reg) value,
+            v = inout(reg) zero,
+        );
+    }
+    let _ = zero;
+}

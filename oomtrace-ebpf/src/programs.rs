@@ -64,7 +64,9 @@ pub fn mark_victim_raw(ctx: RawTracePointContext) -> i32 {
     // Registered before the slow part of the record, so that the victim's
     // exit finds its entry even when one of its threads races to it (the
     // registry then holds the exit until the kill is written).
-    registry::register(rec, registry::process_start_time(task).unwrap_or(0));
+    let start_time = registry::process_start_time(task).unwrap_or(0);
+    registry::register(rec, start_time);
+    registry::claim_exit_before_mark(rec, start_time);
     fill_victim_from_task(scratch, task);
     attach_oom_context(rec);
     walk_trigger_memcg(rec);
@@ -86,6 +88,7 @@ pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
     begin_kill_record(rec, SOURCE_TRACEPOINT);
     fill_victim_from_tracepoint(&ctx, rec);
     registry::register(rec, 0);
+    registry::claim_exit_before_mark(rec, 0);
     attach_oom_context(rec);
     walk_oom_memcg_path(scratch);
     walk_trigger_memcg(rec);
@@ -196,8 +199,10 @@ fn fill_victim_from_task(scratch: *mut KillScratch, task: *const u8) {
 }
 
 /// The victim process's pid inside its own pid namespace:
-/// `group_leader->thread_pid->numbers[level].nr`. 1 means the victim was the
-/// init of its namespace (a container's PID 1).
+/// `group_leader->thread_pid->numbers[level].nr` (1 means the victim was the
+/// init of its namespace, a container's PID 1), and that namespace's inode
+/// number, `numbers[level].ns->ns.inum`, which tells a container's own pid
+/// namespace from the host's (`--pid=host`).
 #[inline(always)]
 fn fill_pid_namespace(rec: *mut KillRecord, task: *const u8) {
     /// MAX_PID_NS_LEVEL in include/linux/pid_namespace.h.
@@ -215,12 +220,17 @@ fn fill_pid_namespace(rec: *mut KillRecord, task: *const u8) {
     else {
         return;
     };
-    let ns_pid = read::<oomtrace_ebpf::kernel_field_type::upid_nr>(
-        pid,
-        Some(numbers + level as usize * upid_size + nr),
-    );
+    let upid = numbers + level as usize * upid_size;
+    let ns_pid = read::<oomtrace_ebpf::kernel_field_type::upid_nr>(pid, Some(upid + nr));
+    let ns =
+        read::<oomtrace_ebpf::kernel_field_type::upid_ns>(pid, off!(upid_ns).map(|o| upid + o))
+            .unwrap_or(core::ptr::null());
+    let inum = read_field!(ns, pidns_inum);
     // SAFETY: `rec` is this CPU's scratch record.
-    unsafe { set(addr_of_mut!((*rec).victim_ns_pid), ns_pid.map(|p| p as u32)) };
+    unsafe {
+        set(addr_of_mut!((*rec).victim_ns_pid), ns_pid.map(|p| p as u32));
+        set(addr_of_mut!((*rec).victim_pid_ns), inum);
+    }
 }
 
 #[inline(always)]

@@ -15,20 +15,33 @@
 //! fetch-or, so exactly one of them sees both bits and finishes: it removes
 //! the entry and, if the kill was written, writes the exit, after the kill.
 //! Neither ever removes an entry the other may still be using.
+//!
+//! Since Linux 6.13 the exit can even come before the registration:
+//! do_exit() fires `sched_process_exit` before exit_mm(), so a victim that
+//! __oom_kill_process() has sent SIGKILL (before it calls
+//! mark_oom_victim(), which fires `mark_victim`) can pass the exit hook on
+//! another CPU first. So a process that ends by SIGKILL is noted in
+//! `EXITS_BEFORE_MARK` before the exit hook looks in `VICTIMS`, and the
+//! kill's program, once it has registered the victim, looks there and
+//! hands such an exit to the entry as if the exit hook had (EXITED). Each
+//! side writes its map, fences, then reads the other's, so at least one of
+//! them sees the other; if both do, the state bits above still let only
+//! one write the exit.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, generated::bpf_ktime_get_boot_ns},
     macros::map,
-    maps::HashMap,
+    maps::{HashMap, LruHashMap},
 };
 use oomtrace_ebpf::{
-    KillRecord, Known, VICTIMS_CAPACITY, VictimEntry, VictimKey, counter, victim_state,
+    ExitBeforeMark, KillRecord, Known, VICTIMS_CAPACITY, VictimEntry, VictimKey, counter,
+    victim_state,
 };
 
 use crate::{
     kernel::{off, read_field, read_ptr_field, set, victim_key_rule},
-    maps::bump,
+    maps::{bump, full_fence},
 };
 
 /// Victims waiting for their exit: the only map the exit hook touches.
@@ -44,6 +57,22 @@ use crate::{
 /// counted (UNTRACKED_VICTIMS), never dropped.
 #[map]
 static VICTIMS: HashMap<u32, VictimEntry> = HashMap::with_max_entries(VICTIMS_CAPACITY, 0);
+
+/// Processes that just ended by SIGKILL, by the registry's key: see the
+/// module docs. Only SIGKILL deaths are noted (an OOM kill's, a `kill -9`,
+/// a runtime's), the LRU keeps the newest, and an entry older than
+/// [`EXIT_BEFORE_MARK_MAX_NS`] is never used.
+#[map]
+static EXITS_BEFORE_MARK: LruHashMap<u32, ExitBeforeMark> = LruHashMap::with_max_entries(1024, 0);
+
+/// How long before its `mark_victim` a victim's exit can have come: the
+/// window is __oom_kill_process() between its SIGKILL and
+/// mark_oom_victim(), microseconds; a second is far beyond it and still far
+/// below pid reuse.
+const EXIT_BEFORE_MARK_MAX_NS: u64 = 1_000_000_000;
+
+/// SIGKILL, as the low 7 bits of a wait status carry it.
+const SIGKILL: i32 = 9;
 
 /// `-EEXIST`, as map updates return it.
 const EEXIST: i32 = -17;
@@ -138,6 +167,48 @@ pub fn register(rec: *mut KillRecord, start_time: u64) {
     }
 }
 
+/// Right after [`register`]: if the victim this kill registered has already
+/// passed the exit hook (noted in `EXITS_BEFORE_MARK`), hands its exit to
+/// the entry as the exit hook would have, so that [`settle`] writes it
+/// after the kill.
+#[inline(always)]
+pub fn claim_exit_before_mark(rec: *const KillRecord, start_time: u64) {
+    // SAFETY: `rec` is this CPU's scratch record.
+    let (Some(key), seq) = (unsafe { ((*rec).victim_key.get(), (*rec).seq) }) else {
+        return;
+    };
+    // The registration is visible before the lookup below (module docs).
+    full_fence();
+    let Some(early) = EXITS_BEFORE_MARK.get_ptr(key) else {
+        return;
+    };
+    // SAFETY: a map value pointer from a successful lookup.
+    let early = unsafe { *early };
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let same_process = early.start_time == 0 || start_time == 0 || early.start_time == start_time;
+    if now.saturating_sub(early.boot_ns) > EXIT_BEFORE_MARK_MAX_NS || !same_process {
+        return;
+    }
+    let Some(entry) = VICTIMS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: a map value pointer; the entry is this kill's until WRITTEN or
+    // DROPPED is set, which only this program does, later.
+    unsafe {
+        if (*entry).kill_seq != seq {
+            return;
+        }
+        (*entry).exit_boot_ns = early.boot_ns;
+        (*entry).exit_code = early.exit_code;
+        fetch_or(
+            core::ptr::addr_of_mut!((*entry).state),
+            victim_state::EXITED,
+        );
+    }
+    let _ = EXITS_BEFORE_MARK.remove(key);
+}
+
 /// After the kill's program tried to write its record (`written`): sets
 /// WRITTEN or DROPPED on the entry this kill registered. If the victim
 /// exited meanwhile (EXITED was set first), the exit hook left the entry to
@@ -191,18 +262,19 @@ pub fn take_exiting() -> Option<Exit> {
     } else {
         pid_tgid as u32
     };
+    // SAFETY: a plain helper call.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // One read on every exit; the rest only for a SIGKILL death.
+    let exit_code = read_field!(task, task_exit_code);
+    let killed = exit_code.is_some_and(|code| code & 0x7f == SIGKILL);
+    if killed && ends_process(task, by_tgid) {
+        note_exit_before_mark(key, task, exit_code);
+    }
     let entry = VICTIMS.get_ptr_mut(key)?;
     // SAFETY: a map value pointer from a successful lookup.
     let (kill_seq, start_time) = unsafe { ((*entry).kill_seq, (*entry).start_time) };
-    // current is the exiting task. do_exit() has already decremented
-    // signal->live, so the last thread of the group reads 0.
-    // SAFETY: a plain helper call.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    if by_tgid {
-        let live = read_field!(read_ptr_field!(task, task_signal), signal_live);
-        if live.is_some_and(|live| live != 0) {
-            return None; // not the last thread; the process is not gone yet
-        }
+    if !ends_process(task, by_tgid) {
+        return None; // not the last thread; the process is not gone yet
     }
     if start_time != 0 && process_start_time(task).is_some_and(|started| started != start_time) {
         return None; // a later process reusing the victim's pid
@@ -211,8 +283,12 @@ pub fn take_exiting() -> Option<Exit> {
         kill_seq,
         // SAFETY: a plain helper call.
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        exit_code: Known::from_option(read_field!(task, task_exit_code)),
+        exit_code: Known::from_option(exit_code),
     };
+    if killed {
+        // Taken here: no kill's program needs it.
+        let _ = EXITS_BEFORE_MARK.remove(key);
+    }
     // SAFETY: as above; the kill's side does not remove the entry before
     // this side sets EXITED, and then only if it saw EXITED.
     let before = unsafe {
@@ -230,4 +306,29 @@ pub fn take_exiting() -> Option<Exit> {
     // entry writes the exit.
     VICTIMS.remove(key).ok()?;
     (before & victim_state::WRITTEN != 0).then_some(exit)
+}
+
+/// Whether this exit ends the process the key names: by tgid, the group's
+/// last thread (do_exit() has already decremented `signal->live`, so it
+/// reads 0); by tid, any exit of that thread.
+#[inline(always)]
+fn ends_process(task: *const u8, by_tgid: bool) -> bool {
+    !by_tgid
+        || read_field!(read_ptr_field!(task, task_signal), signal_live).is_none_or(|live| live == 0)
+}
+
+/// Notes a SIGKILL death in `EXITS_BEFORE_MARK`, then fences, so that the
+/// `VICTIMS` lookup that follows cannot miss a registration that missed
+/// this note (module docs).
+#[inline(always)]
+fn note_exit_before_mark(key: u32, task: *const u8, exit_code: Option<i32>) {
+    let note = ExitBeforeMark {
+        start_time: process_start_time(task).unwrap_or(0),
+        // SAFETY: a plain helper call.
+        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        exit_code: Known::from_option(exit_code),
+        _pad: 0,
+    };
+    let _ = EXITS_BEFORE_MARK.insert(key, note, 0);
+    full_fence();
 }

@@ -96,8 +96,7 @@ pub fn kill(kill: &KillEvent, origin: &Origin, page_size: u64) -> (OomKill, Trac
         tid: rec.victim_tid.get(),
         ns_pid,
         container_init: ns_pid.map(|pid| pid == 1),
-        // TEMPORARY until the kernel side reads the namespace's inode.
-        pid_ns: None,
+        pid_ns: rec.victim_pid_ns.get().map(u64::from),
         comm: victim_comm,
         comm_hex: victim_comm_hex,
         uid: rec.victim_uid.get(),
