@@ -366,6 +366,8 @@ pub struct KillRecord {
     /// first, up to and including the root memcg: kernfs ids only.
     pub trigger_memcg_complete: u32,
     pub trigger_memcg_depth: u32,
+    /// Keeps the per-level arrays below 8-byte aligned.
+    pub _pad_levels: u32,
     pub cgroup_ids: [u64; CGROUP_LEVELS],
     pub memcg_ids: [u64; CGROUP_LEVELS],
     pub memcg_usage_pages: [u64; CGROUP_LEVELS],
@@ -442,7 +444,7 @@ mod tests {
         let kill_fixed = 4 + 4 + 8 + 8 // header
             + 6 * known(8) + known(40) // sizes, alias, oom context
             + 6 * known(4) + known(4) + 2 * known(COMM_LEN) + 2 * 4 // ids, names
-            + 8 * 4 // walk headers
+            + 8 * 4 + 4 // walk headers and their padding
             + 5 * 8 * CGROUP_LEVELS // per-level arrays
             + CGROUP_LEVELS.next_multiple_of(8) + 8; // oom groups
         assert_eq!(size_of::<KillRecord>(), kill_fixed);

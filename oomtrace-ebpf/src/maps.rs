@@ -7,8 +7,8 @@ use aya_ebpf::{
 use oomtrace_ebpf::{KillScratch, OomContext, counter};
 
 /// The one ordered stream of records to the collector. A kill record is
-/// `KILL_RECORD_MIN` (1,696) bytes plus its cgroup path's length, at most
-/// `KILL_RECORD_MAX` (5,791), and the ring adds an 8-byte header: 1 MiB
+/// `KILL_RECORD_MIN` (1,712) bytes plus its cgroup path's length, at most
+/// `KILL_RECORD_MAX` (5,807), and the ring adds an 8-byte header: 1 MiB
 /// holds about 590 kills with 60-byte paths, 540 with kubelet-length ones
 /// (250 bytes), 180 at the longest. The collector can resize it
 /// (`map_max_entries`).
