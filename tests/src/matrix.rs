@@ -10,7 +10,7 @@ use std::{panic::AssertUnwindSafe, process::Command, time::Instant};
 
 use serde_json::Value;
 
-use crate::{Env, attribution, cgroup, operations, paths, scenarios};
+use crate::{Env, attribution, cgroup, fired_limit, operations, paths, scenarios};
 
 type Scenario = (&'static str, fn(&Env));
 
@@ -30,6 +30,10 @@ const KILLS: &[Scenario] = &[
         scenarios::cgroup_removed_after_kill,
     ),
     ("parent_limit_fires", scenarios::parent_limit_fires),
+    (
+        "sibling_at_its_own_limit_is_not_blamed",
+        fired_limit::sibling_at_its_own_limit_is_not_blamed,
+    ),
     ("container_init_killed", attribution::container_init_killed),
     (
         "container_child_killed_container_survives",
@@ -38,6 +42,14 @@ const KILLS: &[Scenario] = &[
     (
         "oom_group_takes_the_container",
         attribution::oom_group_takes_the_container,
+    ),
+    (
+        "host_pid_container_main_killed",
+        attribution::host_pid_container_main_killed,
+    ),
+    (
+        "host_pid_container_child_killed",
+        attribution::host_pid_container_child_killed,
     ),
 ];
 
