@@ -10,7 +10,7 @@ use std::{panic::AssertUnwindSafe, process::Command, time::Instant};
 
 use serde_json::Value;
 
-use crate::{Env, attribution, cgroup, operations, scenarios};
+use crate::{Env, attribution, cgroup, messages, operations, scenarios};
 
 type Scenario = (&'static str, fn(&Env));
 
@@ -39,6 +39,7 @@ const KILLS: &[Scenario] = &[
         "oom_group_takes_the_container",
         attribution::oom_group_takes_the_container,
     ),
+    ("check_promises_hold", messages::check_promises_hold),
 ];
 
 /// Victims whose threads and pids move under the exit join (see

@@ -1,7 +1,7 @@
 //! The end-to-end scenarios as cargo tests. Run them with `cargo xtask test`
 //! (root; one at a time: `--test-threads=1`).
 
-use oomtrace_tests::{Env, attribution, faults, operations, scenarios};
+use oomtrace_tests::{Env, attribution, faults, messages, operations, scenarios};
 
 fn env() -> Env {
     Env::from_cargo(env!("CARGO_BIN_EXE_oomtrace-workload"))
@@ -44,4 +44,10 @@ scenario! {
     operations::classic_tracepoint_modes,
     operations::text_output_to_file,
     operations::check_and_bad_btf,
+    messages::user_namespace_is_named,
+    messages::hidden_btf_is_named,
+    messages::bad_btf_cause_once,
+    messages::check_leaves_mounts_as_found,
+    messages::check_json_is_a_start_record,
+    messages::check_promises_hold,
 }
