@@ -53,6 +53,7 @@ pub fn run_oomtrace(args: &[String]) -> Result<()> {
 pub fn lint() -> Result<()> {
     run(cargo_cmd()?.args(["fmt", "--all", "--", "--check"]))
         .context("formatting differs: run `cargo fmt --all` and look at the diff")?;
+    crate::lint_errors::check(&workspace_root()?)?;
     // --workspace includes oomtrace-ebpf, whose host build is a stub; that
     // is fine, its real code is linted in the next step.
     run(cargo_cmd()?.args([

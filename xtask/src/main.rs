@@ -4,6 +4,7 @@
 
 mod bench;
 mod cmds;
+mod lint_errors;
 mod setup;
 mod util;
 mod vmtest;
@@ -87,6 +88,9 @@ enum Cmd {
     ///   cargo clippy --workspace --all-targets -- -D warnings
     ///   cargo +nightly clippy --package oomtrace-ebpf --target bpfel-unknown-none
     ///     -Z build-std=core --release -- -D warnings
+    ///
+    /// and checks that no thiserror message prints a field that is also its
+    /// source (anyhow's `{:#}` would print that cause twice).
     ///
     /// Needs what `cargo xtask setup` installs.
     #[command(verbatim_doc_comment)]
