@@ -31,6 +31,11 @@ use clap::{Parser, Subcommand};
     verbatim_doc_comment
 )]
 struct Cli {
+    /// Show the eBPF programs' nested build line by line (otherwise shown
+    /// only when it fails or has a diagnostic). Before the command: `cargo
+    /// xtask -v build`; after `run`, `-v` is oomtrace's own.
+    #[arg(short, long)]
+    verbose: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -200,6 +205,9 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.verbose {
+        util::show_ebpf_build();
+    }
     let result = match cli.command {
         Cmd::Setup => setup::setup(),
         Cmd::Build => cmds::build().map(|_| ()),
