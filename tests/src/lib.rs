@@ -12,6 +12,7 @@ pub mod kmsg;
 pub mod matrix;
 pub mod messages;
 pub mod operations;
+pub mod readme;
 pub mod scenarios;
 pub mod storm;
 

@@ -1,7 +1,7 @@
 //! The end-to-end scenarios as cargo tests. Run them with `cargo xtask test`
 //! (root; one at a time: `--test-threads=1`).
 
-use oomtrace_tests::{Env, attribution, faults, messages, operations, scenarios};
+use oomtrace_tests::{Env, attribution, faults, messages, operations, readme, scenarios};
 
 fn env() -> Env {
     Env::from_cargo(env!("CARGO_BIN_EXE_oomtrace-workload"))
@@ -50,4 +50,12 @@ scenario! {
     messages::check_leaves_mounts_as_found,
     messages::check_json_is_a_start_record,
     messages::check_promises_hold,
+}
+
+/// Causes the kills whose records README.md shows, and saves them for
+/// `cargo xtask docs` (which runs this with `--capture`).
+#[test]
+#[ignore = "run by `cargo xtask docs --capture`"]
+fn readme_examples() {
+    readme::capture(&env());
 }

@@ -87,22 +87,6 @@ pub fn lint() -> Result<()> {
     )
 }
 
-/// Rewrites docs/schema.md's generated field tables.
-pub fn docs() -> Result<()> {
-    let path = workspace_root()?.join("docs/schema.md");
-    let doc =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let filled = oomtrace_record::fill_field_tables(&doc)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    if filled == doc {
-        println!("ok: {} is current", path.display());
-        return Ok(());
-    }
-    std::fs::write(&path, filled).with_context(|| format!("writing {}", path.display()))?;
-    println!("updated: {}", path.display());
-    Ok(())
-}
-
 /// What `cargo xtask test` does, from its command line.
 pub struct TestOpts {
     pub no_vm: bool,

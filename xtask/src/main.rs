@@ -4,6 +4,7 @@
 
 mod bench;
 mod cmds;
+mod docs;
 mod lint_errors;
 mod setup;
 mod util;
@@ -159,14 +160,26 @@ enum Cmd {
         #[arg(long, value_name = "SECS")]
         idle: Option<u64>,
     },
-    /// Regenerate the field tables of docs/schema.md from the record types
+    /// Regenerate docs/schema.md's field tables and README.md's examples
     ///
     /// Rewrites every `<!-- fields:TYPE -->` ... `<!-- /fields -->` region
-    /// with the table the oomtrace-record crate generates for that record
-    /// type (the same text its JSON Schema carries). The record crate's
-    /// tests fail when the file is not current.
+    /// of docs/schema.md with the table the oomtrace-record crate generates
+    /// for that record type (the same text its JSON Schema carries), and
+    /// every `<!-- text-of:NAME -->` block of README.md with the text
+    /// rendering of its example record.
+    ///
+    /// With --capture (root), first causes the real OOM kills behind
+    /// README.md's examples (tests/src/readme.rs, in cgroups it creates and
+    /// removes) and writes their records in, with the kernel's own line.
+    ///
+    /// The record crate's tests fail when either file is not current, or an
+    /// example is not exactly what today's collector writes.
     #[command(verbatim_doc_comment)]
-    Docs,
+    Docs {
+        /// Refresh README.md's example records from real OOM kills.
+        #[arg(long)]
+        capture: bool,
+    },
     /// Run the end-to-end scenarios on other kernels, in qemu VMs
     ///
     /// Downloads Debian kernel packages with apt (cached under
@@ -213,7 +226,7 @@ fn main() -> ExitCode {
         Cmd::Build => cmds::build().map(|_| ()),
         Cmd::Run { args } => cmds::run_oomtrace(&args),
         Cmd::Lint => cmds::lint(),
-        Cmd::Docs => cmds::docs(),
+        Cmd::Docs { capture } => docs::docs(capture),
         Cmd::Test {
             no_vm,
             skip_lint,
