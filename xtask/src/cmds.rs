@@ -116,6 +116,7 @@ fn test_steps(opts: &TestOpts) -> Result<()> {
         lint()?;
     }
     let bin = build()?;
+    build_is_quiet()?;
 
     // Unit tests need no root: they never load eBPF programs.
     run(cargo_cmd()?.args([
@@ -157,6 +158,33 @@ fn test_steps(opts: &TestOpts) -> Result<()> {
     .context("integration tests failed (see above)")?;
 
     vm_matrix(opts.no_vm)
+}
+
+/// A build that goes well prints no warnings: oomtrace/build.rs keeps the
+/// eBPF build's own lines out of them (cargo would show them, and replay
+/// them, on every build). Checked on the build just made, which cargo finds
+/// fresh and so only replays.
+fn build_is_quiet() -> Result<()> {
+    if crate::util::ebpf_build_shown() {
+        return Ok(()); // asked to show them (`cargo xtask -v`)
+    }
+    let output = cargo_cmd()?
+        .args(["build", "--release", "--package", "oomtrace"])
+        .output()
+        .context("running cargo build")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning"))
+        .collect();
+    if !output.status.success() || !warnings.is_empty() {
+        bail!(
+            "a successful build should print no warnings, and printed:\n{}",
+            warnings.join("\n")
+        );
+    }
+    println!("ok: the build prints no warnings");
+    Ok(())
 }
 
 /// The record crate is what other code reads records with: it must build

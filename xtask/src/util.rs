@@ -91,13 +91,17 @@ pub fn show_ebpf_build() {
     SHOW_EBPF_BUILD.store(true, Ordering::Relaxed);
 }
 
+pub fn ebpf_build_shown() -> bool {
+    SHOW_EBPF_BUILD.load(Ordering::Relaxed)
+}
+
 /// A cargo command that runs from the workspace root, so that workspace
 /// settings (default-members, profiles, .cargo/config.toml) apply no matter
 /// where `cargo xtask` was started.
 pub fn cargo_cmd() -> Result<Command> {
     let mut cmd = Command::new(cargo());
     cmd.current_dir(workspace_root()?);
-    if SHOW_EBPF_BUILD.load(Ordering::Relaxed) {
+    if ebpf_build_shown() {
         cmd.env("OOMTRACE_SHOW_EBPF_BUILD", "1");
     }
     Ok(cmd)
