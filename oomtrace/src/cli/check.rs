@@ -2,9 +2,7 @@
 //! loading and attaching (then detaching) every probe. Exits non-zero when no
 //! OOM kill could be traced.
 
-use std::{fmt::Write as _, process::ExitCode};
-
-use std::path::Path;
+use std::{fmt::Write as _, path::Path, process::ExitCode};
 
 use oomtrace_record::{
     CollectorStatus, Hook, HostFacts, Record, SelfSetting, Start, text::spelled,
@@ -105,7 +103,9 @@ fn host_summary(host: &HostFacts, btf: &str) -> String {
 
 fn report(start: &Start, btf: &str, promised: &[(Hook, Promises)]) -> String {
     let mut out = host_summary(&start.host, btf);
-    out.push_str("\n\nattach plan (each `gives:` field is non-null in every record)\n");
+    out.push_str(
+        "\n\nattach plan (each field after `gives:` is non-null in every oom_kill record)\n",
+    );
     for probe in &start.probes {
         let Some(spec) = hooks::spec(probe.name) else {
             continue;
