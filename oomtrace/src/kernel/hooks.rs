@@ -15,7 +15,8 @@ pub struct HookSpec {
     pub hook: Hook,
     /// What it is for, in a few words (for `oomtrace check`).
     pub purpose: &'static str,
-    /// What the records lose without it, beyond the fields its modes give.
+    /// What the records lose without it, beyond the fields its modes give
+    /// (`oomtrace check` prints it after them).
     pub without: &'static str,
     /// Modes, best first.
     pub modes: &'static [ModeSpec],
@@ -332,10 +333,10 @@ pub const OOM_KILL_PROCESS: HookSpec = HookSpec {
     purpose: "why this victim, and which limit fired",
     // The kernel log can still name the fired memcg (kernel/kmsg.rs), but
     // only where the victim's memcg is known to match the line against.
-    without: "oom.constraint and oom.memcg_path then come only from the kernel's own \
-              `oom-kill:` log line, when /dev/kmsg is read and the line can be matched \
-              to the victim (that needs its memcg: raw tracepoint mode with BTF); \
-              oom.kernel_log says how that went",
+    without: "except that oom.constraint and oom.memcg_path can still come from the \
+              kernel's own `oom-kill:` log line, when /dev/kmsg is read and the line can \
+              be matched to the victim (that needs its memcg: raw tracepoint mode with \
+              BTF); oom.kernel_log says how that went",
     modes: &[
         ModeSpec {
             mode: AttachMode::Fentry,
@@ -387,7 +388,8 @@ const EXIT: &[Gives] = &[
 pub const PROCESS_EXIT: HookSpec = HookSpec {
     hook: Hook::ProcessExit,
     purpose: "the victim's exit, joined to its kill",
-    without: "exit.observed is always false",
+    without: "every kill is written once the exit wait has passed, with exit.observed \
+              false",
     modes: &[
         ModeSpec {
             mode: AttachMode::RawTracepoint,
