@@ -62,6 +62,17 @@ impl MemCgroup {
     /// A new cgroup directly under the memory hierarchy's root, limited to
     /// `limit` bytes (None: no limit of its own).
     pub fn create(hint: &str, limit: Option<u64>) -> Self {
+        let name = format!(
+            "oomtrace-test-{}-{}-{hint}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        Self::create_named(&name, limit)
+    }
+
+    /// As [`MemCgroup::create`], named exactly `name` (the README's
+    /// examples show their paths).
+    pub fn create_named(name: &str, limit: Option<u64>) -> Self {
         let (version, root) = memory_mount();
         if version == Version::V2 {
             // Children of the root get a memory controller only if the root
@@ -72,12 +83,7 @@ impl MemCgroup {
                 write(&control, "+memory");
             }
         }
-        let name = format!(
-            "oomtrace-test-{}-{}-{hint}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        Self::make(version, root.join(&name), format!("/{name}"), limit)
+        Self::make(version, root.join(name), format!("/{name}"), limit)
     }
 
     /// A cgroup inside this one (a container inside a pod, say).

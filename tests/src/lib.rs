@@ -10,8 +10,10 @@ pub mod faults;
 pub mod fired_limit;
 pub mod kmsg;
 pub mod matrix;
+pub mod messages;
 pub mod operations;
 pub mod paths;
+pub mod readme;
 pub mod scenarios;
 pub mod storm;
 

@@ -10,7 +10,7 @@ use std::{panic::AssertUnwindSafe, process::Command, time::Instant};
 
 use serde_json::Value;
 
-use crate::{Env, attribution, cgroup, fired_limit, operations, paths, scenarios};
+use crate::{Env, attribution, cgroup, fired_limit, messages, operations, paths, scenarios};
 
 type Scenario = (&'static str, fn(&Env));
 
@@ -51,6 +51,7 @@ const KILLS: &[Scenario] = &[
         "host_pid_container_child_killed",
         attribution::host_pid_container_child_killed,
     ),
+    ("check_promises_hold", messages::check_promises_hold),
 ];
 
 /// Victims whose threads and pids move under the exit join (see

@@ -13,6 +13,7 @@ use crate::{
     cgroup::MemCgroup,
     collector::{Collector, Env},
     kmsg::Kmsg,
+    messages::{assert_promises_kept, promised_fields},
     scenarios::{
         LIMIT, Workload, assert_exit_137, assert_identity, assert_oom_context, assert_sigkilled,
         comm_bytes,
@@ -108,12 +109,14 @@ pub fn closed_stdout_is_quiet(env: &Env) {
 
 /// The classic tracepoint (`--victim-probe tracepoint`) and `--no-btf`: the
 /// fields the tracepoint's format carries match dmesg; what it cannot know
-/// (tgid, cgroup, pid namespace, and without BTF the exit code) is null.
+/// (tgid, cgroup, pid namespace, and without BTF the exit code) is null;
+/// and every field `oomtrace check` promises for the mode is there.
 pub fn classic_tracepoint_modes(env: &Env) {
     for (args, btf) in [
         (&["--victim-probe", "tracepoint"][..], true),
         (&["--no-btf"][..], false),
     ] {
+        let promised = promised_fields(env, args);
         let cg = MemCgroup::create("classic", Some(LIMIT));
         let mut collector = Collector::start(env, args);
         let start = collector.start_record().clone();
@@ -126,6 +129,7 @@ pub fn classic_tracepoint_modes(env: &Env) {
         let record = collector.kill_matching(|r| r["victim"]["tid"] == pid, KILL_TIMEOUT);
         let v = &record["victim"];
         assert_eq!(record["source"], "tracepoint");
+        assert_promises_kept(&record, &promised, &format!("{args:?}"));
         let extended = tracepoint_is_extended();
         if extended {
             let kb = |n: u64| Value::from(n * 1024);

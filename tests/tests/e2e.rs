@@ -1,7 +1,9 @@
 //! The end-to-end scenarios as cargo tests. Run them with `cargo xtask test`
 //! (root; one at a time: `--test-threads=1`).
 
-use oomtrace_tests::{Env, attribution, faults, fired_limit, operations, paths, scenarios};
+use oomtrace_tests::{
+    Env, attribution, faults, fired_limit, messages, operations, paths, readme, scenarios,
+};
 
 fn env() -> Env {
     Env::from_cargo(env!("CARGO_BIN_EXE_oomtrace-workload"))
@@ -58,4 +60,18 @@ scenario! {
     operations::text_output_to_file,
     operations::check_and_bad_btf,
     operations::starts_within_the_documented_memory,
+    messages::user_namespace_is_named,
+    messages::hidden_btf_is_named,
+    messages::bad_btf_cause_once,
+    messages::check_leaves_mounts_as_found,
+    messages::check_json_is_a_start_record,
+    messages::check_promises_hold,
+}
+
+/// Causes the kills whose records README.md shows, and saves them for
+/// `cargo xtask docs` (which runs this with `--capture`).
+#[test]
+#[ignore = "run by `cargo xtask docs --capture`"]
+fn readme_examples() {
+    readme::capture(&env());
 }

@@ -53,6 +53,7 @@ pub fn run_oomtrace(args: &[String]) -> Result<()> {
 pub fn lint() -> Result<()> {
     run(cargo_cmd()?.args(["fmt", "--all", "--", "--check"]))
         .context("formatting differs: run `cargo fmt --all` and look at the diff")?;
+    crate::lint_errors::check(&workspace_root()?)?;
     // --workspace includes oomtrace-ebpf, whose host build is a stub; that
     // is fine, its real code is linted in the next step.
     run(cargo_cmd()?.args([
@@ -86,22 +87,6 @@ pub fn lint() -> Result<()> {
     )
 }
 
-/// Rewrites docs/schema.md's generated field tables.
-pub fn docs() -> Result<()> {
-    let path = workspace_root()?.join("docs/schema.md");
-    let doc =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let filled = oomtrace_record::fill_field_tables(&doc)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    if filled == doc {
-        println!("ok: {} is current", path.display());
-        return Ok(());
-    }
-    std::fs::write(&path, filled).with_context(|| format!("writing {}", path.display()))?;
-    println!("updated: {}", path.display());
-    Ok(())
-}
-
 /// What `cargo xtask test` does, from its command line.
 pub struct TestOpts {
     pub no_vm: bool,
@@ -131,6 +116,7 @@ fn test_steps(opts: &TestOpts) -> Result<()> {
         lint()?;
     }
     let bin = build()?;
+    build_is_quiet()?;
 
     // Unit tests need no root: they never load eBPF programs.
     run(cargo_cmd()?.args([
@@ -172,6 +158,33 @@ fn test_steps(opts: &TestOpts) -> Result<()> {
     .context("integration tests failed (see above)")?;
 
     vm_matrix(opts.no_vm)
+}
+
+/// A build that goes well prints no warnings: oomtrace/build.rs keeps the
+/// eBPF build's own lines out of them (cargo would show them, and replay
+/// them, on every build). Checked on the build just made, which cargo finds
+/// fresh and so only replays.
+fn build_is_quiet() -> Result<()> {
+    if crate::util::ebpf_build_shown() {
+        return Ok(()); // asked to show them (`cargo xtask -v`)
+    }
+    let output = cargo_cmd()?
+        .args(["build", "--release", "--package", "oomtrace"])
+        .output()
+        .context("running cargo build")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning"))
+        .collect();
+    if !output.status.success() || !warnings.is_empty() {
+        bail!(
+            "a successful build should print no warnings, and printed:\n{}",
+            warnings.join("\n")
+        );
+    }
+    println!("ok: the build prints no warnings");
+    Ok(())
 }
 
 /// The record crate is what other code reads records with: it must build

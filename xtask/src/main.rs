@@ -4,6 +4,8 @@
 
 mod bench;
 mod cmds;
+mod docs;
+mod lint_errors;
 mod setup;
 mod util;
 mod vmtest;
@@ -30,6 +32,11 @@ use clap::{Parser, Subcommand};
     verbatim_doc_comment
 )]
 struct Cli {
+    /// Show the eBPF programs' nested build line by line (otherwise shown
+    /// only when it fails or has a diagnostic). Before the command: `cargo
+    /// xtask -v build`; after `run`, `-v` is oomtrace's own.
+    #[arg(short, long)]
+    verbose: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -87,6 +94,9 @@ enum Cmd {
     ///   cargo clippy --workspace --all-targets -- -D warnings
     ///   cargo +nightly clippy --package oomtrace-ebpf --target bpfel-unknown-none
     ///     -Z build-std=core --release -- -D warnings
+    ///
+    /// and checks that no thiserror message prints a field that is also its
+    /// source (anyhow's `{:#}` would print that cause twice).
     ///
     /// Needs what `cargo xtask setup` installs.
     #[command(verbatim_doc_comment)]
@@ -150,14 +160,26 @@ enum Cmd {
         #[arg(long, value_name = "SECS")]
         idle: Option<u64>,
     },
-    /// Regenerate the field tables of docs/schema.md from the record types
+    /// Regenerate docs/schema.md's field tables and README.md's examples
     ///
     /// Rewrites every `<!-- fields:TYPE -->` ... `<!-- /fields -->` region
-    /// with the table the oomtrace-record crate generates for that record
-    /// type (the same text its JSON Schema carries). The record crate's
-    /// tests fail when the file is not current.
+    /// of docs/schema.md with the table the oomtrace-record crate generates
+    /// for that record type (the same text its JSON Schema carries), and
+    /// every `<!-- text-of:NAME -->` block of README.md with the text
+    /// rendering of its example record.
+    ///
+    /// With --capture (root), first causes the real OOM kills behind
+    /// README.md's examples (tests/src/readme.rs, in cgroups it creates and
+    /// removes) and writes their records in, with the kernel's own line.
+    ///
+    /// The record crate's tests fail when either file is not current, or an
+    /// example is not exactly what today's collector writes.
     #[command(verbatim_doc_comment)]
-    Docs,
+    Docs {
+        /// Refresh README.md's example records from real OOM kills.
+        #[arg(long)]
+        capture: bool,
+    },
     /// Run the end-to-end scenarios on other kernels, in qemu VMs
     ///
     /// Downloads Debian kernel packages with apt (cached under
@@ -196,12 +218,15 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.verbose {
+        util::show_ebpf_build();
+    }
     let result = match cli.command {
         Cmd::Setup => setup::setup(),
         Cmd::Build => cmds::build().map(|_| ()),
         Cmd::Run { args } => cmds::run_oomtrace(&args),
         Cmd::Lint => cmds::lint(),
-        Cmd::Docs => cmds::docs(),
+        Cmd::Docs { capture } => docs::docs(capture),
         Cmd::Test {
             no_vm,
             skip_lint,

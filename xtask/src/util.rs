@@ -4,6 +4,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -82,12 +83,27 @@ pub fn cargo() -> OsString {
     std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
+/// `cargo xtask -v`: show the eBPF build's own lines (oomtrace/build.rs
+/// keeps them quiet when that build goes well).
+static SHOW_EBPF_BUILD: AtomicBool = AtomicBool::new(false);
+
+pub fn show_ebpf_build() {
+    SHOW_EBPF_BUILD.store(true, Ordering::Relaxed);
+}
+
+pub fn ebpf_build_shown() -> bool {
+    SHOW_EBPF_BUILD.load(Ordering::Relaxed)
+}
+
 /// A cargo command that runs from the workspace root, so that workspace
 /// settings (default-members, profiles, .cargo/config.toml) apply no matter
 /// where `cargo xtask` was started.
 pub fn cargo_cmd() -> Result<Command> {
     let mut cmd = Command::new(cargo());
     cmd.current_dir(workspace_root()?);
+    if ebpf_build_shown() {
+        cmd.env("OOMTRACE_SHOW_EBPF_BUILD", "1");
+    }
     Ok(cmd)
 }
 

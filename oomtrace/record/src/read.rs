@@ -9,20 +9,15 @@ use std::io::BufRead;
 
 use crate::Record;
 
+/// Each variant prints its cause in its own message, and marks none as
+/// `#[source]`: a reporter that prints the chain (anyhow's `{:#}`) would
+/// print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("reading line {line}: {source}")]
-    Io {
-        line: u64,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("line {line} is not an oomtrace record: {source}")]
-    Json {
-        line: u64,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error("reading line {line}: {error}")]
+    Io { line: u64, error: std::io::Error },
+    #[error("line {line} is not an oomtrace record: {error}")]
+    Json { line: u64, error: serde_json::Error },
 }
 
 /// Parses one line.
@@ -56,13 +51,13 @@ impl<R: BufRead> Iterator for Records<R> {
             match self.input.read_line(&mut self.buf) {
                 Ok(0) => return None,
                 Ok(_) => {}
-                Err(source) => return Some(Err(ReadError::Io { line, source })),
+                Err(error) => return Some(Err(ReadError::Io { line, error })),
             }
             let text = self.buf.trim();
             if text.is_empty() {
                 continue;
             }
-            return Some(parse_line(text).map_err(|source| ReadError::Json { line, source }));
+            return Some(parse_line(text).map_err(|error| ReadError::Json { line, error }));
         }
     }
 }

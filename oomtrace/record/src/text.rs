@@ -1,6 +1,15 @@
 //! One readable line per record, for `--format text`: like dmesg's line,
-//! but complete. Names a kernel or a user chose (comm) are quoted with JSON
-//! escaping, so that a hostile name cannot forge a second line.
+//! but complete.
+//!
+//! Every string that comes from the kernel or the filesystem (task names,
+//! cgroup paths, pod and unit names, the hostname) can hold anything a
+//! process or a container runtime put there, control characters included.
+//! They are escaped as JSON escapes strings, plus what a terminal acts on
+//! and JSON leaves alone (DEL, C1 controls like CSI U+009B, the line and
+//! paragraph separators, bidirectional overrides), so that no name can
+//! forge a second line or steer the terminal. Task names are always
+//! quoted; the others are quoted only when they hold anything beyond plain
+//! printable ASCII, so that ordinary paths read as they are.
 
 use std::fmt::Write as _;
 
@@ -22,8 +31,8 @@ pub fn line(record: &Record) -> String {
                 "{} oomtrace {} tracing on {} (Linux {}, cgroup {}): {}",
                 s.time,
                 s.version,
-                s.host.hostname,
-                s.host.kernel_release,
+                plain(&s.host.hostname),
+                plain(&s.host.kernel_release),
                 spelled(s.host.cgroup_mode),
                 probes.join(", ")
             )
@@ -78,11 +87,64 @@ fn opt_bytes(value: Option<u64>) -> String {
     value.map_or_else(|| "?".to_string(), human_bytes)
 }
 
-/// `"name"` with JSON-style escaping.
+/// `"name"`, escaped (see the module docs); `?` when unknown.
 fn quoted(value: Option<&str>) -> String {
-    value.map_or_else(
-        || "?".to_string(),
-        |v| serde_json::to_string(v).unwrap_or_default(),
+    value.map_or_else(|| "?".to_string(), escaped)
+}
+
+/// The value as it is when it is plain printable ASCII without quotes or
+/// backslashes (a normal path or name), else quoted and escaped: a token
+/// that starts with `"` is always a quoted one.
+fn plain(value: &str) -> String {
+    let bare = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    if bare {
+        value.to_string()
+    } else {
+        escaped(value)
+    }
+}
+
+/// `plain`, or `?` when unknown.
+fn opt_plain(value: Option<&str>) -> String {
+    value.map_or_else(|| "?".to_string(), plain)
+}
+
+/// A JSON string literal of `value` that also escapes, as `\uXXXX`, every
+/// character a terminal may act on: C0 and C1 controls, DEL, U+2028/U+2029,
+/// and the bidirectional formatting characters.
+fn escaped(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || is_invisible_format(c) => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Characters that change how the text around them is shown: the line and
+/// paragraph separators, and the bidirectional marks, embeddings, overrides
+/// and isolates (U+200E/F, U+202A-U+202E, U+2066-U+2069).
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
     )
 }
 
@@ -124,7 +186,7 @@ fn kill_line(k: &OomKill) -> String {
         opt_bytes(v.rss.shmem_bytes),
         opt_bytes(v.total_vm_bytes),
         opt(v.uid),
-        v.cgroup.path.as_deref().unwrap_or("?"),
+        opt_plain(v.cgroup.path.as_deref()),
     );
     if let Some(m) = &k.memcg {
         let _ = write!(
@@ -138,7 +200,7 @@ fn kill_line(k: &OomKill) -> String {
         let _ = write!(line, " constraint {}", spelled(c));
     }
     if let Some(p) = &k.oom.memcg_path {
-        let _ = write!(line, " limit-of {p}");
+        let _ = write!(line, " limit-of {}", plain(p));
     }
     if let Some(scope) = k.oom.limit_scope {
         let _ = write!(line, " ({} limit)", spelled(scope));
@@ -147,16 +209,16 @@ fn kill_line(k: &OomKill) -> String {
         let _ = write!(
             line,
             " pod {}/{} container {}",
-            k8s.namespace.as_deref().unwrap_or("?"),
-            k8s.pod.as_deref().unwrap_or("?"),
-            k8s.container.as_deref().unwrap_or("?"),
+            opt_plain(k8s.namespace.as_deref()),
+            opt_plain(k8s.pod.as_deref()),
+            opt_plain(k8s.container.as_deref()),
         );
     }
     if let Some(c) = &k.container {
         // 12 hex digits, as `docker ps` and `crictl ps` show ids.
-        let _ = write!(line, " id {}", c.id.get(..12).unwrap_or(&c.id));
+        let _ = write!(line, " id {}", plain(c.id.get(..12).unwrap_or(&c.id)));
     } else if let Some(unit) = &k.systemd_unit {
-        let _ = write!(line, " unit {unit}");
+        let _ = write!(line, " unit {}", plain(unit));
     }
     if v.container_init == Some(true) {
         line.push_str(" container-init");
@@ -188,9 +250,8 @@ mod tests {
         assert_eq!(human_bytes(100 << 20), "100.0MiB");
     }
 
-    #[test]
-    fn a_hostile_comm_stays_on_one_text_line() {
-        let mut kill: OomKill = serde_json::from_value(serde_json::json!({
+    fn blank_kill() -> OomKill {
+        serde_json::from_value(serde_json::json!({
             "schema": 1, "seq": 0, "time": "t", "boot_ns": 0, "source": "raw_tracepoint",
             "victim": {"pid": null, "tid": null, "ns_pid": null, "container_init": null,
                        "comm": null, "comm_hex": null, "uid": null, "oom_score_adj": null,
@@ -204,11 +265,102 @@ mod tests {
             "exit": {"observed": false, "code": null, "signal": null, "delay_ms": null},
             "container": null, "k8s": null, "systemd_unit": null, "container_survives": null
         }))
-        .expect("valid oom_kill");
+        .expect("valid oom_kill")
+    }
+
+    /// No byte a terminal acts on: C0/C1 controls and DEL.
+    fn assert_inert(line: &str) {
+        assert!(
+            !line
+                .chars()
+                .any(|c| c.is_control() || is_invisible_format(c)),
+            "{line:?}"
+        );
+    }
+
+    #[test]
+    fn a_hostile_comm_stays_on_one_text_line() {
+        let mut kill = blank_kill();
         kill.victim.comm = Some("a\nb\"c".into());
         let line = kill_line(&kill);
         assert!(!line.contains('\n'), "{line}");
         assert!(line.contains(r#""a\nb\"c""#), "{line}");
         assert!(line.contains("exit not observed"));
+    }
+
+    #[test]
+    fn every_name_from_the_kernel_or_the_filesystem_is_escaped() {
+        let mut kill = blank_kill();
+        let hostile = "/evil\u{1b}]0;pwned\u{7}\u{9b}31m\u{7f}\u{2028}\u{202e}x";
+        kill.victim.cgroup.path = Some(hostile.into());
+        kill.oom.memcg_path = Some(hostile.into());
+        kill.systemd_unit = Some("a\u{1b}[2J.service".into());
+        kill.trigger.comm = Some("\u{1b}[1A".into());
+        let line = kill_line(&kill);
+        assert_inert(&line);
+        let quoted = r#""/evil\u001b]0;pwned\u0007\u009b31m\u007f\u2028\u202ex""#;
+        assert!(line.contains(&format!("cgroup {quoted}")), "{line}");
+        assert!(line.contains(&format!("limit-of {quoted}")), "{line}");
+        assert!(line.contains(r#"unit "a\u001b[2J.service""#), "{line}");
+        // The escaped form is a JSON string that gives the exact name back.
+        let back: String = serde_json::from_str(quoted).expect("a JSON string");
+        assert_eq!(back, hostile);
+
+        kill.systemd_unit = None;
+        kill.k8s = Some(crate::K8s {
+            namespace: Some("ns\n".into()),
+            pod: Some("pod\u{1b}".into()),
+            container: Some("c\"d".into()),
+            ..Default::default()
+        });
+        let line = kill_line(&kill);
+        assert_inert(&line);
+        assert!(
+            line.contains(r#"pod "ns\n"/"pod\u001b" container "c\"d""#),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn ordinary_paths_read_as_they_are() {
+        let mut kill = blank_kill();
+        kill.victim.cgroup.path = Some("/kubepods.slice/cri-containerd-3f4e.scope".into());
+        kill.oom.memcg_path = Some("/kubepods.slice".into());
+        let line = kill_line(&kill);
+        assert!(
+            line.contains(" cgroup /kubepods.slice/cri-containerd-3f4e.scope "),
+            "{line}"
+        );
+        assert!(line.contains(" limit-of /kubepods.slice"), "{line}");
+        // A space, a quote or anything not plain ASCII is quoted.
+        assert_eq!(plain("/a b"), r#""/a b""#);
+        assert_eq!(plain("/café"), r#""/café""#);
+        assert_eq!(plain(""), r#""""#);
+        assert_eq!(plain("/x\\y"), r#""/x\\y""#);
+    }
+
+    #[test]
+    fn the_start_line_spells_values_as_the_json_does() {
+        let start: crate::Start = serde_json::from_value(serde_json::json!({
+            "schema": 1, "time": "t", "boot_ns": 0, "version": "0.1.0",
+            "host": {"hostname": "node\u{1b}[2J", "kernel_release": "6.18",
+                     "cgroup_mode": "hybrid", "memory_controller": null, "btf": true,
+                     "tracefs": null, "page_size": 4096},
+            "probes": [{"name": "mark_victim", "mode": "raw_tracepoint", "attempts": []},
+                       {"name": "oom_kill_process", "mode": null, "attempts": []}],
+            "collector": {"pid": 1, "exit_wait_ms": 0,
+                          "oom_score_adj": {"requested": 0, "applied": 0, "error": null},
+                          "nice": {"requested": 0, "applied": 0, "error": null}},
+            "notes": []
+        }))
+        .expect("a start record");
+        let line = line(&Record::Start(Box::new(start)));
+        assert!(line.contains("cgroup hybrid"), "{line}");
+        assert!(
+            line.contains("mark_victim via raw_tracepoint, oom_kill_process not attached"),
+            "{line}"
+        );
+        assert!(line.contains(r#"tracing on "node\u001b[2J""#), "{line}");
+        assert_inert(&line);
     }
 }

@@ -2,15 +2,19 @@
 //! loading and attaching (then detaching) every probe. Exits non-zero when no
 //! OOM kill could be traced.
 
-use std::{fmt::Write as _, process::ExitCode};
+use std::{fmt::Write as _, path::Path, process::ExitCode};
 
-use oomtrace_record::{CollectorStatus, HostFacts, SelfSetting, Start, text::spelled};
+use oomtrace_record::{
+    CollectorStatus, Hook, HostFacts, Record, SelfSetting, Start, text::spelled,
+};
 
 use super::ProbeArgs;
 use crate::{
     kernel::{
-        attach, hooks,
+        attach::{self, BtfSource},
+        btf, hooks,
         host::{self, DEFAULT_BTF, privileges},
+        promises::{self, Promises},
     },
     pipeline::convert,
 };
@@ -26,16 +30,18 @@ pub struct CheckArgs {
 
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let facts = host::gather();
+    let options = args.probes.options();
+    let btf = btf_status(&options.btf);
     if let Err(missing) = privileges::check() {
-        println!("{}", host_summary(&facts));
+        println!("{}", host_summary(&facts, &btf));
         println!("\nverdict: cannot trace: {missing}");
         return Ok(ExitCode::FAILURE);
     }
     host::raise_memlock_limit();
-    let tracer = match attach::attach(&args.probes.options(), &facts) {
+    let tracer = match attach::attach(&options, &facts) {
         Ok(tracer) => tracer,
         Err(error) => {
-            println!("{}", host_summary(&facts));
+            println!("{}", host_summary(&facts, &btf));
             println!("\nverdict: {error}");
             return Ok(ExitCode::FAILURE);
         }
@@ -53,43 +59,76 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let start = convert::start(&origin, facts, tracer.probes, collector, tracer.notes);
     drop(tracer.ebpf); // detaches everything
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&start)?);
+        // Tagged as `run` tags it, so that it validates against `oomtrace
+        // schema` and reads back through oomtrace-record.
+        let record = Record::Start(Box::new(start));
+        println!("{}", serde_json::to_string_pretty(&record)?);
     } else {
-        print!("{}", report(&start));
+        print!("{}", report(&start, &btf, &tracer.promises));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn host_summary(host: &HostFacts) -> String {
+/// The header's BTF line: the file offsets come from, or why none is used.
+/// Opened here rather than taken from the host facts, which only say
+/// whether the default file exists: a file that exists but cannot be read
+/// (hidden from this user, say) must not be listed as the BTF in use.
+fn btf_status(source: &BtfSource) -> String {
+    let path = match source {
+        BtfSource::Disabled => return "not used (--no-btf)".into(),
+        BtfSource::File(path) => path.as_path(),
+        BtfSource::Default => Path::new(DEFAULT_BTF),
+    };
+    match btf::open(path) {
+        Ok(_) => path.display().to_string(),
+        Err(error) => format!("none usable: {}", error.cause()),
+    }
+}
+
+fn host_summary(host: &HostFacts, btf: &str) -> String {
     let memory = match &host.memory_controller {
         Some(m) => format!("memory controller on cgroup v{} at {}", m.version, m.mount),
         None => "no memory controller mounted".into(),
     };
     format!(
-        "host      {} (Linux {})\ncgroups   {}; {memory}\nBTF       {}\ntracefs   {}",
+        "host      {} (Linux {})\ncgroups   {}; {memory}\nBTF       {btf}\ntracefs   {}",
         host.hostname,
         host.kernel_release,
         spelled(host.cgroup_mode),
-        if host.btf { DEFAULT_BTF } else { "absent" },
-        host.tracefs
-            .as_deref()
-            .unwrap_or("not mounted (mounted on demand)"),
+        host.tracefs.as_deref().unwrap_or(
+            "not mounted (a classic tracepoint mounts it while attaching, then unmounts it)"
+        ),
     )
 }
 
-fn report(start: &Start) -> String {
-    let mut out = host_summary(&start.host);
-    out.push_str("\n\nattach plan\n");
+fn report(start: &Start, btf: &str, promised: &[(Hook, Promises)]) -> String {
+    let mut out = host_summary(&start.host, btf);
+    out.push_str(
+        "\n\nattach plan (each field after `gives:` is non-null in every oom_kill record)\n",
+    );
     for probe in &start.probes {
-        let (gives, without) =
-            hooks::spec(probe.name).map_or(("", ""), |spec| (spec.gives, spec.without));
+        let Some(spec) = hooks::spec(probe.name) else {
+            continue;
+        };
         let name = spelled(probe.name);
         match probe.mode {
             Some(mode) => {
-                let _ = writeln!(out, "  {name:<17} {:<15} gives {gives}", spelled(mode));
+                let _ = writeln!(out, "  {name:<17} {:<15} {}", spelled(mode), spec.purpose);
+                let given = promised
+                    .iter()
+                    .find(|(hook, _)| *hook == probe.name)
+                    .map(|(_, p)| p.given.join(", "))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "      gives: {given}");
             }
             None => {
-                let _ = writeln!(out, "  {name:<17} {:<15} {without}", "NOT ATTACHED");
+                let _ = writeln!(
+                    out,
+                    "  {name:<17} {:<15} null: {}; {}",
+                    "NOT ATTACHED",
+                    promises::all_fields(spec).join(", "),
+                    spec.without
+                );
             }
         }
         for attempt in &probe.attempts {

@@ -17,120 +17,20 @@ use aya::{
 use oomtrace_ebpf::{Config, KernelOffsets, MarkVictimLayout, VictimKey};
 use oomtrace_record::{AttachAttempt, AttachMode, HostFacts, ProbeStatus, text::spelled};
 
+pub use super::attach_types::{AttachError, BtfSource, ModeChoice, ProbeError, ProbeOptions};
 use super::{
-    btf::{self, BtfError, KernelLayout},
-    hooks::{HOOKS, HookSpec, MARK_VICTIM, ModeSpec, Program, Requirement},
+    attach_types::{describe, error_chain},
+    btf::{self, KernelLayout},
+    hooks::{self, HOOKS, HookSpec, MARK_VICTIM, ModeSpec, Program, Requirement},
     host::{self, DEFAULT_BTF},
     maps::{KernelCounters, VictimsMap},
-    tracefs::{self, TracefsError},
+    promises::{self, Available, Promises},
+    tracefs,
+    userns::{self, UserNamespace},
 };
 
 /// The eBPF object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oomtrace-ebpf"));
-
-/// Which modes of a hook may be tried.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ModeChoice {
-    /// Every mode, best first.
-    #[default]
-    Auto,
-    /// This mode only.
-    Only(AttachMode),
-    /// Do not attach the hook.
-    Off,
-}
-
-impl ModeChoice {
-    fn allows(self, mode: AttachMode) -> bool {
-        match self {
-            Self::Auto => true,
-            Self::Only(only) => only == mode,
-            Self::Off => false,
-        }
-    }
-}
-
-/// Where kernel BTF comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BtfSource {
-    /// /sys/kernel/btf/vmlinux; without it, carry on in no-BTF mode.
-    Default,
-    /// A file the operator named: it must exist.
-    File(PathBuf),
-    /// `--no-btf`: classic tracepoints only, no kernel struct reads.
-    Disabled,
-}
-
-#[derive(Clone, Debug)]
-pub struct ProbeOptions {
-    pub mark_victim: ModeChoice,
-    pub oom_kill_process: ModeChoice,
-    pub btf: BtfSource,
-    /// Overrides the ring buffer size (a power-of-two multiple of the page size).
-    pub ring_buffer_bytes: Option<u32>,
-    /// Let the programs' aya-log diagnostics through (at debug level).
-    pub ebpf_log: bool,
-}
-
-impl ProbeOptions {
-    fn choice(&self, spec: &HookSpec) -> ModeChoice {
-        match spec.hook {
-            oomtrace_record::Hook::MarkVictim => self.mark_victim,
-            oomtrace_record::Hook::OomKillProcess => self.oom_kill_process,
-            _ => ModeChoice::Auto,
-        }
-    }
-}
-
-/// Why the collector cannot trace at all.
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
-    #[error(
-        "this oomtrace was built without its eBPF programs (AYA_BUILD_SKIP); rebuild it with \
-         `cargo xtask build`"
-    )]
-    NoObject,
-    #[error(transparent)]
-    Btf(#[from] BtfError),
-    #[error("the eBPF object has no map {0}; it does not match this collector")]
-    MissingMap(&'static str),
-    #[error("{0}")]
-    Map(#[from] aya::maps::MapError),
-    #[error(
-        "no OOM kill can be traced on this machine: mark_victim could not be attached ({0}). \
-         `oomtrace check` explains the attach plan"
-    )]
-    NoVictimProbe(String),
-}
-
-/// Why one mode of a hook did not attach.
-#[derive(Debug, thiserror::Error)]
-pub enum AttachError {
-    #[error("needs kernel BTF")]
-    NoBtf,
-    #[error("this kernel's {0} passes only a pid (TP_PROTO(int pid), before 6.9), not the task")]
-    NoTaskArgument(&'static str),
-    #[error("{0} not found in this kernel's BTF")]
-    MissingFields(String),
-    #[error("{0} is not a function in this kernel's BTF (inlined?)")]
-    NotInBtf(&'static str),
-    #[error(transparent)]
-    Tracefs(#[from] TracefsError),
-    /// tracefs could not be mounted (the error, kept from the first try).
-    #[error("{0}")]
-    TracefsUnusable(String),
-    #[error("program {0} is missing from the eBPF object")]
-    NoProgram(&'static str),
-    #[error("{program}: {reason}")]
-    Program {
-        program: &'static str,
-        reason: String,
-    },
-    #[error("loading the eBPF object: {0}")]
-    Load(String),
-    #[error("reading kernel BTF for fentry: {0}")]
-    FentryBtf(String),
-}
 
 /// The loaded, attached programs and the maps the collector reads.
 pub struct Tracer {
@@ -140,16 +40,25 @@ pub struct Tracer {
     pub victims: VictimsMap,
     pub counters: KernelCounters,
     pub probes: Vec<ProbeStatus>,
+    /// For each attached hook, the record fields it fills on this kernel
+    /// (what `oomtrace check` promises), from the hook table.
+    pub promises: Vec<(oomtrace_record::Hook, Promises)>,
     pub notes: Vec<String>,
 }
 
 /// What attaching needs to know about this kernel, gathered once.
 struct Context<'a> {
     layout: Option<&'a KernelLayout>,
+    /// Why `layout` is None: `--no-btf`, or the error reading the BTF.
+    no_btf: String,
     options: &'a ProbeOptions,
     host: &'a HostFacts,
     /// tracefs, once a mode needed it: its path, or why it is unusable.
     tracefs: Option<Result<PathBuf, String>>,
+    /// Where this attach mounted tracefs itself, to unmount it after.
+    mounted_tracefs: Option<PathBuf>,
+    /// The classic tracepoint's layout, when that mode was loaded.
+    victim_layout: Option<MarkVictimLayout>,
     /// The kernel's BTF as aya parses it, for fentry/fexit (loaded on first
     /// use: tens of MB that only those modes need).
     fentry_btf: Option<Btf>,
@@ -161,28 +70,58 @@ pub fn attach(options: &ProbeOptions, host: &HostFacts) -> Result<Tracer, ProbeE
     if EBPF_OBJECT.is_empty() {
         return Err(ProbeError::NoObject);
     }
+    // Checked first: there every map creation fails with EPERM, and which
+    // map aya creates first (and so names) changes from run to run.
+    if let UserNamespace::Child { uid_map } = userns::current() {
+        let uid_map = match uid_map {
+            Some(map) => format!("its uid map is `{}`", userns::spelled_map(&map)),
+            None => "its uid map is unreadable".into(),
+        };
+        return Err(ProbeError::UserNamespace { uid_map });
+    }
     let mut notes = Vec::new();
-    let layout = kernel_layout(&options.btf, &mut notes)?;
-    // aya parses the whole kernel BTF in EbpfLoader::new(), and again for
-    // fentry: the peak of the collector's life, handed back right after.
-    host::reusing_heap(|| attach_with(options, host, layout.as_ref(), notes))
-}
-
-fn attach_with(
-    options: &ProbeOptions,
-    host: &HostFacts,
-    layout: Option<&KernelLayout>,
-    notes: Vec<String>,
-) -> Result<Tracer, ProbeError> {
+    let (layout, no_btf) = kernel_layout(&options.btf, &mut notes)?;
     let mut ctx = Context {
-        layout,
+        layout: layout.as_ref(),
+        no_btf,
         options,
         host,
         tracefs: None,
+        mounted_tracefs: None,
+        victim_layout: None,
         fentry_btf: None,
         notes,
     };
+    // aya parses the whole kernel BTF in EbpfLoader::new(), and again for
+    // fentry: the peak of the collector's life, handed back right after.
+    let attached = host::reusing_heap(|| attach_with(&mut ctx));
+    release_tracefs(&mut ctx);
+    let mut tracer = attached?;
+    tracer.notes = ctx.notes;
+    Ok(tracer)
+}
 
+/// Unmounts tracefs if this attach mounted it: a classic tracepoint needs it
+/// only to read its id and format, and an attached one keeps working
+/// without it. Nothing that oomtrace did not mount is ever unmounted.
+fn release_tracefs(ctx: &mut Context<'_>) {
+    let Some(path) = ctx.mounted_tracefs.take() else {
+        return;
+    };
+    let shown = path.display();
+    ctx.notes.push(match tracefs::unmount(&path) {
+        Ok(()) => format!(
+            "mounted tracefs at {shown} to attach the classic tracepoints, and unmounted it again"
+        ),
+        Err(error) => format!(
+            "mounted tracefs at {shown} to attach the classic tracepoints, and could not \
+             unmount it ({error}): it stays mounted; `umount {shown}` removes it"
+        ),
+    });
+}
+
+fn attach_with(ctx: &mut Context<'_>) -> Result<Tracer, ProbeError> {
+    let options = ctx.options;
     let mut status = ProbeStatus {
         name: MARK_VICTIM.hook,
         mode: None,
@@ -190,9 +129,9 @@ fn attach_with(
     };
     let mut loaded = None;
     for mode in allowed_modes(&MARK_VICTIM, options) {
-        let result = check(mode.requires, &mut ctx)
-            .and_then(|()| load(mode, &mut ctx))
-            .and_then(|mut ebpf| attach_programs(&mut ebpf, mode, &mut ctx).map(|()| ebpf));
+        let result = check(mode.requires, ctx)
+            .and_then(|()| load(mode, ctx))
+            .and_then(|mut ebpf| attach_programs(&mut ebpf, mode, ctx).map(|()| ebpf));
         if record_attempt(&mut status, mode.mode, result.as_ref().err()) {
             loaded = result.ok();
             break;
@@ -216,11 +155,12 @@ fn attach_with(
     }
     let mut probes = vec![status];
     for spec in &HOOKS[1..] {
-        probes.push(attach_hook(&mut ebpf, spec, &mut ctx));
+        probes.push(attach_hook(&mut ebpf, spec, ctx));
         // Tens of MB that only fentry/fexit need: freed at once, before
         // anything else is allocated after it.
         ctx.fentry_btf = None;
     }
+    let promises = promises_of(&probes, ctx);
 
     let events = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)?;
     let victims = VictimsMap::new(BpfHashMap::try_from(take_map(&mut ebpf, "VICTIMS")?)?);
@@ -231,8 +171,47 @@ fn attach_with(
         victims,
         counters,
         probes,
-        notes: ctx.notes,
+        promises,
+        // Filled in by `attach`, once tracefs is released.
+        notes: Vec::new(),
     })
+}
+
+/// What each attached hook fills here, by the hook table; the fields it
+/// cannot fill go into the notes, so that `start` says so too.
+fn promises_of(
+    probes: &[ProbeStatus],
+    ctx: &mut Context<'_>,
+) -> Vec<(oomtrace_record::Hook, Promises)> {
+    let here = Available {
+        offsets: ctx.layout.map(|l| &l.offsets),
+        format: ctx.victim_layout.as_ref(),
+        memory_controller: ctx.host.memory_controller.is_some(),
+    };
+    let mut out = Vec::new();
+    for probe in probes {
+        let Some(mode) = hooks::spec(probe.name)
+            .and_then(|spec| spec.modes.iter().find(|m| Some(m.mode) == probe.mode))
+        else {
+            continue;
+        };
+        let promises = promises::promises(mode, &here);
+        if !promises.null.is_empty() {
+            let null: Vec<String> = promises
+                .null
+                .iter()
+                .map(|(field, why)| format!("{field} ({why})"))
+                .collect();
+            ctx.notes.push(format!(
+                "{} via {} leaves these null here: {}",
+                spelled(probe.name),
+                spelled(mode.mode),
+                null.join(", ")
+            ));
+        }
+        out.push((probe.name, promises));
+    }
+    out
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
@@ -275,21 +254,23 @@ fn attach_hook(ebpf: &mut Ebpf, spec: &HookSpec, ctx: &mut Context<'_>) -> Probe
     status
 }
 
+/// The kernel's layout from BTF, or why there is none (for the modes that
+/// need it to say so).
 fn kernel_layout(
     source: &BtfSource,
     notes: &mut Vec<String>,
-) -> Result<Option<KernelLayout>, ProbeError> {
+) -> Result<(Option<KernelLayout>, String), ProbeError> {
     let btf = match source {
         BtfSource::Disabled => {
             notes.push("running without BTF (--no-btf): classic tracepoints only".into());
-            return Ok(None);
+            return Ok((None, "and --no-btf was given".into()));
         }
         BtfSource::File(path) => btf::open(path)?,
         BtfSource::Default => match btf::open(Path::new(DEFAULT_BTF)) {
             Ok(btf) => btf,
             Err(error) => {
                 notes.push(format!("{error}; continuing in no-BTF mode"));
-                return Ok(None);
+                return Ok((None, format!("and {error}")));
             }
         },
     };
@@ -299,7 +280,7 @@ fn kernel_layout(
             "not in this kernel's BTF: {field}; the fields that need it are null"
         ));
     }
-    Ok(Some(layout))
+    Ok((Some(layout), String::new()))
 }
 
 /// Checks what a mode needs from this kernel before anything is loaded.
@@ -307,7 +288,9 @@ fn check(requires: &[Requirement], ctx: &mut Context<'_>) -> Result<(), AttachEr
     for requirement in requires {
         match *requirement {
             Requirement::Btf => {
-                ctx.layout.ok_or(AttachError::NoBtf)?;
+                if ctx.layout.is_none() {
+                    return Err(AttachError::NoBtf(ctx.no_btf.clone()));
+                }
             }
             Requirement::TaskArgument { tracepoint } => {
                 if !ctx.layout.is_some_and(|l| l.mark_victim_raw_has_task) {
@@ -345,8 +328,7 @@ fn tracefs_path(ctx: &mut Context<'_>) -> Result<PathBuf, AttachError> {
         .get_or_insert_with(|| match tracefs::ensure_mounted() {
             Ok((path, mounted)) => {
                 if mounted {
-                    ctx.notes
-                        .push(format!("mounted tracefs at {}", path.display()));
+                    ctx.mounted_tracefs = Some(path.clone());
                 }
                 Ok(path)
             }
@@ -369,6 +351,7 @@ fn load(mode: &ModeSpec, ctx: &mut Context<'_>) -> Result<Ebpf, AttachError> {
             let path = tracefs_path(ctx)?;
             let (layout, layout_notes) = tracefs::mark_victim_layout(&path)?;
             ctx.notes.extend(layout_notes);
+            ctx.victim_layout = Some(layout);
             (VictimKey::Tid, layout)
         }
         _ => (VictimKey::Tgid, MarkVictimLayout::ABSENT),
@@ -511,44 +494,4 @@ where
             program: name,
             reason: describe(&e),
         })
-}
-
-/// An error and its causes, on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-/// A program error in one line; for a verifier rejection, the verifier's
-/// last words (the full log goes to the debug log).
-fn describe(error: &ProgramError) -> String {
-    if let ProgramError::LoadError {
-        io_error,
-        verifier_log,
-    } = error
-    {
-        let log = verifier_log.to_string();
-        log::debug!("verifier log:\n{log}");
-        let tail: Vec<&str> = log
-            .lines()
-            .rev()
-            .filter(|l| !l.trim().is_empty())
-            .take(2)
-            .collect();
-        if tail.is_empty() {
-            return format!("load failed: {io_error}");
-        }
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        return format!("load failed: {io_error} (verifier: {})", tail.join(" / "));
-    }
-    error_chain(error)
 }

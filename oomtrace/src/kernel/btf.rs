@@ -20,6 +20,11 @@ use std::{
 use btf_rs::{Backend, Btf, Member, Struct, Type};
 use oomtrace_ebpf::{FieldOffset, FieldRule, KernelField, KernelOffsets};
 
+use super::host::DEFAULT_BTF;
+
+// Each variant prints its cause inside its own message and marks no field
+// `#[source]`: the message also goes into notes and attach errors as a
+// plain string, and anyhow's `{:#}` would print a marked source twice.
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     #[error(
@@ -28,12 +33,46 @@ pub enum BtfError {
          tracepoint only, fewer fields)"
     )]
     Missing { path: PathBuf },
-    #[error("cannot parse BTF at {path}: {source}")]
-    Parse {
+    #[error("cannot read BTF at {path}: {error}. {hint}")]
+    Unreadable {
         path: PathBuf,
-        #[source]
-        source: btf_rs::Error,
+        error: std::io::Error,
+        hint: &'static str,
     },
+    #[error(
+        "cannot parse BTF at {path}: {error}. It must be a kernel's BTF, as \
+         /sys/kernel/btf/vmlinux is; or run with --no-btf (classic tracepoint only, fewer \
+         fields)"
+    )]
+    Parse { path: PathBuf, error: btf_rs::Error },
+}
+
+impl BtfError {
+    /// The cause alone, without the path or what to do: for a one-line
+    /// summary (`oomtrace check`'s header).
+    pub fn cause(&self) -> String {
+        match self {
+            Self::Missing { path } => format!("{} does not exist", path.display()),
+            Self::Unreadable { path, error, .. } => {
+                format!("cannot read {}: {error}", path.display())
+            }
+            Self::Parse { path, error } => format!("cannot parse {}: {error}", path.display()),
+        }
+    }
+}
+
+/// What to do about an unreadable BTF file: the kernel's own is readable by
+/// everyone (0444) unless something in between hides it.
+fn unreadable_hint(path: &Path) -> &'static str {
+    if path == Path::new(DEFAULT_BTF) {
+        "The kernel's BTF is readable by every user unless something hides it (a bind \
+         mount, a container runtime's masked /sys, a security module): make it readable \
+         (in a container, mount the host's /sys/kernel/btf), give a readable copy with \
+         --btf PATH, or run with --no-btf (classic tracepoint only, fewer fields)"
+    } else {
+        "Give a readable BTF file with --btf PATH, or run with --no-btf (classic tracepoint \
+         only, fewer fields)"
+    }
 }
 
 /// What the BTF says about this kernel, beyond plain offsets.
@@ -51,16 +90,25 @@ pub struct KernelLayout {
 
 /// Opens a BTF file, preferring mmap.
 pub fn open(path: &Path) -> Result<Btf, BtfError> {
-    if !path.exists() {
-        return Err(BtfError::Missing {
+    // Opened here first so that a file that cannot be read is told apart
+    // from one that is not BTF: btf-rs reports both as its own error.
+    if let Err(error) = std::fs::File::open(path) {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            return Err(BtfError::Missing {
+                path: path.to_owned(),
+            });
+        }
+        return Err(BtfError::Unreadable {
             path: path.to_owned(),
+            error,
+            hint: unreadable_hint(path),
         });
     }
     Btf::from_file_with_backend(path, Backend::Mmap)
         .or_else(|_| Btf::from_file(path))
-        .map_err(|source| BtfError::Parse {
+        .map_err(|error| BtfError::Parse {
             path: path.to_owned(),
-            source,
+            error,
         })
 }
 
@@ -492,5 +540,19 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("--no-btf"), "{text}");
         assert!(text.contains("/nonexistent/vmlinux"), "{text}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_btf_names_its_cause_once() {
+        let err = open(Path::new("/etc/passwd")).err().expect("not BTF");
+        assert!(matches!(err, BtfError::Parse { .. }), "{err:?}");
+        let text = err.to_string();
+        // anyhow prints `{:#}` as the message followed by every source:
+        // the cause must be in one place only.
+        assert!(std::error::Error::source(&err).is_none(), "{text}");
+        assert!(
+            text.contains("/etc/passwd") && text.contains("--no-btf"),
+            "{text}"
+        );
     }
 }

@@ -5,11 +5,14 @@
 //! logs about each kill (`kmsg`).
 
 pub mod attach;
+mod attach_types;
 pub mod btf;
 pub mod clock;
 pub mod hooks;
 pub mod host;
 pub mod kmsg;
 pub mod maps;
+pub mod promises;
 pub mod ring;
 pub mod tracefs;
+pub mod userns;

@@ -12,21 +12,19 @@ use oomtrace_ebpf::{FieldOffset, MarkVictimLayout};
 /// older distributions use.
 const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
+// Causes are printed inside each message and never marked `#[source]`, so
+// that anyhow's `{:#}` prints them once (see btf::BtfError).
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
     #[error(
-        "tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {source}. \
+        "tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {error}. \
          Mount it yourself (`mount -t tracefs nodev /sys/kernel/tracing`), or run as root"
     )]
-    Mount {
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot read {path}: {source}")]
+    Mount { error: std::io::Error },
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {what}")]
     Format { path: PathBuf, what: String },
@@ -79,10 +77,23 @@ pub fn ensure_mounted() -> Result<(PathBuf, bool), TracefsError> {
     };
     if rc != 0 {
         return Err(TracefsError::Mount {
-            source: std::io::Error::last_os_error(),
+            error: std::io::Error::last_os_error(),
         });
     }
     Ok((PathBuf::from(CANDIDATES[0]), true))
+}
+
+/// Unmounts tracefs from `path`, where [`ensure_mounted`] mounted it. Not
+/// forced: if anything still uses it (an open file under it), it stays
+/// mounted and the error says so.
+pub fn unmount(path: &Path) -> std::io::Result<()> {
+    let target = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: umount2(2) with a NUL-terminated path and no flags.
+    if unsafe { libc::umount2(target.as_ptr(), 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Parses a tracepoint `format` file's field lines.
@@ -144,9 +155,9 @@ fn split_declaration(decl: &str) -> Option<(String, String)> {
 /// `<tracefs>/events/oom/mark_victim/format`.
 pub fn mark_victim_layout(tracefs: &Path) -> Result<(MarkVictimLayout, Vec<String>), TracefsError> {
     let path = tracefs.join("events/oom/mark_victim/format");
-    let text = std::fs::read_to_string(&path).map_err(|source| TracefsError::Read {
+    let text = std::fs::read_to_string(&path).map_err(|error| TracefsError::Read {
         path: path.clone(),
-        source,
+        error,
     })?;
     let fields = parse_format(&text).map_err(|what| TracefsError::Format {
         path: path.clone(),
@@ -192,6 +203,23 @@ pub fn layout_from_fields(
         return Err("mark_victim has no 4-byte `pid` field".into());
     }
     Ok((layout, notes))
+}
+
+/// A field of the layout by its name in the format file (as
+/// [`layout_from_fields`] reads it); None for a name it does not read.
+pub fn format_field(layout: &MarkVictimLayout, name: &str) -> Option<FieldOffset> {
+    Some(match name {
+        "pid" => layout.pid,
+        "comm" => layout.comm,
+        "total_vm" => layout.total_vm,
+        "anon_rss" => layout.anon_rss,
+        "file_rss" => layout.file_rss,
+        "shmem_rss" => layout.shmem_rss,
+        "uid" => layout.uid,
+        "pgtables" => layout.pgtables,
+        "oom_score_adj" => layout.oom_score_adj,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -273,6 +301,12 @@ print fmt: \"pid=%d comm=%s total-vm=%lukB anon-rss=%lukB file-rss:%lukB shmem-r
             }
         );
         assert!(notes.is_empty());
+        // Every field the format names is found by its name, as the hook
+        // table's promises look it up.
+        for field in fields.iter().filter(|f| !f.name.starts_with("common_")) {
+            let offset = format_field(&layout, &field.name).expect("a field oomtrace reads");
+            assert_eq!(offset, FieldOffset::at(field.offset), "{}", field.name);
+        }
     }
 
     #[test]
