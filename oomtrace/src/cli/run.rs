@@ -117,6 +117,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     host::privileges::check()?;
+    // Before the warnings below, which would only bury this error.
+    attach::in_initial_user_namespace()?;
     // Signal handlers first: a stop signal during the start-up (a supervisor
     // giving up on a slow start) still ends the run cleanly, with `stop`.
     let runtime = tokio::runtime::Builder::new_current_thread()

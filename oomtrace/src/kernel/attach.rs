@@ -65,13 +65,11 @@ struct Context<'a> {
     notes: Vec<String>,
 }
 
-/// Loads and attaches everything the options and this kernel allow.
-pub fn attach(options: &ProbeOptions, host: &HostFacts) -> Result<Tracer, ProbeError> {
-    if EBPF_OBJECT.is_empty() {
-        return Err(ProbeError::NoObject);
-    }
-    // Checked first: there every map creation fails with EPERM, and which
-    // map aya creates first (and so names) changes from run to run.
+/// BPF needs capabilities in the initial user namespace. Checked before
+/// anything is loaded (and by `run` before anything else): in another one
+/// every map creation fails with EPERM, and which map aya creates first
+/// (and so names) changes from run to run.
+pub fn in_initial_user_namespace() -> Result<(), ProbeError> {
     if let UserNamespace::Child { uid_map } = userns::current() {
         let uid_map = match uid_map {
             Some(map) => format!("its uid map is `{}`", userns::spelled_map(&map)),
@@ -79,6 +77,15 @@ pub fn attach(options: &ProbeOptions, host: &HostFacts) -> Result<Tracer, ProbeE
         };
         return Err(ProbeError::UserNamespace { uid_map });
     }
+    Ok(())
+}
+
+/// Loads and attaches everything the options and this kernel allow.
+pub fn attach(options: &ProbeOptions, host: &HostFacts) -> Result<Tracer, ProbeError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(ProbeError::NoObject);
+    }
+    in_initial_user_namespace()?;
     let mut notes = Vec::new();
     let (layout, no_btf) = kernel_layout(&options.btf, &mut notes)?;
     let mut ctx = Context {
