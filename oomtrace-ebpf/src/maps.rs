@@ -35,42 +35,54 @@ static COUNTERS: Array<u64> = Array::with_max_entries(counter::LEN, 0);
 /// Adds one to a counter and returns its previous value.
 #[inline(always)]
 pub fn bump(index: u32) -> u64 {
-    let Some(value) = COUNTERS.get_ptr_mut(index) else {
-        return 0;
-    };
-    let mut previous: u64 = 1;
-    // core's AtomicU64::fetch_add is not available on the bpf target (it has
-    // no compare-and-swap), so this is the instruction itself: BPF_ATOMIC
-    // BPF_ADD|BPF_FETCH (Linux 5.12+), atomic across CPUs.
-    // SAFETY: `value` is an 8-byte aligned u64 in the array's value area.
-    unsafe {
-        core::arch::asm!(
-            "{v} = atomic_fetch_add((u64 *)({p} + 0), {v})",
-            p = in(reg) value,
-            v = inout(reg) previous,
-        );
+    match COUNTERS.get_ptr_mut(index) {
+        Some(value) => fetch_add(value, 1),
+        None => 0,
     }
-    previous
 }
 
-/// A full memory barrier: an atomic read-modify-write (BPF_ATOMIC
-/// BPF_ADD|BPF_FETCH of 0; `lock xadd` on x86, `ldaddal` on arm64). What
-/// was stored before it is visible to every CPU before anything loaded
-/// after it, which plain map updates (a store under a bucket lock) do not
-/// promise.
+/// A full memory barrier: an atomic read-modify-write of a counter, adding
+/// 0 (`lock xadd` on x86, `ldaddal` on arm64). What was stored before it is
+/// visible to every CPU before anything loaded after it, which plain map
+/// updates (a store under a bucket lock) do not promise.
 #[inline(always)]
 pub fn full_fence() {
-    let Some(value) = COUNTERS.get_ptr_mut(counter::KILL_SEQ) else {
-        return;
-    };
-    let mut zero: u64 = 0;
-    // SAFETY: as in `bump`; adding 0 changes nothing.
+    if let Some(value) = COUNTERS.get_ptr_mut(counter::KILL_SEQ) {
+        fetch_add(value, 0);
+    }
+}
+
+/// Adds `n` to the u64 at `word` and returns its previous value, in one
+/// instruction atomic across CPUs: BPF_ATOMIC BPF_ADD|BPF_FETCH (Linux
+/// 5.12+). core's AtomicU64 is not available on the bpf target (it has no
+/// compare-and-swap), so this is the instruction itself.
+#[inline(always)]
+pub fn fetch_add(word: *mut u64, n: u64) -> u64 {
+    let mut value = n;
+    // SAFETY: callers pass an 8-byte aligned u64 in a map value.
     unsafe {
         core::arch::asm!(
             "{v} = atomic_fetch_add((u64 *)({p} + 0), {v})",
-            p = in(reg) value,
-            v = inout(reg) zero,
+            p = in(reg) word,
+            v = inout(reg) value,
         );
     }
-    let _ = zero;
+    value
+}
+
+/// Sets `bits` in the u64 at `word` and returns its previous value:
+/// BPF_ATOMIC BPF_OR|BPF_FETCH, fully ordered, so what was stored before it
+/// is seen by whoever reads the bit.
+#[inline(always)]
+pub fn fetch_or(word: *mut u64, bits: u64) -> u64 {
+    let mut value = bits;
+    // SAFETY: callers pass an 8-byte aligned u64 in a map value.
+    unsafe {
+        core::arch::asm!(
+            "{v} = atomic_fetch_or((u64 *)({p} + 0), {v})",
+            p = in(reg) word,
+            v = inout(reg) value,
+        );
+    }
+    value
 }

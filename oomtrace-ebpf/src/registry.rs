@@ -41,7 +41,7 @@ use oomtrace_ebpf::{
 
 use crate::{
     kernel::{off, read_field, read_ptr_field, set, victim_key_rule},
-    maps::{bump, full_fence},
+    maps::{bump, fetch_or, full_fence},
 };
 
 /// Victims waiting for their exit: the only map the exit hook touches.
@@ -82,24 +82,6 @@ pub struct Exit {
     pub kill_seq: u64,
     pub boot_ns: u64,
     pub exit_code: Known<i32>,
-}
-
-/// Sets `bits` in the u64 at `word` and returns its previous value, in one
-/// instruction atomic across CPUs: BPF_ATOMIC BPF_OR|BPF_FETCH (Linux
-/// 5.12+; core's AtomicU64 is not available on the bpf target). Fully
-/// ordered, so what was stored before it is seen by whoever reads the bit.
-#[inline(always)]
-fn fetch_or(word: *mut u64, bits: u64) -> u64 {
-    let mut value = bits;
-    // SAFETY: `word` is an 8-byte aligned u64 in a map value.
-    unsafe {
-        core::arch::asm!(
-            "{v} = atomic_fetch_or((u64 *)({p} + 0), {v})",
-            p = in(reg) word,
-            v = inout(reg) value,
-        );
-    }
-    value
 }
 
 /// The `start_time` of a task's thread-group leader: with the pid, it tells

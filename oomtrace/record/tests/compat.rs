@@ -8,28 +8,17 @@
 //! - `schema1-with-origin.ndjson`: written after them, with a kill whose
 //!   victim exited after the exit wait and the `late_exit` that closed it.
 
+mod common;
+use common::compiled;
 use std::path::Path;
 
-use oomtrace_record::{Record, json_schema, read};
+use oomtrace_record::{Record, read};
 
 fn fixture(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Today's schema, compiled by a validator from the field (boon).
-fn compiled() -> (boon::Schemas, boon::SchemaIndex) {
-    let mut schemas = boon::Schemas::new();
-    let mut compiler = boon::Compiler::new();
-    compiler
-        .add_resource("oomtrace.json", json_schema())
-        .expect("the schema is a resource");
-    let index = compiler
-        .compile("oomtrace.json", &mut schemas)
-        .expect("the schema compiles");
-    (schemas, index)
 }
 
 fn validate_all(name: &str) -> Vec<Record> {

@@ -6,9 +6,11 @@
 //! carries its example's numbers. `sudo cargo xtask docs --capture` makes
 //! them again from real kills; `cargo xtask docs` redoes the text blocks.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
-use oomtrace_record::{Record, json_schema, read, text};
+use oomtrace_record::{Record, read, text};
 use serde_json::Value;
 
 const REFRESH: &str = "refresh them with `sudo cargo xtask docs --capture`";
@@ -108,14 +110,7 @@ fn leaves(value: &Value, prefix: &str, out: &mut Vec<String>) {
 
 #[test]
 fn every_json_example_is_a_record_of_today() {
-    let mut schemas = boon::Schemas::new();
-    let mut compiler = boon::Compiler::new();
-    compiler
-        .add_resource("oomtrace.json", json_schema())
-        .expect("the schema is a resource");
-    let index = compiler
-        .compile("oomtrace.json", &mut schemas)
-        .expect("the schema compiles");
+    let (schemas, index) = common::compiled();
     let mut checked = 0;
     for (path, doc) in documents() {
         let shown = path

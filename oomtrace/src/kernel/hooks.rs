@@ -48,6 +48,22 @@ const fn gives(field: &'static str, needs: &'static [Need]) -> Gives {
     Gives { field, needs }
 }
 
+/// `a` then `b`, as one list of needs (`N` = their lengths' sum), so that a
+/// field needing two walks names each once.
+const fn both<const N: usize>(a: &[Need], b: &[Need]) -> [Need; N] {
+    let mut out = [Need::MemoryController; N];
+    let mut i = 0;
+    while i < a.len() {
+        out[i] = a[i];
+        i += 1;
+    }
+    while i < N {
+        out[i] = b[i - a.len()];
+        i += 1;
+    }
+    out
+}
+
 /// What a field needs from this kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {
@@ -167,27 +183,26 @@ const NS_PID: &[Need] = &[
     Need::Kernel("upid_size"),
 ];
 
+/// The namespace's inode: `numbers[level].ns->ns.inum`.
+const PID_NS: &[Need] = &both::<{ NS_PID.len() + 2 }>(
+    NS_PID,
+    &[Need::Kernel("upid_ns"), Need::Kernel("pidns_inum")],
+);
+
 /// The memcg levels' paths come from the victim's cgroup path walk.
-const MEMCG_WITH_PATHS: &[Need] = &[
-    Need::MemoryController,
-    Need::Kernel("task_cgroups"),
-    Need::Kernel("css_set_memory_css"),
-    Need::Kernel("css_set_dfl_cgrp"),
-    Need::Kernel("css_parent"),
-    Need::Kernel("css_cgroup"),
-    Need::Kernel("cgroup_kn"),
-    Need::Kernel("kn_name"),
-    Need::Kernel("kn_parent"),
-    Need::Kernel("kn_id"),
-    Need::Kernel("memcg_usage"),
-    Need::Kernel("memcg_max"),
-];
+const MEMCG_WITH_PATHS: &[Need] =
+    &both::<{ MEMCG_WALK.len() + CGROUP_PATH.len() }>(MEMCG_WALK, CGROUP_PATH);
+
+/// `memory.oom.group` of each level, read along the memcg walk.
+const MEMCG_OOM_GROUP: &[Need] =
+    &both::<{ MEMCG_WALK.len() + 1 }>(MEMCG_WALK, &[Need::Kernel("memcg_oom_group")]);
 
 const RAW_VICTIM: &[Gives] = &[
     gives("victim.pid", &[Need::Kernel("task_tgid")]),
     gives("victim.tid", &[Need::Kernel("task_pid")]),
     gives("victim.ns_pid", NS_PID),
     gives("victim.container_init", NS_PID),
+    gives("victim.pid_ns", PID_NS),
     gives("victim.comm", &[Need::Kernel("task_comm")]),
     gives(
         "victim.uid",
@@ -217,21 +232,7 @@ const RAW_VICTIM: &[Gives] = &[
     gives("memcg.usage_bytes", MEMCG_WALK),
     gives("memcg.levels[].path", MEMCG_WITH_PATHS),
     gives("memcg.levels[].usage_bytes", MEMCG_WALK),
-    gives(
-        "memcg.levels[].oom_group",
-        &[
-            Need::MemoryController,
-            Need::Kernel("task_cgroups"),
-            Need::Kernel("css_set_memory_css"),
-            Need::Kernel("css_parent"),
-            Need::Kernel("css_cgroup"),
-            Need::Kernel("cgroup_kn"),
-            Need::Kernel("kn_id"),
-            Need::Kernel("memcg_usage"),
-            Need::Kernel("memcg_max"),
-            Need::Kernel("memcg_oom_group"),
-        ],
-    ),
+    gives("memcg.levels[].oom_group", MEMCG_OOM_GROUP),
     TRIGGER[0],
     TRIGGER[1],
     TRIGGER[2],
