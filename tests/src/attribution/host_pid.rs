@@ -19,6 +19,16 @@ use crate::{
     scenarios::{Workload, assert_exit_137, assert_matches_kernel, assert_sigkilled},
 };
 
+/// The container's main process, `oomtrace-workload ARGS`, started inside
+/// its cgroup in the host's pid namespace, as a runtime starts an
+/// entrypoint with `--pid=host`.
+fn entrypoint(env: &Env, pod: &Pod, args: &[&str]) -> Workload {
+    let workload = env.workload.to_str().expect("utf-8");
+    let mut exec_in = vec![pod.container_dir(), workload];
+    exec_in.extend_from_slice(args);
+    Workload::spawn(env, "exec-in", &exec_in)
+}
+
 /// The host's pid namespace, as `start.host.pid_ns` reports it, and the
 /// victim's is the same.
 fn assert_host_pid_ns(record: &Value, start: &Value) {
@@ -39,12 +49,7 @@ pub fn host_pid_container_main_killed(env: &Env) {
     let pod = Pod::create(Driver::Cgroupfs, Some("burstable"), false);
     let mut collector = pod.collector(env);
     let mut kmsg = Kmsg::open();
-    let workload = env.workload.to_str().expect("utf-8");
-    let mut main = Workload::spawn(
-        env,
-        "exec-in",
-        &[pod.container_dir(), workload, "alloc", "--adj", "900"],
-    );
+    let mut main = entrypoint(env, &pod, &["alloc", "--adj", "900"]);
     assert_sigkilled(main.wait(), "the container's main process");
     let kernel = kmsg.killed(main.pid(), KILL_TIMEOUT);
     let record = collector.kill_of(main.pid(), KILL_TIMEOUT);
@@ -63,19 +68,10 @@ pub fn host_pid_container_child_killed(env: &Env) {
     let pod = Pod::create(Driver::Systemd, None, true);
     let mut collector = pod.collector(env);
     let mut kmsg = Kmsg::open();
-    let workload = env.workload.to_str().expect("utf-8");
-    let mut main = Workload::spawn(
+    let mut main = entrypoint(
         env,
-        "exec-in",
-        &[
-            pod.container_dir(),
-            workload,
-            "parent",
-            "--linger",
-            "--adj",
-            "900",
-            "--wait-stdin",
-        ],
+        &pod,
+        &["parent", "--linger", "--adj", "900", "--wait-stdin"],
     );
     let victim = super::child_of(main.pid(), std::time::Duration::from_secs(10));
     main.release();
