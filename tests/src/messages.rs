@@ -144,6 +144,89 @@ pub fn bad_btf_cause_once(env: &Env) {
     assert_eq!(error.matches(cause).count(), 1, "the cause once: {error}");
 }
 
+/// Bad places to write to or read from, each refused at once with a message
+/// that names the argument and its cause, once: a `--host-root` that does not
+/// exist or is a file, a `-o` FIFO that nobody reads (which used to block
+/// forever before attaching), a `-o` that cannot take a line
+/// (/proc/version: EIO at the first write, after which nothing would ever
+/// be written), a negative duration.
+pub fn bad_places_are_clear_errors(env: &Env) {
+    let fifo = std::env::temp_dir().join(format!("oomtrace-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    let status = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(status.success());
+    let fifo_arg = fifo.to_str().expect("utf-8");
+    let cases: &[(&[&str], &[&str], &str)] = &[
+        (
+            &["--host-root", "/nonexistent"],
+            &["--host-root", "/nonexistent"],
+            "No such file",
+        ),
+        (
+            &["--host-root", "/etc/passwd"],
+            &["--host-root", "not a directory"],
+            "not a directory",
+        ),
+        (
+            &["-o", fifo_arg],
+            &["FIFO with no reader", "start its reader first"],
+            "FIFO",
+        ),
+        (
+            &["-o", "/proc/version"],
+            &["/proc/version", "cannot take records"],
+            "Input/output error",
+        ),
+        (
+            &["--exit-wait", "-5s"],
+            &["--exit-wait", "cannot be negative"],
+            "negative",
+        ),
+    ];
+    for (args, says, cause) in cases {
+        let mut child = Command::new(&env.oomtrace)
+            .arg("run")
+            .args(*args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run");
+        // None of these may hang: bounded wait, then a failure that says so.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = std::fs::remove_file(&fifo);
+                panic!("`oomtrace run {args:?}` did not end");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+            .expect("stderr");
+        assert!(!status.success(), "{args:?} accepted: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        for said in *says {
+            assert!(stderr.contains(said), "{args:?}: `{said}` not in: {stderr}");
+        }
+        assert!(stderr.contains(cause), "{args:?}: {stderr}");
+        let error = stderr
+            .lines()
+            .filter(|l| l.contains("error"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(
+            error.matches(cause).count(),
+            1,
+            "{args:?}: the cause once: {error}"
+        );
+    }
+    let _ = std::fs::remove_file(&fifo);
+}
+
 /// `check` mounts tracefs only when a classic tracepoint needs it, and
 /// unmounts what it mounted; a tracefs it found mounted stays mounted.
 pub fn check_leaves_mounts_as_found(env: &Env) {

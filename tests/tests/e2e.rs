@@ -63,6 +63,7 @@ scenario! {
     messages::user_namespace_is_named,
     messages::hidden_btf_is_named,
     messages::bad_btf_cause_once,
+    messages::bad_places_are_clear_errors,
     messages::check_leaves_mounts_as_found,
     messages::check_json_is_a_start_record,
     messages::check_promises_hold,
