@@ -16,5 +16,6 @@ pub mod paths;
 pub mod readme;
 pub mod scenarios;
 pub mod storm;
+pub mod workload;
 
 pub use collector::Env;

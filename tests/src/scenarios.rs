@@ -5,15 +5,11 @@
 //! `Killed process` line, the cgroup's oom_kill counter, and the wait status.
 //! A scenario panics, with context, on the first mismatch.
 
-use std::{
-    io::Write,
-    os::unix::process::ExitStatusExt,
-    process::{Child, Command, ExitStatus, Stdio},
-    time::Duration,
-};
+use std::{os::unix::process::ExitStatusExt, process::ExitStatus, time::Duration};
 
 use serde_json::Value;
 
+pub use crate::workload::Workload;
 use crate::{
     cgroup::MemCgroup,
     collector::{Collector, Env},
@@ -23,74 +19,6 @@ use crate::{
 /// Enough for the workload's own few MiB, small enough to OOM in a blink.
 pub const LIMIT: u64 = 64 << 20;
 const KILL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A workload process: `oomtrace-workload alloc ...`.
-pub struct Workload {
-    pub child: Child,
-}
-
-impl Workload {
-    pub fn spawn(env: &Env, mode: &str, args: &[&str]) -> Self {
-        let child = Command::new(&env.workload)
-            .arg(mode)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn workload: {e}"));
-        Self { child }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Lets a `--wait-stdin` workload start allocating.
-    pub fn release(&mut self) {
-        let stdin = self.child.stdin.as_mut().expect("stdin");
-        stdin.write_all(b"g").expect("release workload");
-        stdin.flush().expect("flush");
-    }
-
-    pub fn wait(&mut self) -> ExitStatus {
-        self.child.wait().expect("wait workload")
-    }
-
-    /// The workload's next line on stdout: it says `WORD NUMBER`; returns
-    /// the number.
-    pub fn said(&mut self, word: &str) -> u32 {
-        let rest = self.said_line(word);
-        rest.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("the workload said `{word} {rest}`, not `{word} N`"))
-    }
-
-    /// The workload's next line on stdout, which starts with `word`; returns
-    /// the rest of it.
-    pub fn said_line(&mut self, word: &str) -> String {
-        let stdout = self.child.stdout.as_mut().expect("stdout");
-        // Byte by byte: a buffered reader could take more than this line.
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while std::io::Read::read(stdout, &mut byte).expect("read workload") == 1 {
-            if byte[0] == b'\n' {
-                break;
-            }
-            line.push(byte[0]);
-        }
-        let line = String::from_utf8_lossy(&line);
-        line.strip_prefix(word)
-            .map(|rest| rest.trim().to_string())
-            .unwrap_or_else(|| panic!("the workload said {line:?}, not `{word} ...`"))
-    }
-}
-
-impl Drop for Workload {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Asserts that the wait status is death by SIGKILL (the shell's 137).
 pub fn assert_sigkilled(status: ExitStatus, what: &str) {
