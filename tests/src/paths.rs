@@ -309,6 +309,19 @@ pub struct Kill {
     pub proc_path: std::io::Result<Vec<u8>>,
 }
 
+/// The kernel's `task_memcg`, when it logged its summary line whole, is the
+/// path made (escaped as /dev/kmsg escapes it).
+fn assert_logged_task_memcg(kill: &Kill, path: &[u8]) {
+    if let Some(logged) = kill
+        .kernel
+        .context
+        .as_ref()
+        .and_then(|c| c.task_memcg.as_deref())
+    {
+        assert_eq!(logged, kmsg_escaped(path), "the kernel's task_memcg");
+    }
+}
+
 pub fn kill_in(env: &Env, collector: &mut Collector, chain: &Chain) -> Kill {
     let mut kmsg = Kmsg::open();
     let mut victim = chain.spawn(env, "600");
@@ -341,14 +354,7 @@ pub fn assert_whole(kill: &Kill, chain: &Chain) {
     assert_eq!(proc_path, &path, "the kernel's path is the one made");
     let victim = path_bytes(&record["victim"]["cgroup"], "path");
     assert_eq!(victim.as_ref(), Some(&path), "victim.cgroup.path: {record}");
-    if let Some(logged) = kill
-        .kernel
-        .context
-        .as_ref()
-        .and_then(|c| c.task_memcg.as_deref())
-    {
-        assert_eq!(logged, kmsg_escaped(&path), "the kernel's task_memcg");
-    }
+    assert_logged_task_memcg(kill, &path);
     let memcg = &record["memcg"];
     assert_eq!(path_bytes(memcg, "path").as_ref(), Some(&path), "{record}");
     let levels = memcg["levels"].as_array().expect("memcg levels");
@@ -544,14 +550,7 @@ pub fn cgroup_name_not_utf8(env: &Env) {
     let parent = &record["memcg"]["levels"][1];
     assert_eq!(parent["path"], chain.top.path.as_str(), "{record}");
     assert!(parent["path_hex"].is_null(), "{record}");
-    if let Some(logged) = kill
-        .kernel
-        .context
-        .as_ref()
-        .and_then(|c| c.task_memcg.as_deref())
-    {
-        assert_eq!(logged, kmsg_escaped(&path), "the kernel's task_memcg");
-    }
+    assert_logged_task_memcg(&kill, &path);
 }
 
 /// cgroup v2 only: the memory controller enabled on the test cgroup alone,

@@ -19,9 +19,6 @@ pub struct Doubled {
     pub field: String,
 }
 
-/// Doubled causes allowed for a while: (file, field). None now.
-const KNOWN: &[(&str, &str)] = &[];
-
 /// Every doubled cause in the workspace's Rust files (outside `target/`).
 pub fn check(root: &Path) -> Result<()> {
     let mut found = Vec::new();
@@ -37,9 +34,6 @@ pub fn check(root: &Path) -> Result<()> {
             .display()
             .to_string();
         for doubled in doubled_causes(&text) {
-            if KNOWN.contains(&(shown.as_str(), doubled.field.as_str())) {
-                continue;
-            }
             found.push(format!(
                 "{shown}:{}: the message prints `{}`, which is also the error's source",
                 doubled.line, doubled.field
