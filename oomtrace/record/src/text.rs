@@ -414,6 +414,31 @@ mod tests {
     }
 
     #[test]
+    fn a_marked_task_that_was_already_dying_is_not_called_killed() {
+        let mut kill = blank_kill();
+        assert!(!kill_line(&kill).contains("not killed"));
+        kill.oom.killed = Some(true);
+        kill.oom.group_kill = Some(true);
+        let line = kill_line(&kill);
+        assert!(
+            !line.contains("not killed") && line.contains(" oom-group "),
+            "{line}"
+        );
+        kill.oom.killed = Some(false);
+        let line = kill_line(&kill);
+        assert!(
+            line.contains(" marked, not killed (already dying) "),
+            "{line}"
+        );
+        kill.oom.signal_kill_seq = Some(4);
+        let line = kill_line(&kill);
+        assert!(
+            line.contains(" marked, not killed (already dying of signal kill #4) trigger"),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn every_name_from_the_kernel_or_the_filesystem_is_escaped() {
         let mut kill = blank_kill();
         let hostile = "/evil\u{1b}]0;pwned\u{7}\u{9b}31m\u{7f}\u{2028}\u{202e}x";
