@@ -180,7 +180,33 @@ impl Collector {
 
     /// Waits for the first `oom_kill` record that satisfies `pred`.
     pub fn kill_matching(&mut self, pred: impl Fn(&Value) -> bool, timeout: Duration) -> Value {
-        let matches = |r: &Value| r["type"] == "oom_kill" && pred(r);
+        self.record_matching("oom_kill", pred, timeout)
+    }
+
+    /// Waits for the `signal_kill` record whose target is process `pid`.
+    pub fn signal_kill_of(&mut self, pid: u32, timeout: Duration) -> Value {
+        self.record_matching("signal_kill", |r| r["target"]["pid"] == pid, timeout)
+    }
+
+    /// Waits for the `container_exit` record of the PID 1 whose host pid is
+    /// `pid`.
+    pub fn container_exit_of(&mut self, pid: u32, timeout: Duration) -> Value {
+        self.record_matching("container_exit", |r| r["pid"] == pid, timeout)
+    }
+
+    /// The records of type `kind` read so far.
+    pub fn of_type<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> {
+        self.records.iter().filter(move |r| r["type"] == kind)
+    }
+
+    /// Waits for the first record of type `kind` that satisfies `pred`.
+    pub fn record_matching(
+        &mut self,
+        kind: &str,
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Value {
+        let matches = |r: &Value| r["type"] == kind && pred(r);
         if let Some(found) = self.records.iter().find(|r| matches(r)) {
             return found.clone();
         }
@@ -189,7 +215,7 @@ impl Collector {
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(
                 !left.is_zero(),
-                "no matching oom_kill record within {timeout:?}: {:?}",
+                "no matching {kind} record within {timeout:?}: {:?}",
                 self.records
             );
             let record = self.next_record(left);

@@ -15,6 +15,7 @@ pub mod operations;
 pub mod paths;
 pub mod readme;
 pub mod scenarios;
+pub mod signals;
 pub mod storm;
 pub mod workload;
 

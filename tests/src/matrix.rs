@@ -10,7 +10,9 @@ use std::{panic::AssertUnwindSafe, process::Command, time::Instant};
 
 use serde_json::Value;
 
-use crate::{Env, attribution, cgroup, fired_limit, messages, operations, paths, scenarios};
+use crate::{
+    Env, attribution, cgroup, fired_limit, messages, operations, paths, scenarios, signals,
+};
 
 type Scenario = (&'static str, fn(&Env));
 
@@ -68,6 +70,40 @@ const EXIT_PATHS: &[Scenario] = &[
     ),
 ];
 
+/// SIGKILLs from others than the OOM killer, and containers' PID 1 exits
+/// (see `signals.rs`, `attribution/exits.rs`). The signal hook is the same
+/// in every mode, so one raw mode per kernel runs them.
+const SIGNALS: &[Scenario] = &[
+    (
+        "kill_9_from_a_shell_names_the_shell",
+        signals::kill_9_from_a_shell_names_the_shell,
+    ),
+    (
+        "sigkill_after_sigterm_and_group_kills",
+        signals::sigkill_after_sigterm_and_group_kills,
+    ),
+    (
+        "multi_threaded_target_is_one_record",
+        signals::multi_threaded_target_is_one_record,
+    ),
+    (
+        "shared_mm_kills_belong_to_the_oom_kill",
+        signals::shared_mm_kills_belong_to_the_oom_kill,
+    ),
+    (
+        "marked_while_dying_is_not_an_oom_kill",
+        signals::marked_while_dying_is_not_an_oom_kill,
+    ),
+    (
+        "container_stop_timeout",
+        attribution::container_stop_timeout,
+    ),
+    (
+        "container_drained_after_a_child_oom",
+        attribution::container_drained_after_a_child_oom,
+    ),
+];
+
 /// Cgroup paths at the limits of the kernel's walks (see `paths.rs`). The
 /// walks are the same in every raw mode; `oom.memcg_path` is not (the
 /// hook's `oc->memcg`, or derived from the levels), so they run with
@@ -107,6 +143,10 @@ const V2_ONLY: &[&str] = &[
     "cgroup_past_the_limit_below_its_memcg",
 ];
 
+/// Scenarios that need cgroup v1 (n/a on a v2 machine): the v1 freezer
+/// holds a task that got SIGKILL, v2's lets it die.
+const V1_ONLY: &[&str] = &["marked_while_dying_is_not_an_oom_kill"];
+
 pub struct Mode {
     pub name: &'static str,
     /// Flags every `oomtrace run` gets in this mode.
@@ -140,7 +180,7 @@ pub const MODES: &[Mode] = &[
         name: "raw+off",
         flags: &["--victim-probe", "raw", "--oom-kill-probe", "off"],
         requires: &[("mark_victim", "raw_tracepoint")],
-        scenarios: &[KILLS, EXIT_PATHS, PATHS],
+        scenarios: &[KILLS, EXIT_PATHS, PATHS, SIGNALS],
     },
     Mode {
         // The scenario itself runs `--victim-probe tracepoint` (with
@@ -240,6 +280,11 @@ pub fn run(base: &Env, only: Option<&str>) -> Totals {
         for (name, scenario) in mode.scenarios.iter().copied().flatten() {
             if cgroup == "v1" && V2_ONLY.contains(name) {
                 line(name, "n/a", 0.0, "needs cgroup v2");
+                totals.na += 1;
+                continue;
+            }
+            if cgroup == "v2" && V1_ONLY.contains(name) {
+                line(name, "n/a", 0.0, "needs cgroup v1");
                 totals.na += 1;
                 continue;
             }

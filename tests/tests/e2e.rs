@@ -2,7 +2,7 @@
 //! (root; one at a time: `--test-threads=1`).
 
 use oomtrace_tests::{
-    Env, attribution, faults, fired_limit, messages, operations, paths, readme, scenarios,
+    Env, attribution, faults, fired_limit, messages, operations, paths, readme, scenarios, signals,
 };
 
 fn env() -> Env {
@@ -38,8 +38,15 @@ scenario! {
     paths::cgroup_path_at_path_max,
     paths::cgroup_path_past_path_max,
     paths::cgroup_name_not_utf8,
+    signals::kill_9_from_a_shell_names_the_shell,
+    signals::sigkill_after_sigterm_and_group_kills,
+    signals::multi_threaded_target_is_one_record,
+    signals::shared_mm_kills_belong_to_the_oom_kill,
+    signals::marked_while_dying_is_not_an_oom_kill,
     attribution::container_init_killed,
     attribution::container_child_killed_container_survives,
+    attribution::container_stop_timeout,
+    attribution::container_drained_after_a_child_oom,
     attribution::host_pid_container_main_killed,
     attribution::host_pid_container_child_killed,
     faults::stuck_victims_are_evicted_at_the_cap,

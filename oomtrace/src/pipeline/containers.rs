@@ -88,6 +88,11 @@ impl Containers {
         self.release_waiting_for(kill.seq)
     }
 
+    /// Whether kill `seq` is a signal kill (of those remembered).
+    pub fn is_signal_kill(&self, seq: u64) -> bool {
+        matches!(self.kills.get(&seq), Some(Kill::Signal(_)))
+    }
+
     /// A signal kill, as it arrives. Returns exits that waited for it.
     pub fn note_signal(&mut self, kill: &SignalKill) -> Vec<ContainerExit> {
         self.remember(kill.seq, Kill::Signal(Box::new(kill.sender.clone())));

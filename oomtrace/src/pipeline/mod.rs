@@ -32,13 +32,13 @@ use std::{
 };
 
 use oomtrace_ebpf::{SOURCE_CONTAINER_EXIT, SOURCE_SIGNAL};
-use oomtrace_record::{ContainerExit, Counters, Origin, Record, Start, StopReason};
+use oomtrace_record::{ContainerExit, Counters, KernelLog, Origin, Record, Start, StopReason};
 
 use self::{
     attribution::{Attributor, HostView},
     containers::Containers,
     convert::Loss,
-    join::{Held, JoinLimits, Joiner, Outcome},
+    join::{Held, JoinLimits, Joiner, Outcome, Tracking},
     kernel_log::{KernelLines, LINE_WAIT},
 };
 use crate::kernel::{
@@ -284,14 +284,28 @@ impl Worker {
             KernelEvent::Kill(rec) => {
                 let (mut kill, tracking) =
                     convert::kill(&rec, &self.origin, self.page_size, self.signal_hook);
+                // Marked without a kill because a SIGKILL was already killing
+                // it: the kernel registered that signal kill for this process.
+                if kill.oom.killed == Some(false)
+                    && let Tracking::SameAs(seq) = tracking
+                    && self.containers.is_signal_kill(seq)
+                {
+                    kill.oom.signal_kill_seq = Some(seq);
+                }
                 self.attributor
                     .fired_memcg(&mut kill, convert::shared_memcg_levels(&rec));
                 let exits = self.containers.note_oom(&kill);
                 self.write_container_exits(exits);
-                let line_until = self
+                let mut line_until = self
                     .lines
                     .meet_kill(&mut kill, now)
                     .then(|| now + self.line_wait);
+                if line_until.is_some() && kill.oom.killed == Some(false) {
+                    // oom_kill_process() and out_of_memory() log nothing
+                    // when they only mark a task that is already dying.
+                    kill.oom.kernel_log = Some(KernelLog::Missing);
+                    line_until = None;
+                }
                 self.joiner.add_kill(kill, tracking, now, line_until)
             }
             KernelEvent::Exit(exit) => self.joiner.add_exit(&exit),

@@ -363,6 +363,7 @@ pub fn container_init_killed(env: &Env) {
         "container",
     );
     assert_eq!(pod.container_oom_kills(), 1);
+    exits::assert_init_oom_exit(&mut collector, &pod, init, &record);
     let _ = shim.wait();
 }
 
@@ -377,7 +378,7 @@ pub fn container_child_killed_container_survives(env: &Env) {
         mut shim,
         mut out,
         victim,
-        ..
+        init,
     } = ContainerWithChild::start(env, &pod);
     let kernel = kmsg.killed(victim, KILL_TIMEOUT);
     let record = collector.kill_of(victim, KILL_TIMEOUT);
@@ -409,6 +410,7 @@ pub fn container_child_killed_container_survives(env: &Env) {
     // The kernel counts the kill in the victim's memcg (and, on cgroup v2,
     // hierarchically in the pod's memory.events too).
     assert_eq!(pod.container_oom_kills(), 1);
+    exits::assert_exit_after_child_kill(&mut collector, &pod, init, &record);
     let _ = shim.wait();
 }
 
@@ -456,6 +458,8 @@ pub fn oom_group_takes_the_container(env: &Env) {
         assert_eq!(record["victim"]["container_init"], is_init, "{record}");
         assert_eq!(record["container_survives"], false, "{record}");
         assert_eq!(record["memcg"]["levels"][0]["oom_group"], true, "{record}");
+        // Each member is an OOM kill of its own, killed by the OOM killer.
+        assert_eq!(record["oom"]["killed"], true, "{record}");
         assert_pod_attribution(record, &pod, Driver::Systemd, "burstable");
         if hooked {
             // Both die in the one oom_kill_process() call that chose `victim`.
@@ -469,6 +473,14 @@ pub fn oom_group_takes_the_container(env: &Env) {
         .filter(|r| r["victim"]["pid"] == victim || r["victim"]["pid"] == init)
         .count();
     assert_eq!(ours, 2, "one record each for the chosen task and PID 1");
+    let as_signal_kills = collector
+        .of_type("signal_kill")
+        .filter(|r| r["target"]["pid"] == victim || r["target"]["pid"] == init)
+        .count();
+    assert_eq!(as_signal_kills, 0, "no member is also a signal kill");
+    let exit = collector.container_exit_of(init, KILL_TIMEOUT);
+    assert_eq!(exit["cause"], "oom_kill", "{exit}");
+    assert_eq!(exit["cause_seq"], member_record["seq"], "{exit}");
     // The kernel counts a kill per SIGKILL it sends: the group scan
     // (mem_cgroup_scan_tasks) reaches the chosen task again when its mm is
     // not gone yet, and counts it twice then.
@@ -477,5 +489,7 @@ pub fn oom_group_takes_the_container(env: &Env) {
     let _ = shim.wait();
 }
 
+mod exits;
 mod host_pid;
+pub use exits::{container_drained_after_a_child_oom, container_stop_timeout};
 pub use host_pid::{host_pid_container_child_killed, host_pid_container_main_killed};

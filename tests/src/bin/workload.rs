@@ -174,7 +174,12 @@ fn parent(mut args: &[String]) {
             [flag, n, rest @ ..] if flag == "--term-exit" => {
                 TERM_EXIT.store(n.parse().unwrap(), std::sync::atomic::Ordering::Relaxed);
                 // SAFETY: installs an async-signal-safe handler.
-                unsafe { libc::signal(libc::SIGTERM, exit_on_term as *const () as libc::sighandler_t) };
+                unsafe {
+                    libc::signal(
+                        libc::SIGTERM,
+                        exit_on_term as *const () as libc::sighandler_t,
+                    )
+                };
                 args = rest;
             }
             _ => break,
