@@ -314,7 +314,7 @@ pub fn check_and_bad_btf(env: &Env) {
         .output()
         .expect("check --json");
     let start: Value = serde_json::from_slice(&json.stdout).expect("check --json is JSON");
-    assert_eq!(start["probes"].as_array().map(Vec::len), Some(3), "{start}");
+    assert_eq!(start["probes"].as_array().map(Vec::len), Some(4), "{start}");
 
     let output = Command::new(&env.oomtrace)
         .args(["run", "--btf", "/nonexistent/vmlinux"])

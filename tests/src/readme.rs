@@ -13,6 +13,11 @@
 //!   driver, a Burstable pod whose limit is on the pod level, a containerd
 //!   scope, the kubelet's log directories under `--host-root`), as the
 //!   attribution scenarios build it.
+//! - `stop_timeout` and `stop_timeout_exit`: the PID 1 of a container in
+//!   the same kind of tree ignores SIGTERM, and the "runtime" (a shell)
+//!   sends SIGKILL a second later: its `signal_kill` and `container_exit`.
+//! - `drained_exit`: a container whose child was OOM-killed is drained:
+//!   PID 1 handles SIGTERM and exits 143 (kubernetes #140716).
 
 use std::{
     io::{BufRead, BufReader},
@@ -27,6 +32,7 @@ use crate::{
     collector::{Collector, Env},
     kmsg::{KilledProcess, Kmsg},
     scenarios::{Workload, assert_sigkilled},
+    signals::Shell,
 };
 
 const KILL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,7 +50,7 @@ pub fn examples_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/readme-examples"))
 }
 
-/// Causes the three kills and writes `NAME.json` (the line as written) for
+/// Causes the kills and writes `NAME.json` (the line as written) for
 /// each, and `demo.kmsg`.
 pub fn capture(env: &Env) {
     let dir = examples_dir();
@@ -59,6 +65,78 @@ pub fn capture(env: &Env) {
     save("demo.kmsg", &kernel_line(&kernel));
     save("late_exit.json", &late_exit(env).to_string());
     save("kubelet.json", &kubelet(env).to_string());
+    let (kill, exit) = stop_timeout(env);
+    save("stop_timeout.json", &kill.to_string());
+    save("stop_timeout_exit.json", &exit.to_string());
+    save("drained_exit.json", &drained(env).to_string());
+}
+
+/// A kubelet-shaped container cgroup (systemd driver, Burstable pod with
+/// its limit on the pod level, containerd scope) under a temporary
+/// `--host-root` with the kubelet's logs; returns its directory.
+fn kubelet_container(root: &mut MemCgroup) -> String {
+    let pod_slice = format!("kubepods-burstable-pod{}.slice", POD_UID.replace('-', "_"));
+    root.child("kubepods.slice", None)
+        .child("kubepods-burstable.slice", None)
+        .child(&pod_slice, Some(256 << 20))
+        .child(&format!("cri-containerd-{CONTAINER_ID}.scope"), None)
+        .dir_str()
+        .to_string()
+}
+
+fn stop_timeout(env: &Env) -> (Value, Value) {
+    let mut root = MemCgroup::create_named("readme-stop", None);
+    let dir = kubelet_container(&mut root);
+    let host_root = kubelet_logs();
+    let host_root_arg = host_root.to_str().expect("utf-8");
+    let mut collector = Collector::start(env, &["--host-root", host_root_arg]);
+    let mut shim = Workload::spawn(env, "pidns", &["--cgroup", &dir, "idle", "--ignore-term"]);
+    let mut shim_says = BufReader::new(shim.child.stdout.take().expect("stdout")).lines();
+    let init: u32 = said(&mut shim_says, "init").parse().expect("pid");
+    // PID 1 ignores SIGTERM once it has printed `idle`.
+    std::thread::sleep(Duration::from_millis(500));
+    let runtime = Shell::run(&format!("kill -TERM {init}; sleep 1; kill -KILL {init}"));
+    let _ = said(&mut shim_says, "init-status");
+    let kill = collector.signal_kill_of(init, KILL_TIMEOUT);
+    let exit = collector.container_exit_of(init, KILL_TIMEOUT);
+    drop(runtime);
+    let _ = shim.wait();
+    let _ = std::fs::remove_dir_all(&host_root);
+    (kill, exit)
+}
+
+fn drained(env: &Env) -> Value {
+    let mut root = MemCgroup::create_named("readme-drained", None);
+    let dir = kubelet_container(&mut root);
+    let host_root = kubelet_logs();
+    let host_root_arg = host_root.to_str().expect("utf-8");
+    let mut collector = Collector::start(env, &["--host-root", host_root_arg]);
+    let mut shim = Workload::spawn(
+        env,
+        "pidns",
+        &[
+            "--cgroup",
+            &dir,
+            "parent",
+            "--linger",
+            "--term-exit",
+            "143",
+            "--cgroup",
+            &dir,
+            "--adj",
+            "900",
+        ],
+    );
+    let mut shim_says = BufReader::new(shim.child.stdout.take().expect("stdout")).lines();
+    let init: u32 = said(&mut shim_says, "init").parse().expect("pid");
+    let _ = said(&mut shim_says, "child");
+    collector.kill_matching(|r| r["victim"]["ns_pid"] == 2, KILL_TIMEOUT);
+    Shell::once(&format!("kill -TERM {init}"));
+    let _ = said(&mut shim_says, "init-status");
+    let exit = collector.container_exit_of(init, KILL_TIMEOUT);
+    let _ = shim.wait();
+    let _ = std::fs::remove_dir_all(&host_root);
+    exit
 }
 
 fn demo(env: &Env) -> (Value, KilledProcess) {
@@ -119,13 +197,7 @@ fn late_exit(env: &Env) -> Value {
 
 fn kubelet(env: &Env) -> Value {
     let mut root = MemCgroup::create_named("readme-kubelet", None);
-    let pod_slice = format!("kubepods-burstable-pod{}.slice", POD_UID.replace('-', "_"));
-    let container = root
-        .child("kubepods.slice", None)
-        .child("kubepods-burstable.slice", None)
-        .child(&pod_slice, Some(256 << 20))
-        .child(&format!("cri-containerd-{CONTAINER_ID}.scope"), None);
-    let dir = container.dir_str().to_string();
+    let dir = kubelet_container(&mut root);
     let host_root = kubelet_logs();
     let host_root_arg = host_root.to_str().expect("utf-8");
     let mut collector = Collector::start(env, &["--host-root", host_root_arg]);

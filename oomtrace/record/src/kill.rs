@@ -419,7 +419,8 @@ pub struct LateExit {
     pub schema: u32,
     #[serde(flatten)]
     pub origin: Origin,
-    /// The `seq` of the `oom_kill` record (same `run_id`) this exit closes.
+    /// The `seq` of the `oom_kill` or `signal_kill` record (same `run_id`)
+    /// this exit closes.
     pub seq: u64,
     /// When the exit happened, RFC 3339 UTC with nanoseconds.
     pub time: String,

@@ -302,4 +302,10 @@ pub struct Counters {
     /// Totals of the `lost` records' `records_dropped`.
     #[serde(default)]
     pub records_dropped: u64,
+    /// `signal_kill` records written.
+    #[serde(default)]
+    pub signal_kills: u64,
+    /// `container_exit` records written.
+    #[serde(default)]
+    pub container_exits: u64,
 }

@@ -29,9 +29,18 @@ use crate::pipeline::{Delivery, Listener};
 /// storm's worth. Memory is taken only while lines wait.
 pub const QUEUE_BYTES: usize = 16 << 20;
 
+/// A queued line, and whether failing to write it is a dropped record:
+/// not for a `lost` record, whose counts the stop record keeps (otherwise
+/// a full disk would make every `lost` record report the one before it,
+/// one loss more each time, for as long as it stays full).
+struct Line {
+    bytes: Vec<u8>,
+    counts: bool,
+}
+
 #[derive(Default)]
 struct State {
-    lines: VecDeque<Vec<u8>>,
+    lines: VecDeque<Line>,
     bytes: usize,
     /// No more lines will come.
     closed: bool,
@@ -43,7 +52,7 @@ struct State {
 
 /// What the writer thread does next.
 enum Next {
-    Line(Vec<u8>),
+    Line(Line),
     Reopen,
 }
 
@@ -64,12 +73,12 @@ impl Queue {
     }
 
     /// Queues a line; `always` lines (start, stop) ignore the byte bound.
-    fn push(&self, line: Vec<u8>, always: bool) -> bool {
+    fn push(&self, line: Line, always: bool) -> bool {
         let mut state = self.lock();
-        if state.gone || (!always && state.bytes + line.len() > self.capacity) {
+        if state.gone || (!always && state.bytes + line.bytes.len() > self.capacity) {
             return false;
         }
-        state.bytes += line.len();
+        state.bytes += line.bytes.len();
         state.lines.push_back(line);
         self.ready.notify_one();
         true
@@ -84,7 +93,7 @@ impl Queue {
                 return Some(Next::Reopen);
             }
             if let Some(line) = state.lines.pop_front() {
-                state.bytes -= line.len();
+                state.bytes -= line.bytes.len();
                 return Some(Next::Line(line));
             }
             if state.closed || state.gone {
@@ -218,7 +227,7 @@ fn write_all(queue: &Queue, mut destination: Destination, on_end: impl FnOnce(Ou
                 continue;
             }
         };
-        let result = destination.write_line(&line);
+        let result = destination.write_line(&line.bytes);
         let was_first = std::mem::take(&mut first);
         match result {
             Ok(()) => {
@@ -255,7 +264,9 @@ fn write_all(queue: &Queue, mut destination: Destination, on_end: impl FnOnce(Ou
                     said_at = Some(std::time::Instant::now());
                 }
                 failing = true;
-                queue.dropped.fetch_add(1, Ordering::Relaxed);
+                if line.counts {
+                    queue.dropped.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -278,12 +289,17 @@ impl Listener for OutputListener {
             }
         };
         let always = matches!(record, Record::Start(_) | Record::Stop(_));
+        let counts = !matches!(record, Record::Lost(_));
+        let line = Line {
+            bytes: line,
+            counts,
+        };
         if self.queue.push(line, always) {
             return Delivery::Taken;
         }
         // A `lost` record that found no room is not a loss of its own: the
         // pipeline reports its counts again in the next one.
-        if !matches!(record, Record::Lost(_)) {
+        if counts {
             self.queue.dropped.fetch_add(1, Ordering::Relaxed);
         }
         Delivery::Dropped
@@ -307,20 +323,27 @@ mod tests {
         }
     }
 
+    fn line(byte: u8, n: usize) -> Line {
+        Line {
+            bytes: vec![byte; n],
+            counts: true,
+        }
+    }
+
     #[test]
     fn the_queue_is_bounded_in_bytes_except_for_start_and_stop() {
         let q = queue(10);
-        assert!(q.push(vec![b'a'; 6], false));
-        assert!(!q.push(vec![b'b'; 5], false), "over the bound");
-        assert!(q.push(vec![b'c'; 4], false), "fits exactly");
-        assert!(matches!(q.pop(), Some(Next::Line(l)) if l[0] == b'a'));
-        assert!(q.push(vec![b'd'; 1], false), "room again");
-        assert!(q.push(vec![b's'; 50], true), "stop always fits");
+        assert!(q.push(line(b'a', 6), false));
+        assert!(!q.push(line(b'b', 5), false), "over the bound");
+        assert!(q.push(line(b'c', 4), false), "fits exactly");
+        assert!(matches!(q.pop(), Some(Next::Line(l)) if l.bytes[0] == b'a'));
+        assert!(q.push(line(b'd', 1), false), "room again");
+        assert!(q.push(line(b's', 50), true), "stop always fits");
         q.lock().closed = true;
         q.lock().reopen = true;
         assert!(matches!(q.pop(), Some(Next::Reopen)), "a reopen goes first");
         let rest: Vec<u8> = std::iter::from_fn(|| match q.pop()? {
-            Next::Line(l) => Some(l[0]),
+            Next::Line(l) => Some(l.bytes[0]),
             Next::Reopen => Some(b'r'),
         })
         .collect();

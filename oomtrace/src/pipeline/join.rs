@@ -10,10 +10,12 @@
 //! victim is *forgotten*: the kernel stops watching it, and the kill counts
 //! as one whose exit was never seen.
 //!
-//! Bounds: at most `max_waiting` kills wait (beyond, the oldest is written
-//! at once, and watched), and at most `max_tracked` victims hold an entry in
-//! the kernel's map (beyond, the oldest watched one is forgotten first:
-//! victims still waiting keep their places).
+//! Bounds: at most `max_waiting` kills of each kind wait (beyond, the
+//! oldest of that kind is written at once, and watched), so that a node's
+//! churn of `kill -9`s never pushes an OOM kill out early; and at most
+//! `max_tracked` victims hold an entry in the kernel's map (beyond, the
+//! oldest watched one is forgotten first: victims still waiting keep their
+//! places).
 //!
 //! The kernel hands a kill record over before any exit that closes it (see
 //! oomtrace-ebpf/src/registry.rs), so an exit whose kill is not here was
@@ -72,6 +74,10 @@ impl Held {
             Self::Oom(k) => (k.victim.pid, k.victim.tid),
             Self::Signal(k) => (k.target.pid, k.target.tid),
         }
+    }
+
+    fn is_oom(&self) -> bool {
+        matches!(self, Self::Oom(_))
     }
 
     fn oom_mut(&mut self) -> Option<&mut OomKill> {
@@ -236,11 +242,23 @@ impl Joiner {
             out.push(Outcome::Kill(kill));
             return out;
         }
-        while self.waiting.len() >= self.limits.max_waiting {
-            let Some((oldest, waiting)) = self.waiting.pop_first() else {
+        let oom = kill.is_oom();
+        let same_kind = |w: &Waiting| w.kill.is_oom() == oom;
+        // Counted only when the table is that full at all.
+        while self.waiting.len() >= self.limits.max_waiting
+            && self.waiting.values().filter(|w| same_kind(w)).count() >= self.limits.max_waiting
+        {
+            let Some(oldest) = self
+                .waiting
+                .iter()
+                .find(|(_, w)| same_kind(w))
+                .map(|(seq, _)| *seq)
+            else {
                 break;
             };
-            self.release(oldest, waiting, now, &mut out);
+            if let Some(waiting) = self.waiting.remove(&oldest) {
+                self.release(oldest, waiting, now, &mut out);
+            }
         }
         if key.is_some() {
             while self.tracked() >= self.limits.max_tracked {

@@ -315,6 +315,7 @@ impl Worker {
 
     fn write_container_exits(&mut self, exits: Vec<ContainerExit>) {
         for exit in exits {
+            self.counters.container_exits += 1;
             self.broadcast(&Record::ContainerExit(Box::new(exit)));
         }
     }
@@ -340,6 +341,7 @@ impl Worker {
                     self.broadcast(&Record::OomKill(kill));
                 }
                 Outcome::Kill(Held::Signal(kill)) => {
+                    self.counters.signal_kills += 1;
                     self.broadcast(&Record::SignalKill(kill));
                 }
                 Outcome::LateExit(late) => {

@@ -95,13 +95,22 @@ impl Drop for HungMount {
 /// A victim whose exit cannot come: one of its threads waits on a hung
 /// FUSE mount in an uninterruptible sleep (a request the server has read
 /// cannot be abandoned, request_wait_answer()), so after the OOM kill the
-/// thread group never finishes exiting. Declared before the victim, the
-/// mount is dropped after it: the victim's own drop kills it first, then
-/// the server goes, and the stuck thread can leave.
+/// thread group never finishes exiting. Dropping it ends the server
+/// first, so that the stuck thread can leave.
 struct StuckVictim {
     workload: Workload,
     cgroup: MemCgroup,
     mount: HungMount,
+}
+
+impl Drop for StuckVictim {
+    /// The server goes first, so that the victim can finish exiting and
+    /// the workload's own drop (which waits for it) returns, on a failed
+    /// test's path too.
+    fn drop(&mut self) {
+        let _ = self.workload.child.kill();
+        self.mount.release();
+    }
 }
 
 impl StuckVictim {

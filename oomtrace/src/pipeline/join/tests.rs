@@ -257,3 +257,43 @@ fn a_kill_waits_for_its_log_line_as_for_its_exit() {
     }
     assert_eq!((j.waiting(), j.watched()), (0, 0), "nothing to watch");
 }
+
+/// A node's `kill -9`s do not push a waiting OOM kill out: each kind has
+/// its own cap.
+#[test]
+fn signal_kills_do_not_evict_oom_kills() {
+    let now = Instant::now();
+    let mut j = Joiner::new(
+        JoinLimits {
+            exit_wait: Duration::from_secs(60),
+            retention: Duration::from_secs(60),
+            max_waiting: 1,
+            max_tracked: 100,
+        },
+        Origin::default(),
+    );
+    assert!(
+        j.add_kill(kill(1), Tracking::Key(101), now, None)
+            .is_empty()
+    );
+    let signal: SignalKill = serde_json::from_value(serde_json::json!({
+        "schema": 1, "seq": 2, "time": "t", "boot_ns": 0, "source": "raw_tracepoint",
+        "target": {"pid": 5, "tid": 5, "rss": {}, "cgroup": {}},
+        "sender": {"pid": 1, "tid": 1, "uid": 0, "comm": "sh", "kind": "other", "code": "user",
+                   "cgroup": {}},
+        "exit": {"observed": false, "code": null, "signal": null, "delay_ms": null}
+    }))
+    .expect("a signal kill");
+    assert!(
+        j.add_signal_kill(signal.clone(), Tracking::Key(102), now)
+            .is_empty()
+    );
+    let mut second = signal;
+    second.seq = 3;
+    let out = j.add_signal_kill(second, Tracking::Key(103), now);
+    assert!(
+        matches!(out.as_slice(), [Outcome::Kill(Held::Signal(k))] if k.seq == 2),
+        "the older signal kill goes, the OOM kill stays: {out:?}"
+    );
+    assert_eq!(j.waiting(), 2);
+}
