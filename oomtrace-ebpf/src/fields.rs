@@ -191,6 +191,8 @@ kernel_fields! {
         path: &[&["ns"], &["inum"]],
         relative_to: None,
     };
+    /// `kernel_siginfo::si_code` (in its anonymous `__SIGINFO` struct).
+    siginfo_code: i32 = member!("kernel_siginfo", ["si_code"]);
     // struct oom_control
     oc_memcg: KernelPtr = member!("oom_control", ["memcg"]);
     oc_totalpages: u64 = member!("oom_control", ["totalpages"]);

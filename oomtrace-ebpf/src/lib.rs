@@ -53,9 +53,51 @@ pub const KILL_RECORD_MAX: usize = KILL_RECORD_MIN + CGROUP_PATH_MAX;
 pub const RECORD_KILL: u32 = 1;
 pub const RECORD_EXIT: u32 = 2;
 
-/// Which program produced a [`KillRecord`].
+/// Which program produced a [`KillRecord`], and so what it is.
+/// `mark_victim`'s raw tracepoint: an OOM kill, read from the victim's task.
 pub const SOURCE_RAW_TRACEPOINT: u32 = 1;
+/// `oom:mark_victim`'s classic tracepoint: an OOM kill, from its format.
 pub const SOURCE_TRACEPOINT: u32 = 2;
+/// `signal_generate`'s raw tracepoint: a SIGKILL that is not the OOM
+/// killer's kill of its chosen victim. The target is the record's victim,
+/// the sender (`current`) its trigger, and [`KillRecord::signal`] the rest.
+pub const SOURCE_SIGNAL: u32 = 3;
+/// `sched_process_exit`: the exit of a container's PID 1 (the init of a
+/// pid namespace other than the root one), read from the exiting task;
+/// [`KillRecord::exit_code`] and [`KillRecord::exit_of`] say how it ended.
+/// Its `seq` is 0: it is not a kill.
+pub const SOURCE_CONTAINER_EXIT: u32 = 4;
+
+/// Signal numbers and `si_code` values the programs compare against
+/// (include/uapi/asm-generic/signal.h, siginfo.h).
+pub mod signal {
+    pub const SIGKILL: i32 = 9;
+    pub const SIGTERM: i32 = 15;
+    /// kill(2), pidfd_send_signal(2), a write to cgroup.kill (`send_sig()`
+    /// with SEND_SIG_NOINFO).
+    pub const SI_USER: i32 = 0;
+    /// The kernel itself (SEND_SIG_PRIV): the OOM killer among others.
+    pub const SI_KERNEL: i32 = 0x80;
+    /// sigqueue(3).
+    pub const SI_QUEUE: i32 = -1;
+    /// tkill(2), tgkill(2).
+    pub const SI_TKILL: i32 = -6;
+    /// `enum trace_sig_ret`'s TRACE_SIGNAL_DELIVERED: the `result` of a
+    /// signal that was queued; a SIGKILL to a process already dying is
+    /// TRACE_SIGNAL_IGNORED (prepare_signal() sees SIGNAL_GROUP_EXIT), so
+    /// the first SIGKILL is the only one delivered.
+    pub const TRACE_SIGNAL_DELIVERED: i32 = 0;
+}
+
+/// Slots of the per-CPU scratch map (`KILL_SCRATCH`): one per program that
+/// builds a record there, because a signal can be generated in an
+/// interrupt on top of another program on the same CPU.
+pub mod scratch_slot {
+    pub const MARK_VICTIM: u32 = 0;
+    pub const SIGNAL: u32 = 1;
+    pub const EXIT: u32 = 2;
+    pub const LEN: u32 = 3;
+}
 
 /// What [`KillRecord::cgroup_path_of`] says the `cgroup_*` walk holds.
 pub mod cgroup_path_of {
@@ -84,9 +126,10 @@ pub mod cgroup_walk_end {
 
 /// Indexes into the `COUNTERS` array map.
 pub mod counter {
-    /// Kill records the ring buffer had no room for.
+    /// Kill records (OOM and signal kills) the ring buffer had no room for.
     pub const LOST_KILLS: u32 = 0;
-    /// Exit records the ring buffer had no room for.
+    /// Exit records (a victim's, a container PID 1's) the ring buffer had no
+    /// room for.
     pub const LOST_EXITS: u32 = 1;
     /// Victims the `VICTIMS` map had no room for: their kills are written
     /// without exits (`KillRecord::victim_key` unknown).
@@ -245,6 +288,64 @@ pub struct ExitBeforeMark {
     pub _pad: u32,
 }
 
+/// Value of `OOM_SIGKILLS` (oomtrace-ebpf/src/programs/signal.rs), keyed by
+/// the target's tid: a SIGKILL the kernel sent (SI_KERNEL) that
+/// `mark_victim` may claim. __oom_kill_process() sends its victim SIGKILL
+/// *before* mark_oom_victim() fires `mark_victim`, from the same task, so
+/// the mark that follows finds it and says the OOM killer did kill
+/// ([`KillRecord::oom_sigkill`]); no signal record is written for it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelSigkill {
+    /// `current`'s pid_tgid when it was sent.
+    pub sender_pid_tgid: u64,
+    pub boot_ns: u64,
+}
+
+/// Value of `OOM_MMS`, keyed by the victim's `mm_struct` address: written
+/// by `mark_victim`, so that the SIGKILLs __oom_kill_process() then sends
+/// to the other processes sharing that mm (CLONE_VM without CLONE_THREAD)
+/// are recorded as part of this kill, matched by `mm` exactly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OomMm {
+    pub kill_seq: u64,
+    /// The OOM killer's task (`current` at the mark): the extra SIGKILLs
+    /// come from the same __oom_kill_process() call.
+    pub killer_pid_tgid: u64,
+    pub boot_ns: u64,
+}
+
+/// A SIGTERM a thread group got: value of `SIGTERMS`, keyed by its tgid,
+/// so that a SIGKILL after it can be named a stop timeout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SigtermSeen {
+    pub boot_ns: u64,
+    pub sender_tgid: u32,
+    pub _pad: u32,
+    pub sender_comm: [u8; COMM_LEN],
+}
+
+/// What a [`SOURCE_SIGNAL`] record knows beyond the target (its victim
+/// fields) and the sender (its trigger fields).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalSent {
+    /// siginfo's `si_code` ([`signal`]'s SI_* values).
+    pub si_code: i32,
+    /// The sender's real uid.
+    pub sender_uid: u32,
+    /// The sender's cgroup (the memory hierarchy's, as for the victim):
+    /// its kernfs id.
+    pub sender_cgroup_id: Known<u64>,
+    /// The last SIGTERM to the target's thread group, if one is remembered.
+    pub sigterm: Known<SigtermSeen>,
+    /// For the OOM killer's extra kills: the `seq` of the kill whose
+    /// victim's mm the target shares.
+    pub oom_seq: Known<u64>,
+}
+
 /// Field offsets of the classic `oom:mark_victim` tracepoint record, read at
 /// run time from tracefs (`events/oom/mark_victim/format`). The old format
 /// (4.13–6.8) has only `pid`; 6.9 added the rest (sizes in kB there).
@@ -380,7 +481,20 @@ pub struct KillRecord {
     pub memcg_oom_group: [u8; CGROUP_LEVELS],
     pub _pad_oom_group: [u8; 8 - CGROUP_LEVELS % 8],
     pub memcg_oom_group_known: u32,
-    pub _pad: u32,
+    /// In a `mark_victim` record: 1 when the OOM killer's own SIGKILL to
+    /// this victim was seen just before the mark ([`KernelSigkill`]), 0
+    /// when not: the kernel marked a task already dying
+    /// (task_will_free_mem()) without killing it. Meaningful only when the
+    /// signal hook is attached, which the collector knows.
+    pub oom_sigkill: u32,
+    /// A [`SOURCE_SIGNAL`] record's signal.
+    pub signal: SignalSent,
+    /// A [`SOURCE_CONTAINER_EXIT`] record's: the `seq` of the kill (OOM or
+    /// signal) registered for this process, whose exit this is.
+    pub exit_of: Known<u64>,
+    /// A [`SOURCE_CONTAINER_EXIT`] record's wait status.
+    pub exit_code: Known<i32>,
+    pub _pad_end: u32,
 }
 
 /// Where the programs build a kill record: the per-CPU scratch map's one
@@ -418,6 +532,9 @@ mod user {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::VictimEntry {}
     unsafe impl aya::Pod for super::OomContext {}
+    unsafe impl aya::Pod for super::KernelSigkill {}
+    unsafe impl aya::Pod for super::OomMm {}
+    unsafe impl aya::Pod for super::SigtermSeen {}
 }
 
 #[cfg(test)]
@@ -436,6 +553,10 @@ mod tests {
         assert_eq!(size_of::<VictimEntry>(), 8 * 4 + 12 + 4);
         assert_eq!(size_of::<ExitBeforeMark>(), 8 * 2 + 12 + 4);
         assert_eq!(size_of::<OomContext>(), 40);
+        assert_eq!(size_of::<KernelSigkill>(), 16);
+        assert_eq!(size_of::<OomMm>(), 24);
+        assert_eq!(size_of::<SigtermSeen>(), 16 + COMM_LEN);
+        assert_eq!(size_of::<SignalSent>(), 8 + 16 + (16 + COMM_LEN + 8) + 16);
         assert_eq!(size_of::<Known<u32>>(), 12);
         assert_eq!(size_of::<Known<u64>>(), 16);
         assert_eq!(size_of::<Known<[u8; COMM_LEN]>>(), COMM_LEN + 8);
@@ -446,7 +567,10 @@ mod tests {
             + 6 * known(4) + known(4) + 2 * known(COMM_LEN) + 2 * 4 // ids, names
             + 8 * 4 + 4 // walk headers and their padding
             + 5 * 8 * CGROUP_LEVELS // per-level arrays
-            + CGROUP_LEVELS.next_multiple_of(8) + 8; // oom groups
+            + CGROUP_LEVELS.next_multiple_of(8) + 4 // oom groups
+            + 4 // oom_sigkill
+            + 8 + known(8) + known(16 + COMM_LEN) + known(8) // signal
+            + known(8) + known(4) + 4; // container exit
         assert_eq!(size_of::<KillRecord>(), kill_fixed);
         assert_eq!(KILL_RECORD_MIN, kill_fixed);
         assert_eq!(

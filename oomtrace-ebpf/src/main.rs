@@ -14,8 +14,12 @@
 //!   in mm/oom_kill.c.
 //! - `sched_process_exit_{raw,tp}`: `sched_process_exit`, which do_exit()
 //!   fires after setting `tsk->exit_code` and decrementing `signal->live`.
+//! - `signal_generate_raw`: raw tracepoint `signal_generate`,
+//!   `TP_PROTO(int sig, struct kernel_siginfo *info, struct task_struct
+//!   *task, int group, int result)`, fired by __send_signal_locked().
 //!
-//! Modules: `programs` (the entry points), `registry` (the `VICTIMS` map and
+//! Modules: `programs` (the entry points), `signals` (the signal hook and
+//! containers' PID 1 exits), `registry` (the `VICTIMS` map and
 //! its key rule), `maps` (the record stream and counters), `kernel` (reads
 //! of kernel memory at offsets from BTF).
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
@@ -30,6 +34,8 @@ mod maps;
 mod programs;
 #[cfg(target_arch = "bpf")]
 mod registry;
+#[cfg(target_arch = "bpf")]
+mod signals;
 
 /// The host build of this binary is empty: the programs exist only for the
 /// bpf target. (`cargo build --workspace` still type-checks the crate.)

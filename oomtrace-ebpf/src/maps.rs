@@ -2,9 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use oomtrace_ebpf::{KillScratch, OomContext, counter};
+use oomtrace_ebpf::{
+    KernelSigkill, KillScratch, OomContext, OomMm, SigtermSeen, counter, scratch_slot,
+};
 
 /// The one ordered stream of records to the collector. A kill record is
 /// `KILL_RECORD_MIN` (1,712) bytes plus its cgroup path's length, at most
@@ -18,10 +20,29 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// Where each CPU builds a kill record before it is copied into `EVENTS` at
 /// its used length (`bpf_ringbuf_output`): a reservation has a size fixed
 /// at load time, the longest record's, and a path's length is only known
-/// once walked. Programs of one kind do not nest on a CPU (a tracepoint
-/// program does not run inside another), so one value per CPU is enough.
+/// once walked. A program does not nest in itself on a CPU, but a signal
+/// can be generated in an interrupt on top of another program, so each
+/// program that builds a record has its own slot
+/// (`oomtrace_ebpf::scratch_slot`).
 #[map]
-pub static KILL_SCRATCH: PerCpuArray<KillScratch> = PerCpuArray::with_max_entries(1, 0);
+pub static KILL_SCRATCH: PerCpuArray<KillScratch> =
+    PerCpuArray::with_max_entries(scratch_slot::LEN, 0);
+
+/// SIGKILLs the kernel sent (SI_KERNEL), by target tid, for `mark_victim`
+/// to claim: see `oomtrace_ebpf::KernelSigkill`. The LRU drops the
+/// unclaimed ones (the kernel's other SIGKILLs, such as
+/// zap_pid_ns_processes()'s when a container's PID 1 dies).
+#[map]
+pub static OOM_SIGKILLS: LruHashMap<u32, KernelSigkill> = LruHashMap::with_max_entries(1024, 0);
+
+/// The mm of each recent OOM victim: see `oomtrace_ebpf::OomMm`.
+#[map]
+pub static OOM_MMS: LruHashMap<u64, OomMm> = LruHashMap::with_max_entries(256, 0);
+
+/// The last SIGTERM each thread group got, by tgid: see
+/// `oomtrace_ebpf::SigtermSeen`.
+#[map]
+pub static SIGTERMS: LruHashMap<u32, SigtermSeen> = LruHashMap::with_max_entries(4096, 0);
 
 /// `oom_kill_process` context, keyed by the killing thread's pid_tgid (see
 /// `OomContext`).

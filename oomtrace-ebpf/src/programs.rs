@@ -18,7 +18,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use oomtrace_ebpf::{
     COMM_LEN, ExitRecord, KILL_RECORD_MIN, KillRecord, KillScratch, OomContext, RECORD_EXIT,
-    RECORD_KILL, SOURCE_RAW_TRACEPOINT, SOURCE_TRACEPOINT, cgroup_path_of, counter,
+    RECORD_KILL, SOURCE_RAW_TRACEPOINT, SOURCE_TRACEPOINT, cgroup_path_of, counter, scratch_slot,
 };
 
 use crate::{
@@ -28,7 +28,7 @@ use crate::{
         walk_trigger_memcg, zero,
     },
     maps::{EVENTS, KILL_SCRATCH, OOM_CONTEXTS, bump},
-    registry,
+    registry, signals,
 };
 
 // ---------------------------------------------------------------------------
@@ -40,7 +40,7 @@ use crate::{
 #[raw_tracepoint(tracepoint = "mark_victim")]
 pub fn mark_victim_raw(ctx: RawTracePointContext) -> i32 {
     let task: *const u8 = ctx.arg(0);
-    let Some(scratch) = KILL_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = KILL_SCRATCH.get_ptr_mut(scratch_slot::MARK_VICTIM) else {
         bump(counter::LOST_KILLS);
         return 0;
     };
@@ -67,6 +67,8 @@ pub fn mark_victim_raw(ctx: RawTracePointContext) -> i32 {
     let start_time = registry::process_start_time(task).unwrap_or(0);
     registry::register(rec, start_time);
     registry::claim_exit_before_mark(rec, start_time);
+    signals::claim_oom_sigkill(rec);
+    signals::note_oom_mm(rec, task);
     fill_victim_from_task(scratch, task);
     attach_oom_context(rec);
     walk_trigger_memcg(rec);
@@ -79,7 +81,7 @@ pub fn mark_victim_raw(ctx: RawTracePointContext) -> i32 {
 /// namespace stay unknown (null).
 #[tracepoint(category = "oom", name = "mark_victim")]
 pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
-    let Some(scratch) = KILL_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = KILL_SCRATCH.get_ptr_mut(scratch_slot::MARK_VICTIM) else {
         bump(counter::LOST_KILLS);
         return 0;
     };
@@ -89,6 +91,7 @@ pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
     fill_victim_from_tracepoint(&ctx, rec);
     registry::register(rec, 0);
     registry::claim_exit_before_mark(rec, 0);
+    signals::claim_oom_sigkill(rec);
     attach_oom_context(rec);
     walk_oom_memcg_path(scratch);
     walk_trigger_memcg(rec);
@@ -99,7 +102,7 @@ pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
 /// Zeroes the record, numbers the kill, and fills in the header and the
 /// trigger (`current`, the task whose allocation ran out).
 #[inline(always)]
-fn begin_kill_record(rec: *mut KillRecord, source: u32) {
+pub fn begin_kill_record(rec: *mut KillRecord, source: u32) {
     zero(rec);
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: `rec` is this CPU's zeroed scratch record.
@@ -123,7 +126,18 @@ fn begin_kill_record(rec: *mut KillRecord, source: u32) {
 /// is counted, and an exit that came while the record was being built is
 /// written now, after it.
 #[inline(always)]
-fn send_kill<C: EbpfContext>(ctx: &C, scratch: *mut KillScratch) {
+pub fn send_kill<C: EbpfContext>(ctx: &C, scratch: *mut KillScratch) {
+    let written = send_record(ctx, scratch, counter::LOST_KILLS);
+    // SAFETY: `scratch` is this CPU's scratch value.
+    if let Some(exit) = registry::settle(unsafe { addr_of!((*scratch).rec) }, written) {
+        write_exit(ctx, &exit);
+    }
+}
+
+/// Copies a record built in `scratch` into the ring buffer at its used
+/// length; when it does not fit, counts it in `lost`.
+#[inline(always)]
+pub fn send_record<C: EbpfContext>(ctx: &C, scratch: *mut KillScratch, lost: u32) -> bool {
     // SAFETY: `scratch` is this CPU's scratch value; the record and its
     // names are adjacent in it (KillScratch is #[repr(C)]), and the mask
     // keeps the length inside it (cgroup_names_len <= CGROUP_PATH_MAX <
@@ -134,17 +148,14 @@ fn send_kill<C: EbpfContext>(ctx: &C, scratch: *mut KillScratch) {
         EVENTS.output::<[u8]>(bytes, 0).is_ok()
     };
     if !written {
-        bump(counter::LOST_KILLS);
-        debug!(ctx, "mark_victim: ring buffer full, kill record lost");
+        bump(lost);
+        debug!(ctx, "ring buffer full, record lost");
     }
-    // SAFETY: as above.
-    if let Some(exit) = registry::settle(unsafe { addr_of!((*scratch).rec) }, written) {
-        write_exit(ctx, &exit);
-    }
+    written
 }
 
 #[inline(always)]
-fn fill_victim_from_task(scratch: *mut KillScratch, task: *const u8) {
+pub fn fill_victim_from_task(scratch: *mut KillScratch, task: *const u8) {
     // SAFETY: `scratch` is this CPU's scratch value; `task` is only read
     // through bpf_probe_read_kernel.
     unsafe {
@@ -399,9 +410,11 @@ pub fn sched_process_exit_tp(ctx: TracePointContext) -> u32 {
 }
 
 /// Runs on every exit on the node; only a registered victim's last exit
-/// gets past the registry's lookup.
+/// gets past the registry's lookup, and only a container's PID 1 past
+/// `signals::container_init_exit`'s compare.
 #[inline(always)]
 fn on_exit<C: EbpfContext>(ctx: &C) {
+    signals::container_init_exit(ctx);
     if let Some(exit) = registry::take_exiting() {
         write_exit(ctx, &exit);
     }
@@ -409,7 +422,7 @@ fn on_exit<C: EbpfContext>(ctx: &C) {
 
 /// Writes the exit record that closes kill `exit.kill_seq`.
 #[inline(always)]
-fn write_exit<C: EbpfContext>(ctx: &C, exit: &registry::Exit) {
+pub fn write_exit<C: EbpfContext>(ctx: &C, exit: &registry::Exit) {
     let Some(mut slot) = EVENTS.reserve::<ExitRecord>(0) else {
         bump(counter::LOST_EXITS);
         debug!(ctx, "exit record lost: ring buffer full");

@@ -149,6 +149,16 @@ pub fn register(rec: *mut KillRecord, start_time: u64) {
     }
 }
 
+/// The `seq` of the kill registered under `key`, if any: what a container
+/// PID 1's exit closes.
+#[inline(always)]
+pub fn registered_seq(key: u32) -> Option<u64> {
+    // SAFETY: a map value pointer from a successful lookup.
+    VICTIMS
+        .get_ptr(key)
+        .map(|entry| unsafe { (*entry).kill_seq })
+}
+
 /// Right after [`register`]: if the victim this kill registered has already
 /// passed the exit hook (noted in `EXITS_BEFORE_MARK`), hands its exit to
 /// the entry as the exit hook would have, so that [`settle`] writes it

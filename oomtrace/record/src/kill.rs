@@ -205,6 +205,28 @@ pub struct Oom {
     /// Whose limit fired. Null when neither the fired memcg nor a global
     /// constraint is known.
     pub limit_scope: Option<LimitScope>,
+    /// Whether the OOM killer sent this victim SIGKILL itself just before
+    /// marking it (seen by the `signal_generate` hook). `false`: the kernel
+    /// marked a task that was already dying (task_will_free_mem() in
+    /// oom_kill_process() or out_of_memory()) without killing it, so this
+    /// record is not an OOM kill: the death's cause is a `signal_kill` (see
+    /// `signal_kill_seq`) or the task's own exit. Null when the signal hook
+    /// is not attached (`--signal-kills off`).
+    #[serde(default)]
+    pub killed: Option<bool>,
+    /// When `killed` is false because an earlier SIGKILL (a `kill -9`, a
+    /// userspace OOM killer) was already killing the task: the `seq` of that
+    /// `signal_kill` record (same `run_id`). Null otherwise.
+    #[serde(default)]
+    pub signal_kill_seq: Option<u64>,
+    /// Whether the kill is part of a `memory.oom.group` kill: a level from
+    /// the victim's memcg up to the one that fired (the root memcg for a
+    /// global OOM) has `memory.oom.group` set, so the kernel kills every
+    /// task under the highest such level, each with its own `oom_kill`
+    /// record. Always false on cgroup v1, which has no group kill. Null
+    /// where a level's `oom_group`, or the memcg that fired, is unknown.
+    #[serde(default)]
+    pub group_kill: Option<bool>,
 }
 
 /// `enum oom_constraint` (include/linux/oom.h).
@@ -369,8 +391,9 @@ pub struct MemcgLevel {
 /// A victim's exit, as the kernel's `sched_process_exit` saw it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Exit {
-    /// In `oom_kill`: the exit was seen within the collector's exit wait.
-    /// Always true in `late_exit`.
+    /// In `oom_kill` and `signal_kill`: the exit was seen within the
+    /// collector's exit wait. Always true in `late_exit` and
+    /// `container_exit`.
     pub observed: bool,
     /// As a shell reports it: 128 + signal for a signal death (137 for
     /// SIGKILL), else the exit status. Null when not observed, and with
@@ -379,8 +402,9 @@ pub struct Exit {
     /// The signal that ended the process (9 for SIGKILL); null for a normal
     /// exit and when `code` is.
     pub signal: Option<i32>,
-    /// Milliseconds from the kill to the exit (for a multi-threaded victim,
-    /// to its last thread's exit).
+    /// Milliseconds from the kill (in `signal_kill`, the signal's send) to
+    /// the exit (for a multi-threaded victim, to its last thread's exit).
+    /// Always null in `container_exit`.
     pub delay_ms: Option<f64>,
 }
 

@@ -25,6 +25,7 @@ mod kill;
 pub mod read;
 mod schema;
 mod session;
+mod signal;
 pub mod text;
 
 use schemars::JsonSchema;
@@ -40,6 +41,11 @@ pub use session::{
     AttachAttempt, AttachMode, CgroupMode, CollectorStatus, Counters, Hook, HostFacts,
     KernelLogStatus, Lost, MemoryController, ProbeStatus, SelfSetting, Start, Stop, StopReason,
 };
+pub use signal::{
+    CONTAINER_RUNTIMES, ContainerExit, ExitCause, KindEvidence, OtherOomKills, Sender, SenderKind,
+    SignalCode, SignalKill, SignalSource, SigtermBefore, USERSPACE_OOM_KILLERS,
+    sender_kind_by_comm,
+};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -50,6 +56,8 @@ pub enum Record {
     Start(Box<Start>),
     OomKill(Box<OomKill>),
     LateExit(Box<LateExit>),
+    SignalKill(Box<SignalKill>),
+    ContainerExit(Box<ContainerExit>),
     Lost(Box<Lost>),
     Stop(Box<Stop>),
     /// A record type from a newer oomtrace (read, never written).
@@ -65,6 +73,8 @@ impl Record {
             Self::Start(_) => "start",
             Self::OomKill(_) => "oom_kill",
             Self::LateExit(_) => "late_exit",
+            Self::SignalKill(_) => "signal_kill",
+            Self::ContainerExit(_) => "container_exit",
             Self::Lost(_) => "lost",
             Self::Stop(_) => "stop",
             Self::Unknown => "unknown",
@@ -76,6 +86,8 @@ impl Record {
             Self::Start(r) => Some(&r.origin),
             Self::OomKill(r) => Some(&r.origin),
             Self::LateExit(r) => Some(&r.origin),
+            Self::SignalKill(r) => Some(&r.origin),
+            Self::ContainerExit(r) => Some(&r.origin),
             Self::Lost(r) => Some(&r.origin),
             Self::Stop(r) => Some(&r.origin),
             Self::Unknown => None,

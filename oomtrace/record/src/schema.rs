@@ -255,7 +255,15 @@ mod tests {
     #[test]
     fn every_record_type_is_in_the_schema() {
         let text = json_schema().to_string();
-        for t in ["start", "oom_kill", "late_exit", "lost", "stop"] {
+        for t in [
+            "start",
+            "oom_kill",
+            "late_exit",
+            "signal_kill",
+            "container_exit",
+            "lost",
+            "stop",
+        ] {
             assert!(text.contains(&format!("\"{t}\"")), "{t} missing");
         }
         assert!(!text.contains("\"Unknown\"") && !text.contains("\"unknown\""));
@@ -276,6 +284,49 @@ mod tests {
         let counters = required(&schema, "Counters");
         assert!(counters.iter().any(|f| f == "untracked_victims"));
         assert!(!counters.iter().any(|f| f == "late_exits"));
+        let oom = required(&schema, "Oom");
+        assert!(oom.iter().any(|f| f == "limit_scope"));
+        for added in ["killed", "signal_kill_seq", "group_kill"] {
+            assert!(!oom.iter().any(|f| f == added), "{added}: {oom:?}");
+        }
+        // The new record types shipped with every field they have.
+        let signal = required(&schema, "SignalKill");
+        for field in [
+            "seq",
+            "source",
+            "target",
+            "sender",
+            "after_sigterm",
+            "part_of_oom_kill",
+            "memcg",
+            "exit",
+            "container_survives",
+        ] {
+            assert!(signal.iter().any(|f| f == field), "{field}: {signal:?}");
+        }
+        let sender = required(&schema, "Sender");
+        assert_eq!(
+            sender,
+            [
+                "pid",
+                "tid",
+                "uid",
+                "comm",
+                "comm_hex",
+                "kind",
+                "code",
+                "cgroup",
+                "kind_from"
+            ]
+        );
+        let exit = required(&schema, "ContainerExit");
+        for field in ["pid_ns", "cause", "cause_seq", "sender", "other_oom_kills"] {
+            assert!(exit.iter().any(|f| f == field), "{field}: {exit:?}");
+        }
+        assert_eq!(
+            required(&schema, "OtherOomKills"),
+            ["count", "seqs", "since"]
+        );
     }
 
     /// docs/schema.md documents every field, in the words of the types.
@@ -300,15 +351,49 @@ mod tests {
     fn tables_document_every_field_of_every_record() {
         let tables = field_tables();
         let names: Vec<&str> = tables.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["start", "oom_kill", "late_exit", "lost", "stop"]);
+        assert_eq!(
+            names,
+            [
+                "start",
+                "oom_kill",
+                "late_exit",
+                "signal_kill",
+                "container_exit",
+                "lost",
+                "stop"
+            ]
+        );
         let kill = &tables[1].1;
         for row in [
             "| `victim.rss.anon_bytes` | integer or null | yes |",
             "| `memcg.levels[].oom_group` | boolean or null | yes |",
             "| `oom.limit_scope` | `\"container\"` \\| `\"pod\"` \\| `\"cgroup\"` \\| `\"node\"` or null | yes |",
             "| `run_id` | string or null | no (added later) |",
+            "| `oom.killed` | boolean or null | no (added later) |",
+            "| `oom.signal_kill_seq` | integer or null | no (added later) |",
+            "| `oom.group_kill` | boolean or null | no (added later) |",
         ] {
             assert!(kill.contains(row), "{row} not in:\n{kill}");
+        }
+        let signal = &tables[3].1;
+        for row in [
+            "| `target.pid` | integer or null | yes |",
+            "| `sender.kind` | `\"userspace_oom_killer\"` \\| `\"container_runtime\"` \\| `\"kernel\"` \\| `\"other\"` | yes |",
+            "| `sender.code` | `\"user\"` \\| `\"tkill\"` \\| `\"queue\"` \\| `\"kernel\"` \\| `\"other\"` | yes |",
+            "| `sender.kind_from` | `\"comm\"` \\| `\"cgroup_xattr\"` \\| `\"si_code\"` or null | yes |",
+            "| `after_sigterm.ms_before` | number | yes |",
+            "| `part_of_oom_kill` | integer or null | yes |",
+            "| `memcg.levels[].limit_bytes` | integer or null | yes |",
+        ] {
+            assert!(signal.contains(row), "{row} not in:\n{signal}");
+        }
+        let exit = &tables[4].1;
+        for row in [
+            "| `cause` | `\"oom_kill\"` \\| `\"signal_kill\"` \\| `\"signal\"` \\| `\"exit\"` | yes |",
+            "| `sender` | object or null | yes |",
+            "| `other_oom_kills.seqs` | array of integer | yes |",
+        ] {
+            assert!(exit.contains(row), "{row} not in:\n{exit}");
         }
         assert!(
             tables[0].1.contains("| `probes[].name` |"),

@@ -111,6 +111,9 @@ pub enum Hook {
     OomKillProcess,
     /// `sched_process_exit`: the victim's exit code.
     ProcessExit,
+    /// `signal_generate`: the SIGKILLs of `signal_kill` records, the
+    /// SIGTERMs before them, and `oom.killed`.
+    SignalGenerate,
     /// A value from a newer oomtrace (read, never written).
     #[serde(other)]
     #[schemars(skip)]

@@ -13,7 +13,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{Exit, OomKill, Record};
+use crate::{Container, ContainerExit, Exit, K8s, Memcg, OomKill, Record, SignalKill};
 
 /// The record as one line, without its newline.
 pub fn line(record: &Record) -> String {
@@ -45,6 +45,8 @@ pub fn line(record: &Record) -> String {
             opt(l.pid.or(l.tid)),
             exit_text(&l.exit)
         ),
+        Record::SignalKill(s) => signal_kill_line(s),
+        Record::ContainerExit(c) => container_exit_line(c),
         Record::Lost(l) => format!(
             "{} LOST {} kill records and {} exit records (ring buffer full); {} victims \
              untracked; {} kernel records and {} output records dropped by the collector",
@@ -188,14 +190,7 @@ fn kill_line(k: &OomKill) -> String {
         opt(v.uid),
         opt_plain(v.cgroup.path.as_deref()),
     );
-    if let Some(m) = &k.memcg {
-        let _ = write!(
-            line,
-            " memcg {}/{}",
-            human_bytes(m.usage_bytes),
-            m.limit_bytes.map_or_else(|| "max".to_string(), human_bytes)
-        );
-    }
+    line.push_str(&memcg_text(k.memcg.as_ref()));
     if let Some(c) = k.oom.constraint {
         let _ = write!(line, " constraint {}", spelled(c));
     }
@@ -205,28 +200,25 @@ fn kill_line(k: &OomKill) -> String {
     if let Some(scope) = k.oom.limit_scope {
         let _ = write!(line, " ({} limit)", spelled(scope));
     }
-    if let Some(k8s) = &k.k8s {
-        let _ = write!(
-            line,
-            " pod {}/{} container {}",
-            opt_plain(k8s.namespace.as_deref()),
-            opt_plain(k8s.pod.as_deref()),
-            opt_plain(k8s.container.as_deref()),
-        );
+    line.push_str(&place_text(
+        k.k8s.as_ref(),
+        k.container.as_ref(),
+        k.systemd_unit.as_deref(),
+    ));
+    line.push_str(&survival_text(v.container_init, k.container_survives));
+    if k.oom.group_kill == Some(true) {
+        line.push_str(" oom-group");
     }
-    if let Some(c) = &k.container {
-        // 12 hex digits, as `docker ps` and `crictl ps` show ids.
-        let _ = write!(line, " id {}", plain(c.id.get(..12).unwrap_or(&c.id)));
-    } else if let Some(unit) = &k.systemd_unit {
-        let _ = write!(line, " unit {}", plain(unit));
-    }
-    if v.container_init == Some(true) {
-        line.push_str(" container-init");
-    }
-    match k.container_survives {
-        Some(true) => line.push_str(" container-survives"),
-        Some(false) => line.push_str(" container-dies"),
-        None => {}
+    if k.oom.killed == Some(false) {
+        match k.oom.signal_kill_seq {
+            Some(seq) => {
+                let _ = write!(
+                    line,
+                    " marked, not killed (already dying of signal kill #{seq})"
+                );
+            }
+            None => line.push_str(" marked, not killed (already dying)"),
+        }
     }
     let _ = write!(
         line,
@@ -235,6 +227,139 @@ fn kill_line(k: &OomKill) -> String {
         quoted(k.trigger.comm.as_deref())
     );
     line.push_str(&exit_text(&k.exit));
+    line
+}
+
+/// ` memcg 64.0MiB/max`: the usage and limit of the task's own memcg.
+fn memcg_text(memcg: Option<&Memcg>) -> String {
+    memcg.map_or_else(String::new, |m| {
+        format!(
+            " memcg {}/{}",
+            human_bytes(m.usage_bytes),
+            m.limit_bytes.map_or_else(|| "max".to_string(), human_bytes)
+        )
+    })
+}
+
+/// ` pod ns/name container c id 3f4e9a1c0b7d`, ` unit nginx.service`.
+fn place_text(k8s: Option<&K8s>, container: Option<&Container>, unit: Option<&str>) -> String {
+    let mut text = String::new();
+    if let Some(k8s) = k8s {
+        let _ = write!(
+            text,
+            " pod {}/{} container {}",
+            opt_plain(k8s.namespace.as_deref()),
+            opt_plain(k8s.pod.as_deref()),
+            opt_plain(k8s.container.as_deref()),
+        );
+    }
+    if let Some(c) = container {
+        // 12 hex digits, as `docker ps` and `crictl ps` show ids.
+        let _ = write!(text, " id {}", plain(c.id.get(..12).unwrap_or(&c.id)));
+    } else if let Some(unit) = unit {
+        let _ = write!(text, " unit {}", plain(unit));
+    }
+    text
+}
+
+/// ` container-init container-dies`, ` container-survives`.
+fn survival_text(container_init: Option<bool>, survives: Option<bool>) -> String {
+    let mut text = String::new();
+    if container_init == Some(true) {
+        text.push_str(" container-init");
+    }
+    match survives {
+        Some(true) => text.push_str(" container-survives"),
+        Some(false) => text.push_str(" container-dies"),
+        None => {}
+    }
+    text
+}
+
+fn signal_kill_line(s: &SignalKill) -> String {
+    let t = &s.target;
+    let mut line = format!(
+        "{} signal kill #{}: SIGKILL to pid {} {} adj {} uid {} cgroup {}",
+        s.time,
+        s.seq,
+        opt(t.pid),
+        quoted(t.comm.as_deref()),
+        opt(t.oom_score_adj),
+        opt(t.uid),
+        opt_plain(t.cgroup.path.as_deref()),
+    );
+    line.push_str(&memcg_text(s.memcg.as_ref()));
+    let _ = write!(
+        line,
+        " by {} {} ({}, {})",
+        opt(s.sender.pid),
+        quoted(s.sender.comm.as_deref()),
+        spelled(s.sender.kind),
+        spelled(s.sender.code),
+    );
+    if let Some(seq) = s.part_of_oom_kill {
+        let _ = write!(line, " part of OOM kill #{seq}");
+    }
+    match &s.after_sigterm {
+        Some(term) => {
+            let _ = write!(
+                line,
+                " after SIGTERM by {} {} {}ms before",
+                opt(term.sender_pid),
+                quoted(term.sender_comm.as_deref()),
+                term.ms_before,
+            );
+        }
+        None => line.push_str(" without SIGTERM first"),
+    }
+    line.push_str(&place_text(
+        s.k8s.as_ref(),
+        s.container.as_ref(),
+        s.systemd_unit.as_deref(),
+    ));
+    line.push_str(&survival_text(t.container_init, s.container_survives));
+    line.push_str(&exit_text(&s.exit));
+    line
+}
+
+fn container_exit_line(c: &ContainerExit) -> String {
+    let mut line = format!(
+        "{} container exit: pid {} {} cgroup {}",
+        c.time,
+        opt(c.pid),
+        quoted(c.comm.as_deref()),
+        opt_plain(c.cgroup.path.as_deref()),
+    );
+    line.push_str(&place_text(
+        c.k8s.as_ref(),
+        c.container.as_ref(),
+        c.systemd_unit.as_deref(),
+    ));
+    let _ = write!(line, " cause {}", spelled(c.cause));
+    if let Some(seq) = c.cause_seq {
+        let _ = write!(line, " #{seq}");
+    }
+    if let Some(sender) = &c.sender {
+        let _ = write!(
+            line,
+            " by {} {} ({}, {})",
+            opt(sender.pid),
+            quoted(sender.comm.as_deref()),
+            spelled(sender.kind),
+            spelled(sender.code),
+        );
+    }
+    let _ = write!(line, " exit {}", opt(c.exit.code));
+    if let Some(signal) = c.exit.signal {
+        let _ = write!(line, " (signal {signal})");
+    }
+    let others = &c.other_oom_kills;
+    let _ = write!(line, " other OOM kills {}", others.count);
+    if !others.seqs.is_empty() {
+        let seqs: Vec<String> = others.seqs.iter().map(|s| format!("#{s}")).collect();
+        let _ = write!(line, " ({})", seqs.join(" "));
+    }
+    let _ = write!(line, " since {}", plain(&others.since));
     line
 }
 
@@ -286,6 +411,31 @@ mod tests {
         assert!(!line.contains('\n'), "{line}");
         assert!(line.contains(r#""a\nb\"c""#), "{line}");
         assert!(line.contains("exit not observed"));
+    }
+
+    #[test]
+    fn a_marked_task_that_was_already_dying_is_not_called_killed() {
+        let mut kill = blank_kill();
+        assert!(!kill_line(&kill).contains("not killed"));
+        kill.oom.killed = Some(true);
+        kill.oom.group_kill = Some(true);
+        let line = kill_line(&kill);
+        assert!(
+            !line.contains("not killed") && line.contains(" oom-group "),
+            "{line}"
+        );
+        kill.oom.killed = Some(false);
+        let line = kill_line(&kill);
+        assert!(
+            line.contains(" marked, not killed (already dying) "),
+            "{line}"
+        );
+        kill.oom.signal_kill_seq = Some(4);
+        let line = kill_line(&kill);
+        assert!(
+            line.contains(" marked, not killed (already dying of signal kill #4) trigger"),
+            "{line}"
+        );
     }
 
     #[test]

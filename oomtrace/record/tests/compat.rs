@@ -45,6 +45,12 @@ fn records_from_before_the_origin_fields_still_validate_and_read() {
     };
     assert_eq!(kill.exit.code, Some(137));
     assert_eq!(kill.origin.run_id, None, "absent in old records");
+    let oom = &kill.oom;
+    assert_eq!(
+        (oom.killed, oom.signal_kill_seq, oom.group_kill),
+        (None, None, None),
+        "added later"
+    );
 }
 
 #[test]
@@ -65,6 +71,8 @@ fn current_records_validate_and_read() {
         })
         .expect("the kill it closes");
     assert!(!closed.exit.observed);
+    // Written before `oom.killed`, `signal_kill_seq` and `group_kill`.
+    assert_eq!(closed.oom.killed, None);
     assert_eq!(late.pid, closed.victim.pid);
     assert_eq!(late.exit.code, Some(137));
     assert!(

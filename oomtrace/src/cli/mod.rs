@@ -111,6 +111,18 @@ pub enum OomKillProbe {
     Off,
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignalKills {
+    /// Hook signal_generate: a `signal_kill` record for every SIGKILL that
+    /// is not the OOM killer's kill of its victim, `container_exit` causes
+    /// that name the sender, and `oom.killed`.
+    #[default]
+    On,
+    /// Do not hook signal generation: no `signal_kill` records, and
+    /// `oom.killed` is null.
+    Off,
+}
+
 /// How to attach: shared by `run` and `check`, so that `check` tells the
 /// truth about what `run` with the same flags would do.
 #[derive(Clone, Debug, clap::Args)]
@@ -123,6 +135,12 @@ pub struct ProbeArgs {
     /// memcg whose limit fired, and the victim's badness points.
     #[arg(long, value_enum, default_value_t, value_name = "MODE")]
     pub oom_kill_probe: OomKillProbe,
+    /// Whether to record SIGKILLs from senders other than the kernel's OOM
+    /// killer: userspace OOM killers (earlyoom, systemd-oomd), a runtime's
+    /// stop timeout, `kill -9`, cgroup.kill. Each gets a `signal_kill`
+    /// record naming the sender. Costs one compare per signal on the node.
+    #[arg(long, value_enum, default_value_t, value_name = "WHEN")]
+    pub signal_kills: SignalKills,
     /// Kernel BTF to take struct offsets from [default: /sys/kernel/btf/vmlinux].
     #[arg(long, value_name = "PATH", conflicts_with = "no_btf")]
     pub btf: Option<PathBuf>,
@@ -157,9 +175,14 @@ impl ProbeArgs {
             OomKillProbe::Kprobe => ModeChoice::Only(AttachMode::Kprobe),
             OomKillProbe::Off => ModeChoice::Off,
         };
+        let signal_generate = match self.signal_kills {
+            SignalKills::On => ModeChoice::Auto,
+            SignalKills::Off => ModeChoice::Off,
+        };
         ProbeOptions {
             mark_victim,
             oom_kill_process,
+            signal_generate,
             btf,
             ring_buffer_bytes: self.ring_buffer_bytes,
             ebpf_log: log::log_enabled!(log::Level::Debug),

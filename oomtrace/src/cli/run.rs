@@ -190,6 +190,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             error: kernel_log.as_ref().err().cloned(),
         }),
     };
+    let signal_hook = tracer
+        .probes
+        .iter()
+        .any(|p| p.name == oomtrace_record::Hook::SignalGenerate && p.mode.is_some());
     let start = convert::start(&origin, facts.clone(), tracer.probes, collector, notes);
 
     let target = destination.target();
@@ -216,6 +220,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             pid_ns: facts.pid_ns,
             cgroup_root: host::cgroup_root_dir(&facts),
         },
+        signal_hook,
     };
     let pipeline = Pipeline::spawn(
         settings,

@@ -46,6 +46,7 @@ pub enum BtfSource {
 pub struct ProbeOptions {
     pub mark_victim: ModeChoice,
     pub oom_kill_process: ModeChoice,
+    pub signal_generate: ModeChoice,
     pub btf: BtfSource,
     /// Overrides the ring buffer size (a power-of-two multiple of the page size).
     pub ring_buffer_bytes: Option<u32>,
@@ -58,6 +59,7 @@ impl ProbeOptions {
         match spec.hook {
             oomtrace_record::Hook::MarkVictim => self.mark_victim,
             oomtrace_record::Hook::OomKillProcess => self.oom_kill_process,
+            oomtrace_record::Hook::SignalGenerate => self.signal_generate,
             _ => ModeChoice::Auto,
         }
     }

@@ -414,9 +414,40 @@ pub const PROCESS_EXIT: HookSpec = HookSpec {
     ],
 };
 
+/// `signal_generate`, `TP_PROTO(int sig, struct kernel_siginfo *info,
+/// struct task_struct *task, int group, int result)`
+/// (include/trace/events/signal.h), fired by __send_signal_locked() for
+/// every signal generated. The raw tracepoint only: the classic one has the
+/// target's tid but not its task, so neither its process nor its cgroup.
+/// The `signal_kill` record it makes reads the target as `mark_victim`'s
+/// raw mode reads a victim; here it adds one field to `oom_kill`.
+pub const SIGNAL_GENERATE: HookSpec = HookSpec {
+    hook: Hook::SignalGenerate,
+    purpose: "SIGKILLs from others than the OOM killer, and whether it killed",
+    without: "no signal_kill record is written, container_exit names no sender, and \
+              oom.killed is null",
+    modes: &[ModeSpec {
+        mode: AttachMode::RawTracepoint,
+        requires: &[
+            Requirement::Btf,
+            Requirement::Fields(&["task_pid", "task_tgid"]),
+        ],
+        programs: &[Program::RawTracepoint {
+            program: "signal_generate_raw",
+            tracepoint: "signal_generate",
+        }],
+        gives: &[gives("oom.killed", &[])],
+    }],
+};
+
 /// Every hook, in attach order; `MARK_VICTIM` first, since it loads the
 /// object.
-pub const HOOKS: [&HookSpec; 3] = [&MARK_VICTIM, &OOM_KILL_PROCESS, &PROCESS_EXIT];
+pub const HOOKS: [&HookSpec; 4] = [
+    &MARK_VICTIM,
+    &OOM_KILL_PROCESS,
+    &PROCESS_EXIT,
+    &SIGNAL_GENERATE,
+];
 
 /// The table entry of a hook.
 pub fn spec(hook: Hook) -> Option<&'static HookSpec> {

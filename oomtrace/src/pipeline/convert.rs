@@ -5,6 +5,7 @@
 mod chain;
 #[cfg(test)]
 mod path_tests;
+mod signal;
 
 use oomtrace_ebpf::{
     CGROUP_LEVELS, CGROUP_PATH_MAX, ExitRecord, KillRecord, MAX_CGROUP_DEPTH,
@@ -17,6 +18,7 @@ use oomtrace_record::{
 };
 
 pub use chain::CgroupChain;
+pub use signal::{container_exit, signal_kill};
 
 use super::join::Tracking;
 use crate::kernel::{clock, maps::KernelLoss, ring::KillEvent};
@@ -74,24 +76,17 @@ fn comm(raw: Option<[u8; oomtrace_ebpf::COMM_LEN]>) -> (Option<String>, Option<S
     }
 }
 
-/// The `oom_kill` record for a kill whose exit is not known yet, and how
-/// the kernel tracks its victim.
-pub fn kill(kill: &KillEvent, origin: &Origin, page_size: u64) -> (OomKill, Tracking) {
+/// The victim fields of a record read from a task: an OOM victim, a
+/// signal's target, an exiting PID 1. `chain` is the victim's own cgroup
+/// chain (None when the walk is of another cgroup, or did not reach the
+/// root), `of_victim` whether the walk was of the victim's cgroup at all.
+fn victim(kill: &KillEvent, chain: Option<&CgroupChain>, of_victim: bool) -> Victim {
     let rec = &kill.rec;
-    let chain = CgroupChain::from_record(kill);
-    let of_victim = rec.cgroup_path_of == cgroup_path_of::VICTIM;
-    // The victim's own cgroup, as opposed to the fired memcg's ancestry.
-    let victim_chain = chain.as_ref().filter(|_| of_victim);
-    log_uncarried_path(rec);
     let (victim_comm, victim_comm_hex) = comm(rec.victim_comm.get());
-    let (trigger_comm, trigger_comm_hex) = comm(rec.trigger_comm.get());
-    let (cgroup_path, cgroup_path_hex) = path_fields(
-        victim_chain
-            .and_then(|c| c.leaf())
-            .map(|(_, p)| p.as_slice()),
-    );
+    let (cgroup_path, cgroup_path_hex) =
+        path_fields(chain.and_then(|c| c.leaf()).map(|(_, p)| p.as_slice()));
     let ns_pid = rec.victim_ns_pid.get();
-    let victim = Victim {
+    Victim {
         pid: rec.victim_tgid.get(),
         tid: rec.victim_tid.get(),
         ns_pid,
@@ -118,7 +113,35 @@ pub fn kill(kill: &KillEvent, origin: &Origin, page_size: u64) -> (OomKill, Trac
             path: cgroup_path,
             path_hex: cgroup_path_hex,
         },
-    };
+    }
+}
+
+/// How the kernel tracks a record's victim, from its registration.
+fn tracking(rec: &KillRecord) -> Tracking {
+    match (rec.victim_key.get(), rec.same_victim_as.get()) {
+        (Some(key), _) => Tracking::Key(key),
+        (None, Some(seq)) => Tracking::SameAs(seq),
+        (None, None) => Tracking::Untracked,
+    }
+}
+
+/// The `oom_kill` record for a kill whose exit is not known yet, and how
+/// the kernel tracks its victim. `signal_hook`: whether the signal hook is
+/// attached, so that `oom.killed` can be told.
+pub fn kill(
+    kill: &KillEvent,
+    origin: &Origin,
+    page_size: u64,
+    signal_hook: bool,
+) -> (OomKill, Tracking) {
+    let rec = &kill.rec;
+    let chain = CgroupChain::from_record(kill);
+    let of_victim = rec.cgroup_path_of == cgroup_path_of::VICTIM;
+    // The victim's own cgroup, as opposed to the fired memcg's ancestry.
+    let victim_chain = chain.as_ref().filter(|_| of_victim);
+    log_uncarried_path(rec);
+    let (trigger_comm, trigger_comm_hex) = comm(rec.trigger_comm.get());
+    let victim = victim(kill, victim_chain, of_victim);
     let trigger = Trigger {
         pid: Some(rec.trigger_tgid),
         tid: Some(rec.trigger_tid),
@@ -143,11 +166,9 @@ pub fn kill(kill: &KillEvent, origin: &Origin, page_size: u64) -> (OomKill, Trac
         }
         None => Oom::default(),
     };
-    let tracking = match (rec.victim_key.get(), rec.same_victim_as.get()) {
-        (Some(key), _) => Tracking::Key(key),
-        (None, Some(seq)) => Tracking::SameAs(seq),
-        (None, None) => Tracking::Untracked,
-    };
+    let mut oom = oom;
+    oom.killed = signal_hook.then_some(rec.oom_sigkill != 0);
+    let tracking = tracking(rec);
     let kill = OomKill {
         schema: SCHEMA_VERSION,
         origin: origin.clone(),
@@ -350,12 +371,17 @@ mod tests {
     use oomtrace_ebpf::{Known, OomContext};
 
     fn convert(kill: &KillEvent) -> OomKill {
-        super::kill(kill, &Origin::default(), 4096).0
+        super::kill(kill, &Origin::default(), 4096, false).0
     }
 
     #[test]
     fn unread_fields_are_null_and_the_victim_untracked() {
-        let (kill, tracking) = kill(&KillEvent::without_names(blank()), &Origin::default(), 4096);
+        let (kill, tracking) = kill(
+            &KillEvent::without_names(blank()),
+            &Origin::default(),
+            4096,
+            false,
+        );
         assert_eq!(tracking, Tracking::Untracked);
         let json = serde_json::to_value(&kill).expect("json");
         assert!(json["victim"]["pid"].is_null());
@@ -368,7 +394,15 @@ mod tests {
 
     #[test]
     fn tracking_comes_from_the_kernels_registry() {
-        let tracking = |rec| kill(&KillEvent::without_names(rec), &Origin::default(), 4096).1;
+        let tracking = |rec| {
+            kill(
+                &KillEvent::without_names(rec),
+                &Origin::default(),
+                4096,
+                false,
+            )
+            .1
+        };
         let mut rec = blank();
         rec.victim_key = Known::new(42);
         assert_eq!(tracking(rec), Tracking::Key(42));

@@ -25,7 +25,7 @@ use std::{
 };
 
 use oomtrace_ebpf::ExitRecord;
-use oomtrace_record::{KernelLog, LateExit, OomKill, Origin, SCHEMA_VERSION};
+use oomtrace_record::{Exit, KernelLog, LateExit, OomKill, Origin, SCHEMA_VERSION, SignalKill};
 
 use super::convert;
 use crate::kernel::clock;
@@ -42,11 +42,51 @@ pub enum Tracking {
     Untracked,
 }
 
+/// A kill the joiner holds: the kernel OOM killer's, or a SIGKILL from
+/// anyone else. Both are closed by their victim's exit alike (the kernel
+/// registers both kinds of victim in one map, under one sequence).
+#[derive(Debug)]
+pub enum Held {
+    Oom(Box<OomKill>),
+    Signal(Box<SignalKill>),
+}
+
+impl Held {
+    fn boot_ns(&self) -> u64 {
+        match self {
+            Self::Oom(k) => k.boot_ns,
+            Self::Signal(k) => k.boot_ns,
+        }
+    }
+
+    fn exit_mut(&mut self) -> &mut Exit {
+        match self {
+            Self::Oom(k) => &mut k.exit,
+            Self::Signal(k) => &mut k.exit,
+        }
+    }
+
+    /// The victim's (target's) pid and tid.
+    fn pid_tid(&self) -> (Option<u32>, Option<u32>) {
+        match self {
+            Self::Oom(k) => (k.victim.pid, k.victim.tid),
+            Self::Signal(k) => (k.target.pid, k.target.tid),
+        }
+    }
+
+    fn oom_mut(&mut self) -> Option<&mut OomKill> {
+        match self {
+            Self::Oom(k) => Some(k),
+            Self::Signal(_) => None,
+        }
+    }
+}
+
 /// What the joiner decided; the pipeline carries it out.
 #[derive(Debug)]
 pub enum Outcome {
     /// Write this kill: joined with its exit, or without it.
-    Kill(Box<OomKill>),
+    Kill(Held),
     /// Write this exit of a victim written earlier without one.
     LateExit(Box<LateExit>),
     /// Stop watching for kill `seq`'s exit, and release its victim map
@@ -73,7 +113,7 @@ enum ExitState {
 }
 
 struct Waiting {
-    kill: OomKill,
+    kill: Held,
     key: Option<u32>,
     exit: ExitState,
     /// Until when the kernel's log line for this kill is awaited; None once
@@ -136,8 +176,8 @@ impl Joiner {
         self.watched.len()
     }
 
-    /// Takes a new kill. `line_until`: how long to hold it for the kernel's
-    /// log line about it (None: not awaited).
+    /// Takes a new OOM kill. `line_until`: how long to hold it for the
+    /// kernel's log line about it (None: not awaited).
     pub fn add_kill(
         &mut self,
         kill: OomKill,
@@ -145,8 +185,30 @@ impl Joiner {
         now: Instant,
         line_until: Option<Instant>,
     ) -> Vec<Outcome> {
-        let mut out = Vec::new();
         let seq = kill.seq;
+        self.add(seq, Held::Oom(Box::new(kill)), tracking, now, line_until)
+    }
+
+    /// Takes a new signal kill (no kernel log line is awaited for it).
+    pub fn add_signal_kill(
+        &mut self,
+        kill: SignalKill,
+        tracking: Tracking,
+        now: Instant,
+    ) -> Vec<Outcome> {
+        let seq = kill.seq;
+        self.add(seq, Held::Signal(Box::new(kill)), tracking, now, None)
+    }
+
+    fn add(
+        &mut self,
+        seq: u64,
+        kill: Held,
+        tracking: Tracking,
+        now: Instant,
+        line_until: Option<Instant>,
+    ) -> Vec<Outcome> {
+        let mut out = Vec::new();
         let (key, exit) = match tracking {
             Tracking::Untracked => (None, ExitState::NeverComes),
             Tracking::SameAs(primary) => {
@@ -171,7 +233,7 @@ impl Joiner {
             Tracking::Key(key) => (Some(key), ExitState::Awaited(now + self.limits.exit_wait)),
         };
         if exit == ExitState::NeverComes && line_until.is_none() {
-            out.push(Outcome::Kill(Box::new(kill)));
+            out.push(Outcome::Kill(kill));
             return out;
         }
         while self.waiting.len() >= self.limits.max_waiting {
@@ -226,11 +288,13 @@ impl Joiner {
         let Some((&seq, waiting)) = self
             .waiting
             .iter_mut()
-            .find(|(_, w)| w.line_until.is_some() && w.kill.victim.tid == Some(tid))
+            .find(|(_, w)| w.line_until.is_some() && w.kill.pid_tid().1 == Some(tid))
         else {
             return false;
         };
-        settle(&mut waiting.kill);
+        if let Some(kill) = waiting.kill.oom_mut() {
+            settle(kill);
+        }
         waiting.line_until = None;
         if waiting.exit != ExitState::NeverComes && waiting.exit != ExitState::Joined {
             return true;
@@ -244,13 +308,13 @@ impl Joiner {
     /// Closes kill `seq` with `exit`; false when it is not here.
     fn close(&mut self, seq: u64, exit: &ExitRecord, out: &mut Vec<Outcome>) -> bool {
         let aliases = if let Some(waiting) = self.waiting.get_mut(&seq) {
-            waiting.kill.exit = convert::exit(waiting.kill.boot_ns, exit);
+            *waiting.kill.exit_mut() = convert::exit(waiting.kill.boot_ns(), exit);
             waiting.exit = ExitState::Joined;
             let aliases = std::mem::take(&mut waiting.aliases);
             if waiting.line_until.is_none()
                 && let Some(waiting) = self.waiting.remove(&seq)
             {
-                out.push(Outcome::Kill(Box::new(waiting.kill)));
+                out.push(Outcome::Kill(waiting.kill));
             }
             aliases
         } else if let Some(watched) = self.watched.remove(&seq) {
@@ -318,7 +382,9 @@ impl Joiner {
     /// come, its victim is watched from now on.
     fn release(&mut self, seq: u64, waiting: Waiting, now: Instant, out: &mut Vec<Outcome>) {
         let mut kill = waiting.kill;
-        if waiting.line_until.is_some() {
+        if waiting.line_until.is_some()
+            && let Some(kill) = kill.oom_mut()
+        {
             kill.oom.kernel_log = Some(KernelLog::Missing);
         }
         match waiting.exit {
@@ -330,20 +396,21 @@ impl Joiner {
                 }
             }
             ExitState::Awaited(_) => {
+                let (pid, tid) = kill.pid_tid();
                 self.watched.insert(
                     seq,
                     Watched {
                         key: waiting.key,
-                        pid: kill.victim.pid,
-                        tid: kill.victim.tid,
-                        kill_boot_ns: kill.boot_ns,
+                        pid,
+                        tid,
+                        kill_boot_ns: kill.boot_ns(),
                         until: now + self.limits.retention,
                         aliases: waiting.aliases,
                     },
                 );
             }
         }
-        out.push(Outcome::Kill(Box::new(kill)));
+        out.push(Outcome::Kill(kill));
     }
 
     /// Stops watching kill `seq` and the kills that share its victim.
@@ -354,10 +421,12 @@ impl Joiner {
             // An alias whose primary is forgotten: nothing can close it now.
             let key = waiting.key;
             let aliases = std::mem::take(&mut waiting.aliases);
-            if waiting.line_until.is_some() {
-                waiting.kill.oom.kernel_log = Some(KernelLog::Missing);
+            if waiting.line_until.is_some()
+                && let Some(kill) = waiting.kill.oom_mut()
+            {
+                kill.oom.kernel_log = Some(KernelLog::Missing);
             }
-            out.push(Outcome::Kill(Box::new(waiting.kill)));
+            out.push(Outcome::Kill(waiting.kill));
             (key, aliases)
         } else {
             return;

@@ -6,14 +6,16 @@
 //! joining) ever holds up the draining. A full inbox drops the event and
 //! counts it (`lost.events_dropped`), never silently.
 //!
-//! For each kernel record: [`convert`] makes the `oom_kill` record,
-//! [`join`] waits for the victim's exit and for the kernel's log line about
-//! the kill ([`kernel_log`]), [`attribution`] names its container, pod and
-//! limit, and the listeners (the output, later metrics) get the finished
-//! records. A tick every 100 ms writes the kills whose exit wait
+//! For each kernel record: [`convert`] makes the `oom_kill` (or
+//! `signal_kill`) record, [`join`] waits for the victim's exit and for the
+//! kernel's log line about the kill ([`kernel_log`]), [`attribution`] names
+//! its container, pod and limit, and the listeners (the output, later
+//! metrics) get the finished records. A container PID 1's exit becomes a
+//! `container_exit` record, its cause settled by [`containers`]. A tick every 100 ms writes the kills whose exit wait
 //! is over, forgets victims past the retention horizon, and reports losses.
 
 pub mod attribution;
+pub mod containers;
 pub mod convert;
 pub mod join;
 pub mod kernel_log;
@@ -29,12 +31,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use oomtrace_record::{Counters, Origin, Record, Start, StopReason};
+use oomtrace_ebpf::{SOURCE_CONTAINER_EXIT, SOURCE_SIGNAL};
+use oomtrace_record::{ContainerExit, Counters, Origin, Record, Start, StopReason};
 
 use self::{
     attribution::{Attributor, HostView},
+    containers::Containers,
     convert::Loss,
-    join::{JoinLimits, Joiner, Outcome},
+    join::{Held, JoinLimits, Joiner, Outcome},
     kernel_log::{KernelLines, LINE_WAIT},
 };
 use crate::kernel::{
@@ -80,6 +84,8 @@ pub struct Settings {
     pub kernel_log: bool,
     /// The host's pid namespace and cgroup root, for attribution.
     pub host: HostView,
+    /// Whether the signal hook is attached (`oom.killed` is known).
+    pub signal_hook: bool,
 }
 
 /// The sending end of the pipeline's queue, for the ring-draining thread.
@@ -140,12 +146,15 @@ impl Pipeline {
             limits,
             kernel_log,
             host,
+            signal_hook,
         } = settings;
         let line_wait = LINE_WAIT.min(limits.exit_wait);
         let mut worker = Worker {
             joiner: Joiner::new(limits, origin.clone()),
             attributor: Attributor::new(&host_root, page_size, host),
             lines: KernelLines::new(kernel_log),
+            containers: Containers::new(start.time.clone()),
+            signal_hook,
             line_wait,
             origin,
             page_size,
@@ -199,6 +208,8 @@ struct Worker {
     joiner: Joiner,
     attributor: Attributor,
     lines: KernelLines,
+    containers: Containers,
+    signal_hook: bool,
     /// How long a kill waits for its kernel log line.
     line_wait: Duration,
     victims: VictimsMap,
@@ -228,6 +239,8 @@ impl Worker {
             if now >= next_tick {
                 let outcomes = self.joiner.tick(now);
                 self.carry_out(outcomes);
+                let exits = self.containers.tick(now);
+                self.write_container_exits(exits);
                 self.report_loss();
                 next_tick = now + TICK;
             }
@@ -243,6 +256,8 @@ impl Worker {
         }
         let outcomes = self.joiner.finish(Instant::now());
         self.carry_out(outcomes);
+        let exits = self.containers.finish();
+        self.write_container_exits(exits);
         self.report_loss();
         let stop = convert::stop(&self.origin, reason, self.counters.clone());
         self.broadcast(&Record::Stop(Box::new(stop)));
@@ -252,10 +267,27 @@ impl Worker {
     fn handle(&mut self, event: KernelEvent) {
         let now = Instant::now();
         let outcomes = match event {
+            KernelEvent::Kill(rec) if rec.rec.source == SOURCE_SIGNAL => {
+                let (mut kill, tracking) = convert::signal_kill(&rec, &self.origin, self.page_size);
+                self.attributor.attribute_signal(&mut kill);
+                let exits = self.containers.note_signal(&kill);
+                self.write_container_exits(exits);
+                self.joiner.add_signal_kill(kill, tracking, now)
+            }
+            KernelEvent::Kill(rec) if rec.rec.source == SOURCE_CONTAINER_EXIT => {
+                let (mut exit, exit_of) = convert::container_exit(&rec, &self.origin);
+                self.attributor.attribute_container_exit(&mut exit);
+                let done = self.containers.exited(exit, exit_of, now);
+                self.write_container_exits(done.into_iter().collect());
+                Vec::new()
+            }
             KernelEvent::Kill(rec) => {
-                let (mut kill, tracking) = convert::kill(&rec, &self.origin, self.page_size);
+                let (mut kill, tracking) =
+                    convert::kill(&rec, &self.origin, self.page_size, self.signal_hook);
                 self.attributor
                     .fired_memcg(&mut kill, convert::shared_memcg_levels(&rec));
+                let exits = self.containers.note_oom(&kill);
+                self.write_container_exits(exits);
                 let line_until = self
                     .lines
                     .meet_kill(&mut kill, now)
@@ -265,6 +297,12 @@ impl Worker {
             KernelEvent::Exit(exit) => self.joiner.add_exit(&exit),
         };
         self.carry_out(outcomes);
+    }
+
+    fn write_container_exits(&mut self, exits: Vec<ContainerExit>) {
+        for exit in exits {
+            self.broadcast(&Record::ContainerExit(Box::new(exit)));
+        }
     }
 
     fn handle_line(&mut self, line: KilledLine) {
@@ -279,13 +317,16 @@ impl Worker {
     fn carry_out(&mut self, outcomes: Vec<Outcome>) {
         for outcome in outcomes {
             match outcome {
-                Outcome::Kill(mut kill) => {
+                Outcome::Kill(Held::Oom(mut kill)) => {
                     self.attributor.attribute(&mut kill);
                     self.counters.kills += 1;
                     if kill.exit.observed {
                         self.counters.exits_observed += 1;
                     }
                     self.broadcast(&Record::OomKill(kill));
+                }
+                Outcome::Kill(Held::Signal(kill)) => {
+                    self.broadcast(&Record::SignalKill(kill));
                 }
                 Outcome::LateExit(late) => {
                     self.counters.late_exits += 1;

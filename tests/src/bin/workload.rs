@@ -18,11 +18,24 @@
 //!       `mounted`, then reads each request, prints `holding OPCODE`, and
 //!       never answers it. Ending this process aborts the connection and
 //!       frees every waiter; DIR stays mounted (unmount it with MNT_DETACH).
-//!   oomtrace-workload parent [--linger] ALLOC-ARGS...
+//!   oomtrace-workload parent [--linger] [--term-exit N] ALLOC-ARGS...
 //!       stays where it is, runs `alloc ALLOC-ARGS` as its child, waits, and
 //!       prints `child PID STATUS` (the raw wait status); exits 0 (with
 //!       --linger, only once its stdin is closed: a container's main
-//!       process that outlives its child).
+//!       process that outlives its child). --term-exit: a SIGTERM makes it
+//!       exit with status N at once (a main process that handles SIGTERM,
+//!       as a drained pod's does: 143 is the custom).
+//!   oomtrace-workload idle [--cgroup DIR] [--threads N] [--ignore-term]
+//!       moves into DIR, starts N-1 more threads that sleep, prints `idle
+//!       PID` and, for a second thread, `thread TID`, then sleeps until
+//!       killed. --ignore-term: SIGTERM is ignored (SIG_IGN), as by a
+//!       process a runtime must SIGKILL after its stop timeout.
+//!   oomtrace-workload shared-mm [--cgroup DIR]
+//!       moves into DIR, then clones a process that shares its memory
+//!       (CLONE_VM without CLONE_THREAD, as vfork() or a
+//!       posix_spawn-style helper does) and only sleeps; prints `sharer
+//!       PID`, then allocates until the OOM kill. The OOM killer kills its
+//!       victim, then every other process sharing that mm.
 //!   oomtrace-workload pidns [--cgroup DIR] MODE ARGS...
 //!       what `unshare --pid --fork` does, as a container runtime starts a
 //!       container: enters a new pid namespace and forks its PID 1, which
@@ -132,22 +145,42 @@ fn main() {
         Some("exec-from-thread") => exec_from_thread(&args[1..]),
         Some("parent") => parent(&args[1..]),
         Some("pidns") => pidns(&args[1..]),
+        Some("idle") => idle(&args[1..]),
+        Some("shared-mm") => shared_mm(&args[1..]),
         Some("fuse-hold") => match &args[1..] {
             [dir] => fuse_hold(dir),
             _ => die("usage: oomtrace-workload fuse-hold DIR"),
         },
         _ => die(
-            "usage: oomtrace-workload alloc|parent|pidns|fuse-hold|exec-in|leader-exit|\
-             exec-from-thread ...",
+            "usage: oomtrace-workload alloc|parent|pidns|idle|shared-mm|fuse-hold|exec-in|\
+             leader-exit|exec-from-thread ...",
         ),
     }
 }
 
-fn parent(args: &[String]) {
-    let (linger, alloc_args) = match args {
-        [flag, rest @ ..] if flag == "--linger" => (true, rest),
-        rest => (false, rest),
-    };
+/// The exit status `--term-exit` asks for, for the SIGTERM handler.
+static TERM_EXIT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn exit_on_term(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(TERM_EXIT.load(std::sync::atomic::Ordering::Relaxed)) }
+}
+
+fn parent(mut args: &[String]) {
+    let mut linger = false;
+    loop {
+        match args {
+            [flag, rest @ ..] if flag == "--linger" => (linger, args) = (true, rest),
+            [flag, n, rest @ ..] if flag == "--term-exit" => {
+                TERM_EXIT.store(n.parse().unwrap(), std::sync::atomic::Ordering::Relaxed);
+                // SAFETY: installs an async-signal-safe handler.
+                unsafe { libc::signal(libc::SIGTERM, exit_on_term as *const () as libc::sighandler_t) };
+                args = rest;
+            }
+            _ => break,
+        }
+    }
+    let alloc_args = args;
     let mut child = Command::new(std::env::current_exe().unwrap())
         .arg("alloc")
         .args(alloc_args)
@@ -198,6 +231,93 @@ fn pidns(args: &[String]) {
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     println!("init-status {status}");
+}
+
+fn idle(mut args: &[String]) {
+    let mut threads = 1;
+    loop {
+        match args {
+            [flag, dir, rest @ ..] if flag == "--cgroup" => {
+                join_cgroup(dir);
+                args = rest;
+            }
+            [flag, n, rest @ ..] if flag == "--threads" => {
+                threads = n.parse().unwrap();
+                args = rest;
+            }
+            [flag, rest @ ..] if flag == "--ignore-term" => {
+                // SAFETY: sets SIGTERM's disposition to ignore.
+                unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+                args = rest;
+            }
+            [] => break,
+            [other, ..] => die(&format!("idle: unknown argument {other}")),
+        }
+    }
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    for _ in 1..threads {
+        let tid_tx = tid_tx.clone();
+        std::thread::spawn(move || {
+            let _ = tid_tx.send(gettid());
+            loop {
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        });
+    }
+    println!("idle {}", std::process::id());
+    if threads > 1 {
+        println!("thread {}", tid_rx.recv().unwrap());
+    }
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+fn shared_mm(args: &[String]) {
+    match args {
+        [flag, dir] if flag == "--cgroup" => join_cgroup(dir),
+        [] => {}
+        _ => die("usage: oomtrace-workload shared-mm [--cgroup DIR]"),
+    }
+    extern "C" fn sleep_forever(_: *mut libc::c_void) -> libc::c_int {
+        loop {
+            // SAFETY: pause() only waits; nothing of the shared memory is
+            // touched.
+            unsafe { libc::pause() };
+        }
+    }
+    const STACK: usize = 64 << 10;
+    // SAFETY: an anonymous private mapping for the sharer's stack.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        die(&format!("mmap: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the child runs only `sleep_forever` on its own stack (which
+    // grows down from the mapping's end), sharing this process's memory.
+    let pid = unsafe {
+        libc::clone(
+            sleep_forever,
+            stack.cast::<u8>().add(STACK).cast(),
+            libc::CLONE_VM | libc::SIGCHLD,
+            std::ptr::null_mut(),
+        )
+    };
+    if pid < 0 {
+        die(&format!("clone: {}", std::io::Error::last_os_error()));
+    }
+    println!("sharer {pid}");
+    let _ = std::io::stdout().flush();
+    eat_memory();
 }
 
 /// A FUSE server that never answers (see the usage above). Only FUSE_INIT

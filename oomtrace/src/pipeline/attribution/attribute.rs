@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use oomtrace_record::{Constraint, K8s, LimitScope, MemcgSource, MemcgUnknown, OomKill};
+use oomtrace_record::{
+    Constraint, Container, K8s, LimitScope, MemcgLevel, MemcgSource, MemcgUnknown, OomKill,
+};
 
 use super::{
     ChargeSlack, KubeletNames,
@@ -17,7 +19,14 @@ use super::{
 pub struct Attributor {
     kubelet: KubeletNames,
     slack: ChargeSlack,
-    host: HostView,
+    pub(super) host: HostView,
+}
+
+/// Whose a cgroup path is: container, pod and systemd unit.
+pub(super) struct Names {
+    pub container: Option<Container>,
+    pub k8s: Option<K8s>,
+    pub systemd_unit: Option<String>,
 }
 
 /// What attribution needs to know of the host beyond the record.
@@ -53,30 +62,42 @@ impl Attributor {
             (None, Some(fired)) => limit_scope(fired, Some(fired), global),
             (None, None) => global.then_some(LimitScope::Node),
         };
+        kill.oom.group_kill = oom_group_level(kill).map(|group| group.is_some());
         let Some(victim_path) = victim_path else {
             return;
         };
-        let identity = identify(&victim_path);
-        kill.systemd_unit = identity.systemd_unit;
-        if let Some(pod) = &identity.k8s {
+        let names = self.names(&victim_path);
+        kill.systemd_unit = names.systemd_unit;
+        kill.k8s = names.k8s;
+        kill.container_survives = names
+            .container
+            .is_some()
+            .then(|| self.container_survives(kill, &victim_path))
+            .flatten();
+        kill.container = names.container;
+    }
+
+    /// The container, pod and unit a cgroup path names.
+    pub(super) fn names(&mut self, path: &str) -> Names {
+        let identity = identify(path);
+        let k8s = identity.k8s.as_ref().map(|pod| {
             let names = self.kubelet.lookup(
                 Some(&pod.pod_uid),
                 identity.container.as_ref().map(|c| c.id.as_str()),
             );
-            kill.k8s = Some(K8s {
+            K8s {
                 namespace: names.namespace,
                 pod: names.pod,
                 pod_uid: Some(pod.pod_uid.clone()),
                 container: names.container,
                 qos: Some(pod.qos),
-            });
+            }
+        });
+        Names {
+            container: identity.container,
+            k8s,
+            systemd_unit: identity.systemd_unit,
         }
-        kill.container_survives = identity
-            .container
-            .is_some()
-            .then(|| self.container_survives(kill, &victim_path))
-            .flatten();
-        kill.container = identity.container;
     }
 
     /// `oom.memcg_path` as far as the ring buffer record knows it: from
@@ -161,30 +182,36 @@ impl Attributor {
     }
 }
 
+/// The memcg level whose every task the kernel kills with this victim
+/// (`Some(None)`: no group kill), or None when that is unknown.
+/// mem_cgroup_get_oom_group(): from the victim's memcg up to the OOM domain
+/// (the memcg that fired; the root for a global OOM), the highest memcg
+/// with oom_group set is killed whole.
+fn oom_group_level(kill: &OomKill) -> Option<Option<&MemcgLevel>> {
+    let levels = &kill.memcg.as_ref()?.levels;
+    let domain = match &kill.oom.memcg_path {
+        Some(fired) => levels
+            .iter()
+            .position(|l| l.path.as_deref() == Some(fired.as_str()))?,
+        None if kill.oom.constraint == Some(Constraint::Global) => levels.len().checked_sub(1)?,
+        None => return None,
+    };
+    let mut group = None;
+    for level in levels.get(..=domain)? {
+        if level.oom_group? {
+            group = Some(level);
+        }
+    }
+    Some(group)
+}
+
 /// A container with its own pid namespace: see
 /// [`Attributor::container_survives`].
 fn survives_its_init(kill: &OomKill, container_path: &str) -> Option<bool> {
     if kill.victim.container_init? {
         return Some(false);
     }
-    let levels = &kill.memcg.as_ref()?.levels;
-    // mem_cgroup_get_oom_group(): from the victim's memcg up to the OOM
-    // domain (the memcg that fired; the root for a global OOM), the highest
-    // memcg with oom_group set is killed whole.
-    let domain = match &kill.oom.memcg_path {
-        Some(fired) => levels
-            .iter()
-            .position(|l| l.path.as_deref() == Some(fired.as_str()))?,
-        None if kill.oom.constraint == Some(Constraint::Global) => levels.len() - 1,
-        None => return None,
-    };
-    let mut group = None;
-    for level in &levels[..=domain] {
-        if level.oom_group? {
-            group = Some(level);
-        }
-    }
-    let Some(group) = group else {
+    let Some(group) = oom_group_level(kill)? else {
         return Some(true);
     };
     let group_path = group.path.as_deref()?;

@@ -22,6 +22,7 @@ mod attribute;
 mod cgroup_path;
 mod kubelet;
 mod scope;
+mod signals;
 #[cfg(test)]
 mod tests;
 

@@ -8,7 +8,7 @@ use super::chain::tests::with_path;
 use super::*;
 
 fn convert(kill: &KillEvent) -> OomKill {
-    super::kill(kill, &Origin::default(), 4096).0
+    super::kill(kill, &Origin::default(), 4096, false).0
 }
 
 /// A victim in the cgroup `names` (leaf first) whose memcg levels are the

@@ -12,7 +12,13 @@ fn kill(seq: u64) -> OomKill {
     rec.boot_ns = 1_000_000;
     rec.victim_tgid = Known::new(100 + seq as u32);
     rec.victim_tid = rec.victim_tgid;
-    convert::kill(&KillEvent::without_names(rec), &Origin::default(), 4096).0
+    convert::kill(
+        &KillEvent::without_names(rec),
+        &Origin::default(),
+        4096,
+        false,
+    )
+    .0
 }
 
 fn exit(seq: u64) -> ExitRecord {
@@ -39,7 +45,7 @@ fn joiner(max_waiting: usize, max_tracked: usize) -> Joiner {
 fn kills(out: &[Outcome]) -> Vec<(u64, bool)> {
     out.iter()
         .filter_map(|o| match o {
-            Outcome::Kill(k) => Some((k.seq, k.exit.observed)),
+            Outcome::Kill(Held::Oom(k)) => Some((k.seq, k.exit.observed)),
             _ => None,
         })
         .collect()
@@ -78,7 +84,7 @@ fn exits_join_by_sequence_never_crossed() {
     let out = j.add_exit(&exit(2));
     assert_eq!(kills(&out), [(2, true)]);
     match &out[0] {
-        Outcome::Kill(k) => {
+        Outcome::Kill(Held::Oom(k)) => {
             assert_eq!((k.exit.code, k.exit.signal), (Some(137), Some(9)));
             assert_eq!(k.exit.delay_ms, Some(2.0));
         }
@@ -227,7 +233,7 @@ fn a_kill_waits_for_its_log_line_as_for_its_exit() {
     assert!(j.settle_line(101, settle, &mut out));
     assert_eq!(kills(&out), [(1, true)]);
     match &out[0] {
-        Outcome::Kill(k) => assert_eq!(k.oom.kernel_log, Some(KernelLog::Absent)),
+        Outcome::Kill(Held::Oom(k)) => assert_eq!(k.oom.kernel_log, Some(KernelLog::Absent)),
         other => panic!("{other:?}"),
     }
     // The line first, then the exit.
@@ -245,7 +251,7 @@ fn a_kill_waits_for_its_log_line_as_for_its_exit() {
     let out = j.tick(now + Duration::from_secs(1));
     assert_eq!(kills(&out), [(3, false), (4, true)]);
     for o in &out {
-        if let Outcome::Kill(k) = o {
+        if let Outcome::Kill(Held::Oom(k)) = o {
             assert_eq!(k.oom.kernel_log, Some(KernelLog::Missing));
         }
     }
