@@ -209,7 +209,7 @@ fn parse(args: Vec<String>) -> Config {
         ready_runs: pick(7, 3),
         overhead_runs: pick(15, 3),
         forks: pick(10_000, 5_000),
-        signals: pick(SIGNALS, 50_000),
+        signals: pick(SIGNALS, 30_000),
         storm_rounds: pick(3, 1),
         cgroups: pick(20, 10),
         kills_per_cgroup: pick(10, 5),
