@@ -12,6 +12,10 @@
 //! - exit-path overhead: how much longer a fork()+_exit() storm takes with
 //!   the tool attached than with nothing attached (both tools hook every
 //!   process exit);
+//! - signal-path overhead: how much more CPU time a storm of kill(2)s of
+//!   SIGUSR1 takes with the tool attached (oomtrace's signal hook sees every
+//!   signal, and returns after one compare for all but SIGKILL and
+//!   SIGTERM), and what its program costs per signal (signal.rs);
 //! - storm capture: OOM kills each tool recorded out of the kernel's count,
 //!   across many cgroups at once, and how many it joined to their exit
 //!   with code 137; CPU seconds each tool spent on the storm;
@@ -24,9 +28,11 @@
 //!
 //! Usage: oomtrace-bench [--oomtrace PATH] [--workload PATH] [--bpftrace PATH]
 //!                       [--out FILE] [--quick] [--idle SECS]
-//!                       [--only ready|memory|overhead|storm|pipeline-storm]...
+//!                       [--only ready|memory|overhead|signal|storm|pipeline-storm]...
 //!        oomtrace-bench fork-storm N   (the exit-path load: N × fork()+_exit(0);
 //!                                       prints the nanoseconds it took)
+//!        oomtrace-bench signal-storm N (the signal-path load: N × kill(2) of a
+//!                                       handled SIGUSR1 to itself; likewise)
 //! Prints a table and writes every raw sample and median to FILE
 //! (default bench.json). `--only` (repeatable) measures just those figures.
 #![allow(
@@ -35,6 +41,7 @@
 )]
 
 mod report;
+mod signal;
 mod storm_capture;
 mod tool;
 
@@ -44,6 +51,7 @@ use oomtrace_tests::{Env, cgroup};
 use serde_json::{Value, json};
 
 use report::{Report, Samples, fmt_mib, fmt_ms, median, ms, percentile, ratio_text};
+use signal::{SIGNALS, signal_overhead, signal_storm};
 use storm_capture::{pipeline_storm_capture, storm_capture};
 use tool::{Running, TOOLS, Tool, clock_ns, status_kb, tools_for_round};
 
@@ -72,8 +80,9 @@ pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const USAGE: &str = "\
 Usage: oomtrace-bench [--oomtrace PATH] [--workload PATH] [--bpftrace PATH]
                       [--out FILE] [--quick] [--idle SECS]
-                      [--only ready|memory|overhead|storm|pipeline-storm]...
+                      [--only ready|memory|overhead|signal|storm|pipeline-storm]...
        oomtrace-bench fork-storm N
+       oomtrace-bench signal-storm N
 Runs oomtrace and bpftrace in alternation (root), prints a table and writes every
 sample and median to FILE (default bench.json). --only (repeatable) measures just
 those figures; --quick runs fewer, smaller rounds (to see that it works).
@@ -86,6 +95,8 @@ pub(crate) struct Config {
     pub(crate) ready_runs: usize,
     pub(crate) overhead_runs: usize,
     pub(crate) forks: usize,
+    /// Signals per signal storm.
+    pub(crate) signals: usize,
     pub(crate) storm_rounds: usize,
     pub(crate) cgroups: usize,
     pub(crate) kills_per_cgroup: usize,
@@ -109,6 +120,13 @@ fn main() {
             .expect("fork-storm N");
         return fork_storm(n);
     }
+    if args.first().map(String::as_str) == Some("signal-storm") {
+        let n = args
+            .get(1)
+            .and_then(|n| n.parse().ok())
+            .expect("signal-storm N");
+        return signal_storm(n);
+    }
     let cfg = parse(args);
     let mut report = Report::default();
     let host = host_facts(&cfg);
@@ -128,6 +146,9 @@ fn main() {
     }
     if cfg.wants("overhead") {
         exit_overhead(&cfg, &mut report);
+    }
+    if cfg.wants("signal") {
+        signal_overhead(&cfg, &mut report);
     }
     if cfg.wants("storm") {
         storm_capture(&cfg, &mut report);
@@ -168,7 +189,14 @@ fn parse(args: Vec<String>) -> Config {
             }
         }
     }
-    const FIGURES: [&str; 5] = ["ready", "memory", "overhead", "storm", "pipeline-storm"];
+    const FIGURES: [&str; 6] = [
+        "ready",
+        "memory",
+        "overhead",
+        "signal",
+        "storm",
+        "pipeline-storm",
+    ];
     if let Some(unknown) = only.iter().find(|f| !FIGURES.contains(&f.as_str())) {
         panic!("--only {unknown}: not one of {FIGURES:?}");
     }
@@ -181,6 +209,7 @@ fn parse(args: Vec<String>) -> Config {
         ready_runs: pick(7, 3),
         overhead_runs: pick(15, 3),
         forks: pick(10_000, 5_000),
+        signals: pick(SIGNALS, 30_000),
         storm_rounds: pick(3, 1),
         cgroups: pick(20, 10),
         kills_per_cgroup: pick(10, 5),
@@ -261,22 +290,38 @@ fn steady_memory(cfg: &Config, report: &mut Report) {
     );
 }
 
-/// One fork storm's cost, in ms.
+/// One storm's cost (of forks, or of signals), in ms.
 #[derive(Clone, Copy)]
-struct StormCost {
-    wall_ms: f64,
+pub(crate) struct StormCost {
+    pub(crate) wall_ms: f64,
     /// CPU time of the storm process and all its children: the exit hooks
     /// run in the exiting child, so their cost lands here, without the
     /// scheduling noise that wall time has.
-    cpu_ms: f64,
+    pub(crate) cpu_ms: f64,
+}
+
+impl StormCost {
+    /// From a storm subcommand's output: wall and CPU time, in ns.
+    fn parse(out: &std::process::Output) -> Self {
+        assert!(out.status.success(), "storm: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let ns: Vec<f64> = text
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        StormCost {
+            wall_ms: ns[0] / 1e6,
+            cpu_ms: ns[1] / 1e6,
+        }
+    }
 }
 
 /// A pause after starting or stopping a tool, so that its own start-up and
 /// teardown (BTF parsing, freeing its memory) do not land in a timed storm.
-const SETTLE: Duration = Duration::from_millis(500);
+pub(crate) const SETTLE: Duration = Duration::from_millis(500);
 
 /// Picks one figure of a [`StormCost`].
-type CostOf = fn(&StormCost) -> f64;
+pub(crate) type CostOf = fn(&StormCost) -> f64;
 
 /// Runs `oomtrace-bench fork-storm N` and returns what the storm cost.
 fn timed_fork_storm(cfg: &Config) -> StormCost {
@@ -284,30 +329,14 @@ fn timed_fork_storm(cfg: &Config) -> StormCost {
         .args(["fork-storm", &cfg.forks.to_string()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "fork-storm: {out:?}");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let ns: Vec<f64> = text
-        .split_whitespace()
-        .map(|v| v.parse().unwrap())
-        .collect();
-    StormCost {
-        wall_ms: ns[0] / 1e6,
-        cpu_ms: ns[1] / 1e6,
-    }
+    StormCost::parse(&out)
 }
 
 /// The exit-path load: the caller times only the loop, not its own exec.
 /// Pinned to one CPU, so that migrations do not add noise. Prints the wall
 /// time and the CPU time (self and children), in ns.
 fn fork_storm(n: usize) {
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and
-    // sched_setaffinity only touch the set we pass.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        libc::CPU_SET(cpus - 1, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
+    pin_to_last_cpu();
     let started = clock_ns(libc::CLOCK_MONOTONIC);
     for _ in 0..n {
         // SAFETY: this process is single-threaded (nothing else runs in this
@@ -327,8 +356,21 @@ fn fork_storm(n: usize) {
     println!("{wall} {cpu}");
 }
 
+/// Pins this process (a storm) to the last CPU, so that migrations do not
+/// add noise.
+pub(crate) fn pin_to_last_cpu() {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and
+    // sched_setaffinity only touch the set we pass.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        libc::CPU_SET(cpus - 1, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// User + system time from getrusage(2), in ns.
-fn rusage_ns(who: i32) -> u64 {
+pub(crate) fn rusage_ns(who: i32) -> u64 {
     // SAFETY: getrusage fills the struct we own.
     let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
@@ -364,12 +406,7 @@ fn exit_overhead(cfg: &Config, report: &mut Report) {
         baseline.push(timed_fork_storm(cfg));
     }
     let hook_ns = TOOLS.map(|tool| hook_ns_per_exit(cfg, tool));
-    let overheads = |with: &[StormCost], f: CostOf| -> Vec<f64> {
-        let around = |i: usize| (f(&baseline[i]) + f(&baseline[i + 1])) / 2.0;
-        (0..with.len())
-            .map(|i| f(&with[i]) / around(i) - 1.0)
-            .collect()
-    };
+    let overheads = |with: &[StormCost], f: CostOf| overheads(&baseline, with, f);
     let cpu: CostOf = |c| c.cpu_ms;
     let wall: CostOf = |c| c.wall_ms;
     let (o, b) = (overheads(&with_o, cpu), overheads(&with_b, cpu));
@@ -434,6 +471,15 @@ fn exit_overhead(cfg: &Config, report: &mut Report) {
     );
 }
 
+/// Each of `with`'s costs over the mean of the baselines just before and
+/// just after it, less one: `baseline` has one more storm than `with`.
+pub(crate) fn overheads(baseline: &[StormCost], with: &[StormCost], f: CostOf) -> Vec<f64> {
+    let around = |i: usize| (f(&baseline[i]) + f(&baseline[i + 1])) / 2.0;
+    (0..with.len())
+        .map(|i| f(&with[i]) / around(i) - 1.0)
+        .collect()
+}
+
 /// Run time of every eBPF program `tool` loaded, per fork+exit of one storm,
 /// from the kernel's own accounting (BPF_ENABLE_STATS, Linux 5.8+): the
 /// exit hook, and anything else of the tool's that ran. None where the
@@ -471,12 +517,12 @@ fn program_run_times() -> std::collections::HashMap<u32, u64> {
 
 /// The interquartile range of `values` (fractions), as "-1.2..+3.4%": how
 /// far apart the rounds were, i.e. how much of a median is noise.
-fn pct_range(values: &[f64]) -> String {
+pub(crate) fn pct_range(values: &[f64]) -> String {
     let (lo, hi) = (percentile(values, 25.0), percentile(values, 75.0));
     format!("{:+.1}..{:+.1}%", lo * 100.0, hi * 100.0)
 }
 
 /// The interquartile range's width.
-fn iqr_width(values: &[f64]) -> f64 {
+pub(crate) fn iqr_width(values: &[f64]) -> f64 {
     percentile(values, 75.0) - percentile(values, 25.0)
 }
