@@ -58,8 +58,11 @@ use tool::{Running, TOOLS, Tool, clock_ns, status_kb, tools_for_round};
 /// What bpftrace runs: the same work as oomtrace's hooks, minus the
 /// enrichment. mark_victim stores the victim in a map; every process exit
 /// looks itself up in that map (one hash lookup that misses, as oomtrace's
-/// exit hook does), and a victim's exit is joined to its kill and printed.
-/// `nsecs` is CLOCK_MONOTONIC.
+/// exit hook does), and a victim's exit is joined to its kill and printed;
+/// every signal is filtered to SIGKILL, which is remembered (oomtrace's
+/// signal hook, on by default). `nsecs` is CLOCK_MONOTONIC. Every figure
+/// runs it whole: a fork+exit also sends SIGCHLD, which both tools' signal
+/// hooks see, so the exit path is compared like for like.
 pub(crate) const BPFTRACE_PROGRAM: &str = r#"
 tracepoint:oom:mark_victim {
   @victim[args->pid] = nsecs;
@@ -69,6 +72,7 @@ tracepoint:sched:sched_process_exit /@victim[args->pid]/ {
   printf("exit %d %d %llu\n", args->pid, curtask->exit_code, nsecs - @victim[args->pid]);
   delete(@victim[args->pid]);
 }
+tracepoint:signal:signal_generate /args->sig == 9/ { @k[args->pid] = nsecs; }
 "#;
 /// bpftrace prints this (to stderr) once every probe is attached; its
 /// "Attaching N probes..." comes before loading and attaching.

@@ -14,8 +14,7 @@ use std::{
 use serde_json::json;
 
 use crate::{
-    BPFTRACE_PROGRAM, Config, CostOf, SETTLE, StormCost, iqr_width, overheads, pct_range,
-    pin_to_last_cpu,
+    Config, CostOf, SETTLE, StormCost, iqr_width, overheads, pct_range, pin_to_last_cpu,
     report::{Report, median, ratio_text},
     rusage_ns,
     tool::{Running, TOOLS, Tool, clock_ns, tools_for_round},
@@ -31,12 +30,6 @@ pub(crate) const SIGNALS: usize = 100_000;
 /// spread 382..488 ms, most of them within 382..393), so the least is the
 /// nearest to the storm's own cost; baselines are taken the same way.
 const BEST_OF: usize = 3;
-
-/// bpftrace's equivalent of the signal hook, added to [`BPFTRACE_PROGRAM`]
-/// so that bpftrace runs the same hooks as `oomtrace run` does by default.
-const BPFTRACE_SIGNAL_PROBE: &str = r#"
-tracepoint:signal:signal_generate /args->sig == 9/ { @k[args->pid] = nsecs; }
-"#;
 
 /// The kernel's name of the signal hook's program, and of bpftrace's on the
 /// same tracepoint: names are cut to 15 bytes, so oomtrace's
@@ -111,11 +104,6 @@ fn best_signal_storm(cfg: &Config) -> StormCost {
     }
 }
 
-/// What bpftrace runs for this figure.
-fn bpftrace_program() -> String {
-    format!("{BPFTRACE_PROGRAM}{BPFTRACE_SIGNAL_PROBE}")
-}
-
 /// As `exit_overhead`: baseline, oomtrace, bpftrace, baseline, bpftrace,
 /// oomtrace, baseline, ..., each tool's storm against the mean of the
 /// baselines around it. The verdict is on CPU time: the hook runs inside
@@ -128,15 +116,14 @@ fn bpftrace_program() -> String {
 /// signal hook at all (a build from before it has none: its rounds then
 /// measure an oomtrace that does not see signals, and get no verdict).
 pub(crate) fn signal_overhead(cfg: &Config, report: &mut Report) {
-    let program = bpftrace_program();
-    let hooks = TOOLS.map(|tool| signal_hook_cost(cfg, tool, &program));
+    let hooks = TOOLS.map(|tool| signal_hook_cost(cfg, tool));
     let attached = matches!(hooks[0], HookCost::Ran { .. });
     timed_signal_storm(cfg); // warm-up
     let mut baseline = vec![best_signal_storm(cfg)];
     let (mut with_o, mut with_b) = (Vec::new(), Vec::new());
     for round in 0..cfg.overhead_runs {
         for tool in tools_for_round(round) {
-            let mut running = Running::start_with(tool, cfg, &program);
+            let mut running = Running::start(tool, cfg);
             std::thread::sleep(SETTLE);
             let cost = best_signal_storm(cfg);
             running.stop();
@@ -217,7 +204,7 @@ pub(crate) fn signal_overhead(cfg: &Config, report: &mut Report) {
     report.json.insert(
         "signal_overhead".into(),
         json!({"signals": cfg.signals, "signal": STORM_SIGNAL, "best_of": BEST_OF,
-               "bpftrace_program": program, "oomtrace_signal_hook_attached": attached,
+               "oomtrace_signal_hook_attached": attached,
                "baseline_wall_ms": series(&baseline, wall), "baseline_cpu_ms": series(&baseline, cpu),
                "oomtrace_wall_ms": series(&with_o, wall), "oomtrace_cpu_ms": series(&with_o, cpu),
                "bpftrace_wall_ms": series(&with_b, wall), "bpftrace_cpu_ms": series(&with_b, cpu),
@@ -283,7 +270,7 @@ impl HookCost {
 /// One signal storm with `tool` attached and BPF_ENABLE_STATS on: the run
 /// time of the tool's programs on `signal_generate`, found by name among
 /// the programs that were not loaded before the tool started.
-fn signal_hook_cost(cfg: &Config, tool: Tool, bpftrace_program: &str) -> HookCost {
+fn signal_hook_cost(cfg: &Config, tool: Tool) -> HookCost {
     let stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
         Ok(fd) => fd,
         Err(e) => {
@@ -292,7 +279,7 @@ fn signal_hook_cost(cfg: &Config, tool: Tool, bpftrace_program: &str) -> HookCos
         }
     };
     let before_tool = signal_programs();
-    let mut running = Running::start_with(tool, cfg, bpftrace_program);
+    let mut running = Running::start(tool, cfg);
     let before = signal_programs();
     timed_signal_storm(cfg);
     let after = signal_programs();

@@ -75,12 +75,6 @@ pub(crate) struct Running {
 impl Running {
     /// Spawns the tool and waits until it is attached.
     pub(crate) fn start(tool: Tool, cfg: &Config) -> Self {
-        Self::start_with(tool, cfg, BPFTRACE_PROGRAM)
-    }
-
-    /// As [`Running::start`], bpftrace running `bpftrace_program` (a figure
-    /// whose load reaches a tracepoint that [`BPFTRACE_PROGRAM`] lacks).
-    pub(crate) fn start_with(tool: Tool, cfg: &Config, bpftrace_program: &str) -> Self {
         let mut cmd = match tool {
             Tool::Oomtrace => {
                 let mut cmd = Command::new(&cfg.env.oomtrace);
@@ -90,7 +84,7 @@ impl Running {
             Tool::Bpftrace => {
                 let mut cmd = Command::new(&cfg.bpftrace);
                 // Line-buffered stdout, as oomtrace flushes every record.
-                cmd.args(["-B", "line", "-e", bpftrace_program])
+                cmd.args(["-B", "line", "-e", BPFTRACE_PROGRAM])
                     .env(BPFTRACE_ATTACHED, "1");
                 cmd
             }
