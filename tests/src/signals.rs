@@ -409,3 +409,101 @@ impl Drop for Freezer {
         }
     }
 }
+
+/// A sender whose task name is a userspace OOM killer's (`systemd-oomd`:
+/// a copy of the shell under that name, as the kernel only knows a task
+/// by its name) is named `userspace_oom_killer`; the mark systemd-oomd
+/// leaves on a cgroup it acts on (`user.oomd_ooms`) confirms it
+/// (`kind_from: cgroup_xattr`). The mark alone decides nothing: a plain
+/// shell's `kill -9` in the marked cgroup stays `other`.
+pub fn userspace_oom_killer_is_named_and_confirmed(env: &Env) {
+    let marked = MemCgroup::create("oomd-marked", None);
+    let plain = MemCgroup::create("oomd-plain", None);
+    set_xattr(marked.dir_str(), "user.oomd_ooms", b"1");
+    let oomd = OomdLookalike::create();
+    let mut collector = Collector::start(env, &["--exit-wait", "2s"]);
+    let mut in_marked = Workload::spawn(env, "idle", &["--cgroup", marked.dir_str()]);
+    let mut in_plain = Workload::spawn(env, "idle", &["--cgroup", plain.dir_str()]);
+    let mut by_shell = Workload::spawn(env, "idle", &["--cgroup", marked.dir_str()]);
+    let (a, b, c) = (
+        in_marked.said("idle"),
+        in_plain.said("idle"),
+        by_shell.said("idle"),
+    );
+    let killer = oomd.run(&format!("kill -9 {a} {b}"));
+    let shell = Shell::run(&format!("kill -9 {c}"));
+    for workload in [&mut in_marked, &mut in_plain, &mut by_shell] {
+        assert_sigkilled(workload.wait(), "a target");
+    }
+    let confirmed = collector.signal_kill_of(a, TIMEOUT);
+    assert_eq!(confirmed["sender"]["pid"], killer.pid(), "{confirmed}");
+    assert_eq!(confirmed["sender"]["comm"], "systemd-oomd", "{confirmed}");
+    assert_eq!(
+        confirmed["sender"]["kind"], "userspace_oom_killer",
+        "{confirmed}"
+    );
+    assert_eq!(
+        confirmed["sender"]["kind_from"], "cgroup_xattr",
+        "{confirmed}"
+    );
+    let by_name = collector.signal_kill_of(b, TIMEOUT);
+    assert_eq!(
+        by_name["sender"]["kind"], "userspace_oom_killer",
+        "{by_name}"
+    );
+    assert_eq!(by_name["sender"]["kind_from"], "comm", "{by_name}");
+    let stale = collector.signal_kill_of(c, TIMEOUT);
+    assert_eq!(stale["sender"]["pid"], shell.pid(), "{stale}");
+    assert_eq!(stale["sender"]["kind"], "other", "{stale}");
+    assert!(stale["sender"]["kind_from"].is_null(), "{stale}");
+    for record in [&confirmed, &by_name, &stale] {
+        assert_exit_137(record);
+    }
+}
+
+fn set_xattr(dir: &str, name: &str, value: &[u8]) {
+    let path = std::ffi::CString::new(dir).expect("path");
+    let name = std::ffi::CString::new(name).expect("name");
+    // SAFETY: NUL-terminated strings and a value of `value.len()` bytes.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "setxattr {dir}: {}", std::io::Error::last_os_error());
+}
+
+/// A copy of /bin/sh named `systemd-oomd`, in a directory of its own.
+struct OomdLookalike {
+    dir: std::path::PathBuf,
+}
+
+impl OomdLookalike {
+    fn create() -> Self {
+        let dir = std::env::temp_dir().join(format!("oomtrace-test-oomd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::copy("/bin/sh", dir.join("systemd-oomd")).expect("copy /bin/sh");
+        Self { dir }
+    }
+
+    /// Runs `script` under that name; it stays until dropped.
+    fn run(&self, script: &str) -> Shell {
+        let child = Command::new(self.dir.join("systemd-oomd"))
+            .arg("-c")
+            .arg(format!("{script}\nread _ || true"))
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn systemd-oomd lookalike");
+        Shell { child }
+    }
+}
+
+impl Drop for OomdLookalike {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

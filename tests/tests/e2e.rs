@@ -43,6 +43,7 @@ scenario! {
     signals::multi_threaded_target_is_one_record,
     signals::shared_mm_kills_belong_to_the_oom_kill,
     signals::marked_while_dying_is_not_an_oom_kill,
+    signals::userspace_oom_killer_is_named_and_confirmed,
     attribution::container_init_killed,
     attribution::container_child_killed_container_survives,
     attribution::container_stop_timeout,

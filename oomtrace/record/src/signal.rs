@@ -119,9 +119,12 @@ pub struct Sender {
 /// 1. `kernel`: siginfo's `si_code` is SI_KERNEL (no process can send that
 ///    code to another).
 /// 2. `userspace_oom_killer`: the sender's task name is `earlyoom`,
-///    `systemd-oomd`, `oomd` or `nohang`; or else the target's cgroup
-///    carries oomd's extended attribute `user.oomd_kill` or
-///    `trusted.oomd_kill`.
+///    `systemd-oomd`, `oomd` or `nohang`. When the target's cgroup (or an
+///    ancestor) also carries the mark systemd-oomd and oomd leave on a
+///    cgroup they act on (`user.oomd_ooms`, `user.oomd_kill`, or their
+///    `trusted.` forms), `kind_from` is `cgroup_xattr`: confirmed. The mark
+///    alone decides nothing: it stays on the cgroup, and a later `kill -9`
+///    there is no OOM killer's.
 /// 3. `container_runtime`: the sender's task name is `containerd-shim` or
 ///    starts with it (`containerd-shim-runc-v2` shows as `containerd-shim`,
 ///    task names being 15 bytes at most), or is `conmon`, `runc`, `crun`,
@@ -158,8 +161,10 @@ pub enum SenderKind {
 pub enum KindEvidence {
     /// The sender's task name (`sender.comm`).
     Comm,
-    /// oomd's extended attribute (`user.oomd_kill` or `trusted.oomd_kill`)
-    /// on the target's cgroup, which oomd sets on a cgroup it kills.
+    /// The task name, confirmed by oomd's mark (`user.oomd_ooms`,
+    /// `user.oomd_kill` or their `trusted.` forms) on the target's cgroup
+    /// or an ancestor, which systemd-oomd and oomd set on a cgroup they
+    /// act on.
     CgroupXattr,
     /// siginfo's `si_code` (`sender.code`).
     SiCode,

@@ -18,15 +18,16 @@ const OOMD_XATTRS: &[&str] = &[
 
 impl Attributor {
     /// Names the target's container and pod, the sender's cgroup path, and
-    /// confirms a userspace OOM killer from the marks it leaves. Done as
+    /// confirms a userspace OOM killer by the mark it leaves. Done as
     /// the record arrives, while the sender most likely still runs.
     pub fn attribute_signal(&mut self, kill: &mut SignalKill) {
         self.sender_cgroup(&mut kill.sender);
-        if kill.sender.kind != SenderKind::Kernel
+        // The mark confirms; alone it decides nothing (it outlives the
+        // kill it was left for).
+        if kill.sender.kind == SenderKind::UserspaceOomKiller
             && let Some(path) = &kill.target.cgroup.path
             && self.oomd_marked(path)
         {
-            kill.sender.kind = SenderKind::UserspaceOomKiller;
             kill.sender.kind_from = Some(KindEvidence::CgroupXattr);
         }
         let Some(path) = kill.target.cgroup.path.clone() else {
