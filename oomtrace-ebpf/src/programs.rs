@@ -47,16 +47,9 @@ pub fn mark_victim_raw(ctx: RawTracePointContext) -> i32 {
     // SAFETY: `scratch` is this CPU's scratch value.
     let rec = unsafe { addr_of_mut!((*scratch).rec) };
     begin_kill_record(rec, SOURCE_RAW_TRACEPOINT);
+    fill_victim_ids(rec, task);
     // SAFETY: as above.
     unsafe {
-        set(
-            addr_of_mut!((*rec).victim_tid),
-            read_field!(task, task_pid).map(|p| p as u32),
-        );
-        set(
-            addr_of_mut!((*rec).victim_tgid),
-            read_field!(task, task_tgid).map(|p| p as u32),
-        );
         if !(*rec).victim_tgid.is_known() {
             debug!(&ctx, "mark_victim: could not read the victim's task_struct");
         }
@@ -152,6 +145,24 @@ pub fn send_record<C: EbpfContext>(ctx: &C, scratch: *mut KillScratch, lost: u32
         debug!(ctx, "ring buffer full, record lost");
     }
     written
+}
+
+/// The victim's (or a signal's target's) tid and tgid, first: the registry
+/// keys it by them.
+#[inline(always)]
+pub fn fill_victim_ids(rec: *mut KillRecord, task: *const u8) {
+    // SAFETY: `rec` is this CPU's scratch record; `task` is only read
+    // through bpf_probe_read_kernel.
+    unsafe {
+        set(
+            addr_of_mut!((*rec).victim_tid),
+            read_field!(task, task_pid).map(|p| p as u32),
+        );
+        set(
+            addr_of_mut!((*rec).victim_tgid),
+            read_field!(task, task_tgid).map(|p| p as u32),
+        );
+    }
 }
 
 #[inline(always)]

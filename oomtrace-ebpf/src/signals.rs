@@ -40,7 +40,7 @@ use crate::{
         cgroup_kn, off, read, read_field, read_ptr_field, set, victim_cgroup, victim_key_rule,
     },
     maps::{KILL_SCRATCH, OOM_MMS, OOM_SIGKILLS, SIGTERMS, bump},
-    programs::{begin_kill_record, fill_victim_from_task, send_kill},
+    programs::{begin_kill_record, fill_victim_from_task, fill_victim_ids, send_kill},
     registry,
 };
 
@@ -123,16 +123,9 @@ fn on_sigkill(ctx: &RawTracePointContext, info: u64, task: *const u8) {
     // SAFETY: `scratch` is this CPU's scratch value for this program.
     let rec = unsafe { addr_of_mut!((*scratch).rec) };
     begin_kill_record(rec, SOURCE_SIGNAL);
+    fill_victim_ids(rec, task);
     // SAFETY: as above.
     unsafe {
-        set(
-            addr_of_mut!((*rec).victim_tid),
-            read_field!(task, task_pid).map(|p| p as u32),
-        );
-        set(
-            addr_of_mut!((*rec).victim_tgid),
-            read_field!(task, task_tgid).map(|p| p as u32),
-        );
         let sent = addr_of_mut!((*rec).signal);
         (*sent).si_code = si_code.unwrap_or(i32::MIN);
         (*sent).sender_uid = bpf_get_current_uid_gid() as u32;

@@ -72,24 +72,50 @@ pub fn capture(env: &Env) {
 }
 
 /// A kubelet-shaped container cgroup (systemd driver, Burstable pod with
-/// its limit on the pod level, containerd scope) under a temporary
-/// `--host-root` with the kubelet's logs; returns its directory.
-fn kubelet_container(root: &mut MemCgroup) -> String {
-    let pod_slice = format!("kubepods-burstable-pod{}.slice", POD_UID.replace('-', "_"));
-    root.child("kubepods.slice", None)
-        .child("kubepods-burstable.slice", None)
-        .child(&pod_slice, Some(256 << 20))
-        .child(&format!("cri-containerd-{CONTAINER_ID}.scope"), None)
-        .dir_str()
-        .to_string()
+/// its limit on the pod level, containerd scope) under a test cgroup named
+/// `name`, the kubelet's logs under a temporary `--host-root`, and a
+/// collector reading them.
+struct KubeletContainer {
+    /// Owns the tree (removed on drop).
+    _root: MemCgroup,
+    dir: String,
+    host_root: PathBuf,
+    collector: Collector,
+}
+
+impl KubeletContainer {
+    fn create(env: &Env, name: &str) -> Self {
+        let mut root = MemCgroup::create_named(name, None);
+        let pod_slice = format!("kubepods-burstable-pod{}.slice", POD_UID.replace('-', "_"));
+        let dir = root
+            .child("kubepods.slice", None)
+            .child("kubepods-burstable.slice", None)
+            .child(&pod_slice, Some(256 << 20))
+            .child(&format!("cri-containerd-{CONTAINER_ID}.scope"), None)
+            .dir_str()
+            .to_string();
+        let host_root = kubelet_logs();
+        let host_root_arg = host_root.to_str().expect("utf-8");
+        let collector = Collector::start(env, &["--host-root", host_root_arg]);
+        Self {
+            _root: root,
+            dir,
+            host_root,
+            collector,
+        }
+    }
+}
+
+impl Drop for KubeletContainer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.host_root);
+    }
 }
 
 fn stop_timeout(env: &Env) -> (Value, Value) {
-    let mut root = MemCgroup::create_named("readme-stop", None);
-    let dir = kubelet_container(&mut root);
-    let host_root = kubelet_logs();
-    let host_root_arg = host_root.to_str().expect("utf-8");
-    let mut collector = Collector::start(env, &["--host-root", host_root_arg]);
+    let mut container = KubeletContainer::create(env, "readme-stop");
+    let dir = container.dir.clone();
+    let collector = &mut container.collector;
     let mut shim = Workload::spawn(env, "pidns", &["--cgroup", &dir, "idle", "--ignore-term"]);
     let mut shim_says = BufReader::new(shim.child.stdout.take().expect("stdout")).lines();
     let init: u32 = said(&mut shim_says, "init").parse().expect("pid");
@@ -101,16 +127,13 @@ fn stop_timeout(env: &Env) -> (Value, Value) {
     let exit = collector.container_exit_of(init, KILL_TIMEOUT);
     drop(runtime);
     let _ = shim.wait();
-    let _ = std::fs::remove_dir_all(&host_root);
     (kill, exit)
 }
 
 fn drained(env: &Env) -> Value {
-    let mut root = MemCgroup::create_named("readme-drained", None);
-    let dir = kubelet_container(&mut root);
-    let host_root = kubelet_logs();
-    let host_root_arg = host_root.to_str().expect("utf-8");
-    let mut collector = Collector::start(env, &["--host-root", host_root_arg]);
+    let mut container = KubeletContainer::create(env, "readme-drained");
+    let dir = container.dir.clone();
+    let collector = &mut container.collector;
     let mut shim = Workload::spawn(
         env,
         "pidns",
@@ -135,7 +158,6 @@ fn drained(env: &Env) -> Value {
     let _ = said(&mut shim_says, "init-status");
     let exit = collector.container_exit_of(init, KILL_TIMEOUT);
     let _ = shim.wait();
-    let _ = std::fs::remove_dir_all(&host_root);
     exit
 }
 
@@ -196,11 +218,9 @@ fn late_exit(env: &Env) -> Value {
 }
 
 fn kubelet(env: &Env) -> Value {
-    let mut root = MemCgroup::create_named("readme-kubelet", None);
-    let dir = kubelet_container(&mut root);
-    let host_root = kubelet_logs();
-    let host_root_arg = host_root.to_str().expect("utf-8");
-    let mut collector = Collector::start(env, &["--host-root", host_root_arg]);
+    let mut container = KubeletContainer::create(env, "readme-kubelet");
+    let dir = container.dir.clone();
+    let collector = &mut container.collector;
     // The runtime's shim starts PID 1 in a new pid namespace; PID 1 runs
     // the allocator as its child, PID 2, which the limit kills.
     let mut shim = Workload::spawn(
@@ -231,7 +251,6 @@ fn kubelet(env: &Env) -> Value {
     // PID 1's report on its child, then the shim's on PID 1.
     let _ = said(&mut shim_says, "init-status");
     let _ = shim.wait();
-    let _ = std::fs::remove_dir_all(&host_root);
     assert_ne!(record["victim"]["pid"], init, "{record}");
     record
 }
