@@ -100,10 +100,15 @@ fn on_sigkill(ctx: &RawTracePointContext, info: u64, task: *const u8) {
     };
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let mut oom_seq = None;
+    // A flag and a number, not an `Option<u64>`: a None's payload is never
+    // written, yet the compiler copies it whole to the record, and kernels
+    // before 6.5 refuse any read of unwritten stack ("invalid read from
+    // stack": the program did not load on 6.1).
+    let (mut part_of_oom_kill, mut oom_seq) = (false, 0u64);
     if si_code == Some(signal::SI_KERNEL) {
-        oom_seq = shares_oom_victims_mm(task, now);
-        if oom_seq.is_none() {
+        if let Some(seq) = shares_oom_victims_mm(task, now) {
+            (part_of_oom_kill, oom_seq) = (true, seq);
+        } else {
             // Perhaps the OOM killer's kill of its victim: `mark_victim`,
             // next, claims it. Written by nobody otherwise.
             if let Some(tid) = read_field!(task, task_pid) {
@@ -129,7 +134,10 @@ fn on_sigkill(ctx: &RawTracePointContext, info: u64, task: *const u8) {
         let sent = addr_of_mut!((*rec).signal);
         (*sent).si_code = si_code.unwrap_or(i32::MIN);
         (*sent).sender_uid = bpf_get_current_uid_gid() as u32;
-        set(addr_of_mut!((*sent).oom_seq), oom_seq);
+        set(
+            addr_of_mut!((*sent).oom_seq),
+            part_of_oom_kill.then_some(oom_seq),
+        );
         set(addr_of_mut!((*sent).sender_cgroup_id), current_cgroup_id());
         if let Some(tgid) = (*rec).victim_tgid.get()
             && let Some(seen) = SIGTERMS.get_ptr(tgid)

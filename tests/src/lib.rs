@@ -16,6 +16,7 @@ pub mod paths;
 pub mod readme;
 pub mod scenarios;
 pub mod signals;
+pub mod signals_vm;
 pub mod storm;
 pub mod workload;
 

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::{
     Env, attribution, cgroup, fired_limit, messages, operations, paths, scenarios, signals,
+    signals_vm,
 };
 
 type Scenario = (&'static str, fn(&Env));
@@ -70,8 +71,9 @@ const EXIT_PATHS: &[Scenario] = &[
     ),
 ];
 
-/// SIGKILLs from others than the OOM killer, and containers' PID 1 exits
-/// (see `signals.rs`, `attribution/exits.rs`). The signal hook is the same
+/// SIGKILLs from others than the OOM killer (a real userspace OOM killer's
+/// in the VMs only), and containers' PID 1 exits (see `signals.rs`,
+/// `signals_vm.rs`, `attribution/exits.rs`). The signal hook is the same
 /// in every mode, so one raw mode per kernel runs them.
 const SIGNALS: &[Scenario] = &[
     (
@@ -101,6 +103,10 @@ const SIGNALS: &[Scenario] = &[
     (
         "container_drained_after_a_child_oom",
         attribution::container_drained_after_a_child_oom,
+    ),
+    (
+        "userspace_oom_killer_is_named",
+        signals_vm::userspace_oom_killer_is_named,
     ),
 ];
 
@@ -142,6 +148,10 @@ const V2_ONLY: &[&str] = &[
     "oom_group_takes_the_container",
     "cgroup_past_the_limit_below_its_memcg",
 ];
+
+/// Scenarios that run only inside the VMs (`signals_vm::in_vm`), where the
+/// whole machine is theirs: n/a on the host.
+const VM_ONLY: &[&str] = &["userspace_oom_killer_is_named"];
 
 /// Scenarios that need cgroup v1 (n/a on a v2 machine): the v1 freezer
 /// holds a task that got SIGKILL, v2's lets it die.
@@ -244,8 +254,9 @@ fn unavailable(env: &Env, mode: &Mode) -> Option<String> {
     None
 }
 
-/// Runs the matrix and prints its lines.
-pub fn run(base: &Env, only: Option<&str>) -> Totals {
+/// Runs the matrix and prints its lines: every mode, or `only` that one;
+/// every scenario, or only those named `scenario`.
+pub fn run(base: &Env, only: Option<&str>, scenario: Option<&str>) -> Totals {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
         .trim()
@@ -277,7 +288,13 @@ pub fn run(base: &Env, only: Option<&str>) -> Totals {
             totals.na += 1;
             continue;
         }
-        for (name, scenario) in mode.scenarios.iter().copied().flatten() {
+        let chosen = mode.scenarios.iter().copied().flatten();
+        for (name, run) in chosen.filter(|(name, _)| scenario.is_none_or(|s| s == *name)) {
+            if VM_ONLY.contains(name) && !signals_vm::in_vm() {
+                line(name, "n/a", 0.0, signals_vm::VM_ONLY_WHY);
+                totals.na += 1;
+                continue;
+            }
             if cgroup == "v1" && V2_ONLY.contains(name) {
                 line(name, "n/a", 0.0, "needs cgroup v2");
                 totals.na += 1;
@@ -289,7 +306,7 @@ pub fn run(base: &Env, only: Option<&str>) -> Totals {
                 continue;
             }
             let started = Instant::now();
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| scenario(&env)));
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run(&env)));
             let secs = started.elapsed().as_secs_f64();
             match outcome {
                 Ok(()) => {

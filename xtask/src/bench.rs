@@ -7,8 +7,9 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::apt::apt_install;
 use crate::cmds::build;
-use crate::util::{apt_install, cargo_cmd, is_debian_like, is_root, run, target_dir};
+use crate::util::{cargo_cmd, is_debian_like, is_root, run, target_dir};
 
 /// What `cargo xtask bench` does, from its command line.
 pub struct BenchOpts {

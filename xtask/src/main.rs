@@ -2,6 +2,7 @@
 //! .cargo/config.toml). Plain Rust instead of shell scripts or a Makefile, so
 //! they work wherever cargo does and fail with errors that say what to do.
 
+mod apt;
 mod bench;
 mod cmds;
 mod docs;
@@ -48,14 +49,22 @@ enum Cmd {
     /// Each step prints `ok: ...` when its work is already done, or
     /// `installing: ...` when it acts:
     ///
-    /// 1. the nightly toolchain with rust-src (aya-build compiles the eBPF
+    /// 1. Debian packages, in one apt-get transaction (on Debian/Ubuntu as
+    ///    root): LLVM 22's development files when bpf-linker is still to be
+    ///    built, and the VM matrix's tools (qemu-system-x86, busybox-static,
+    ///    cpio, earlyoom). Services are not started meanwhile
+    ///    (/usr/sbin/policy-rc.d answers 101), and earlyoom, a userspace
+    ///    OOM killer for the VMs only, is disabled on this machine and must
+    ///    not be running afterwards. Elsewhere you are told what to install
+    ///    (missing VM tools are only a warning);
+    ///
+    /// 2. the nightly toolchain with rust-src (aya-build compiles the eBPF
     ///    crate with `-Z build-std=core`);
     ///
-    /// 2. bpf-linker 0.13.0, built against LLVM 22 with `cargo install`
-    ///    (about a minute). On Debian/Ubuntu as root, LLVM 22 itself is
-    ///    installed with apt-get; elsewhere you are told what to install;
+    /// 3. bpf-linker 0.13.0, built against LLVM 22 with `cargo install`
+    ///    (about a minute);
     ///
-    /// 3. tracefs mounted on /sys/kernel/tracing (only a warning if it
+    /// 4. tracefs mounted on /sys/kernel/tracing (only a warning if it
     ///    cannot be: oomtrace can still use raw tracepoints).
     #[command(verbatim_doc_comment)]
     Setup,
@@ -198,6 +207,7 @@ enum Cmd {
     ///
     ///   sudo cargo xtask vmtest
     ///   sudo cargo xtask vmtest --kernel 6.1.0-50-cloud-amd64 --mode raw+kprobe
+    ///   sudo cargo xtask vmtest --mode raw+off --scenario userspace_oom_killer_is_named
     ///
     /// Console logs: target/vmtest/KERNEL.log
     #[command(verbatim_doc_comment)]
@@ -213,6 +223,10 @@ enum Cmd {
         /// Run only this attach mode, e.g. `raw+kprobe` (see oomtrace-matrix --help).
         #[arg(long, value_name = "MODE")]
         mode: Option<String>,
+        /// Run only this scenario, e.g. `hostile_comm` (the names in the
+        /// matrix lines; with --mode, one that mode runs).
+        #[arg(long, value_name = "NAME")]
+        scenario: Option<String>,
     },
 }
 
@@ -244,6 +258,7 @@ fn main() -> ExitCode {
             kernels,
             timeout,
             mode,
+            scenario,
         } => {
             let defaults = vmtest::VmOpts::default();
             vmtest::vmtest(&vmtest::VmOpts {
@@ -254,6 +269,7 @@ fn main() -> ExitCode {
                 },
                 timeout: std::time::Duration::from_secs(timeout),
                 mode,
+                scenario,
             })
         }
     };

@@ -7,7 +7,9 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::apt::apt_install;
 use crate::util::{capture, cargo, is_debian_like, is_root, run};
+use crate::vmtest::{VM_PACKAGES, missing_vm_packages};
 
 /// Where Debian's (and apt.llvm.org's) llvm-22 packages install LLVM.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -15,11 +17,70 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const TRACEFS: &str = "/sys/kernel/tracing";
 
+/// LLVM 22's development files, which building bpf-linker needs.
+const LLVM_PACKAGES: [&str; 2] = ["llvm-22-dev", "libpolly-22-dev"];
+
 pub fn setup() -> Result<()> {
+    apt_packages()?;
     nightly_with_rust_src()?;
     bpf_linker()?;
     tracefs();
     Ok(())
+}
+
+/// Every Debian package setup wants, in one apt-get transaction that starts
+/// no service (see `apt::apt_install`): LLVM 22's development files when
+/// bpf-linker is still to be built, and the VM matrix's tools (qemu,
+/// busybox, cpio, earlyoom; `cargo xtask vmtest`, which `cargo xtask test`
+/// runs). Without root or off Debian, a missing LLVM is an error that says
+/// what to install, missing VM tools only a warning: the build does not
+/// need them.
+fn apt_packages() -> Result<()> {
+    let llvm: &[&str] = if needs_llvm_22() { &LLVM_PACKAGES } else { &[] };
+    let vm = missing_vm_packages();
+    if vm.is_empty() {
+        println!("ok: the VM matrix's tools ({})", VM_PACKAGES.join(", "));
+    }
+    let packages: Vec<&str> = llvm.iter().chain(&vm).copied().collect();
+    if packages.is_empty() {
+        return Ok(());
+    }
+    if !(is_root() && is_debian_like()) {
+        if !llvm.is_empty() {
+            return Err(llvm_22_missing());
+        }
+        println!(
+            "warning: the VM matrix (`cargo xtask vmtest`) needs packages that are not \
+             installed: {}. Install them as root on Debian (`apt-get install -y {}`)",
+            vm.join(", "),
+            vm.join(" ")
+        );
+        return Ok(());
+    }
+    println!(
+        "installing: {} (apt-get, one transaction)",
+        packages.join(" ")
+    );
+    apt_install(&packages).context(
+        "could not install these packages with apt-get (see above). If this release has \
+         no LLVM 22 packages, add the apt.llvm.org repository (https://apt.llvm.org), then \
+         rerun `cargo xtask setup`",
+    )?;
+    let llvm_config = Path::new(LLVM_PREFIX).join("bin/llvm-config");
+    if !llvm.is_empty() && !llvm_config.exists() {
+        bail!(
+            "apt-get installed llvm-22-dev but {} still does not exist; check where the \
+             package put llvm-config (`dpkg -L llvm-22`)",
+            llvm_config.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether bpf-linker is still to be built and LLVM 22 is missing.
+fn needs_llvm_22() -> bool {
+    capture(Command::new("bpf-linker").arg("--version")).is_err()
+        && !Path::new(LLVM_PREFIX).join("bin/llvm-config").exists()
 }
 
 /// aya-build compiles the eBPF crate with `cargo +nightly -Z build-std=core`,
@@ -83,7 +144,11 @@ fn bpf_linker() -> Result<()> {
         println!("ok: {}", version.trim());
         return Ok(());
     }
-    llvm_22()?;
+    // apt_packages() installed LLVM 22, or said why it could not.
+    if !Path::new(LLVM_PREFIX).join("bin/llvm-config").exists() {
+        return Err(llvm_22_missing());
+    }
+    println!("ok: LLVM 22 in {LLVM_PREFIX}");
 
     println!(
         "installing: bpf-linker {BPF_LINKER_VERSION} built against LLVM 22 \
@@ -120,17 +185,16 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
-/// Makes sure LLVM 22's development files are installed, which building
-/// bpf-linker with the `llvm-22` feature needs.
-fn llvm_22() -> Result<()> {
+/// Why bpf-linker cannot be built yet: LLVM 22 is missing, and setup could
+/// not install it (no root, or not Debian).
+fn llvm_22_missing() -> anyhow::Error {
     let llvm_config = Path::new(LLVM_PREFIX).join("bin/llvm-config");
-    if llvm_config.exists() {
-        println!("ok: LLVM 22 in {LLVM_PREFIX}");
-        return Ok(());
-    }
-    let by_hand = "sudo apt-get update && sudo apt-get install -y llvm-22-dev libpolly-22-dev";
+    let by_hand = format!(
+        "sudo apt-get update && sudo apt-get install -y {}",
+        LLVM_PACKAGES.join(" ")
+    );
     if !is_debian_like() {
-        bail!(
+        return anyhow::anyhow!(
             "bpf-linker is missing and building it needs LLVM 22, but {} does not exist. \
              This is not Debian or Ubuntu, so install LLVM 22 with its development files \
              yourself (its llvm-config must be at {}), then rerun `cargo xtask setup`",
@@ -138,41 +202,12 @@ fn llvm_22() -> Result<()> {
             llvm_config.display()
         );
     }
-    if !is_root() {
-        bail!(
-            "bpf-linker is missing and building it needs LLVM 22, but {} does not exist. \
-             Installing it needs root: run `{by_hand}`, then rerun `cargo xtask setup` \
-             (or run `sudo cargo xtask setup`)",
-            llvm_config.display()
-        );
-    }
-
-    println!("installing: LLVM 22 development files (apt-get)");
-    let apt_install = || {
-        run(Command::new("apt-get")
-            .args(["install", "-y", "llvm-22-dev", "libpolly-22-dev"])
-            // Never stop to ask a question: setup must not hang.
-            .env("DEBIAN_FRONTEND", "noninteractive"))
-    };
-    if apt_install().is_err() {
-        // The usual cause is a stale package index (packages not found or
-        // 404s), which `apt-get update` fixes; so refresh it and try once more.
-        println!("apt-get install failed; refreshing the package index and retrying once");
-        let retried = run(Command::new("apt-get").arg("update")).and_then(|()| apt_install());
-        retried.context(
-            "could not install llvm-22-dev and libpolly-22-dev with apt-get. If this release \
-             has no LLVM 22 packages, add the apt.llvm.org repository (https://apt.llvm.org), \
-             then rerun `cargo xtask setup`",
-        )?;
-    }
-    if !llvm_config.exists() {
-        bail!(
-            "apt-get installed llvm-22-dev but {} still does not exist; check where the \
-             package put llvm-config (`dpkg -L llvm-22`)",
-            llvm_config.display()
-        );
-    }
-    Ok(())
+    anyhow::anyhow!(
+        "bpf-linker is missing and building it needs LLVM 22, but {} does not exist. \
+         Installing it needs root: run `{by_hand}`, then rerun `cargo xtask setup` \
+         (or run `sudo cargo xtask setup`)",
+        llvm_config.display()
+    )
 }
 
 /// oomtrace reads tracepoint formats from tracefs. Not fatal when it cannot

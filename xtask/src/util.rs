@@ -162,21 +162,3 @@ pub fn is_debian_like() -> bool {
         })
     })
 }
-
-/// `apt-get install -y PACKAGES`, never asking a question; when that fails
-/// (usually a stale package index: not found, or 404s), `apt-get update`
-/// and one more try.
-pub fn apt_install(packages: &[&str]) -> Result<()> {
-    let install = || {
-        run(Command::new("apt-get")
-            .args(["install", "-y"])
-            .args(packages)
-            .env("DEBIAN_FRONTEND", "noninteractive"))
-    };
-    if install().is_ok() {
-        return Ok(());
-    }
-    println!("apt-get install failed; refreshing the package index and retrying once");
-    run(Command::new("apt-get").arg("update"))?;
-    install()
-}

@@ -2,7 +2,8 @@
 //! kernel: on the host, or as the payload of a VM's /init.
 //!
 //! Usage: oomtrace-matrix [--oomtrace PATH] [--workload PATH] [--mode NAME]
-//! (the binaries default to siblings of this one). Exits 1 if any scenario
+//! [--scenario NAME] (the binaries default to siblings of this one;
+//! --mode and --scenario run only that one). Exits 1 if any scenario
 //! failed.
 #![allow(
     clippy::unwrap_used,
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
     let mut oomtrace = dir.join("oomtrace");
     let mut workload = dir.join("oomtrace-workload");
     let mut mode = None;
+    let mut scenario = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
@@ -29,11 +31,12 @@ fn main() -> ExitCode {
             "--oomtrace" => oomtrace = PathBuf::from(value()),
             "--workload" => workload = PathBuf::from(value()),
             "--mode" => mode = Some(value()),
+            "--scenario" => scenario = Some(value()),
             other => panic!("unknown argument {other}"),
         }
     }
     let env = Env::new(oomtrace, workload);
-    let totals = matrix::run(&env, mode.as_deref());
+    let totals = matrix::run(&env, mode.as_deref(), scenario.as_deref());
     if totals.fail == 0 {
         ExitCode::SUCCESS
     } else {

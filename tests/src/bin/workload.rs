@@ -4,7 +4,9 @@
 //! Usage:
 //!   oomtrace-workload alloc [--cgroup DIR] [--adj N] [--comm-hex HEX]
 //!                           [--threads N] [--wait-stdin] [--stuck-in DIR]
-//!                           [--hold-mib N]
+//!                           [--hold-mib N] [--ignore-term]
+//!       --ignore-term: SIGTERM is ignored (SIG_IGN), so a killer that
+//!       sends SIGTERM first (earlyoom) must follow with SIGKILL.
 //!       --hold-mib: allocate and touch N MiB, print `held N`, then sleep
 //!       until killed (a victim that holds memory while another task runs
 //!       the cgroup out of it).
@@ -83,6 +85,7 @@ struct Options {
     wait_stdin: bool,
     stuck_in: Option<String>,
     hold_mib: Option<usize>,
+    ignore_term: bool,
 }
 
 fn parse(args: &[String]) -> Options {
@@ -94,6 +97,7 @@ fn parse(args: &[String]) -> Options {
         wait_stdin: false,
         stuck_in: None,
         hold_mib: None,
+        ignore_term: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -118,6 +122,7 @@ fn parse(args: &[String]) -> Options {
             "--wait-stdin" => o.wait_stdin = true,
             "--stuck-in" => o.stuck_in = Some(value()),
             "--hold-mib" => o.hold_mib = Some(value().parse().unwrap()),
+            "--ignore-term" => o.ignore_term = true,
             other => die(&format!("unknown argument {other}")),
         }
     }
@@ -394,8 +399,12 @@ fn join_cgroup(dir: &str) {
     std::fs::write(format!("{dir}/cgroup.procs"), "0").unwrap();
 }
 
-/// `--cgroup` and `--adj`, before any thread is started.
+/// `--cgroup`, `--adj` and `--ignore-term`, before any thread is started.
 fn settle(o: &Options) {
+    if o.ignore_term {
+        // SAFETY: sets SIGTERM's disposition to ignore.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    }
     if let Some(dir) = &o.cgroup {
         join_cgroup(dir);
     }

@@ -92,6 +92,9 @@ fn boot_once(
     if let Some(mode) = &opts.mode {
         append.push_str(&format!(" oomtrace.mode={mode}"));
     }
+    if let Some(scenario) = &opts.scenario {
+        append.push_str(&format!(" oomtrace.scenario={scenario}"));
+    }
     // A retry is numbered, in the message and in its log's name.
     let retry = if attempt > 1 {
         format!("attempt{attempt}")

@@ -10,6 +10,7 @@
 //! matrix natively, so one table covers both.
 
 mod boot;
+mod libs;
 mod table;
 
 use std::{
@@ -21,9 +22,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use boot::boot;
+use libs::copy_with_libraries;
 use table::{Row, parse, print_table, verdict};
 
-use crate::util::{apt_install, capture, cargo_cmd, is_debian_like, is_root, run, target_dir};
+use crate::apt::apt_install;
+use crate::util::{capture, cargo_cmd, is_debian_like, is_root, run, target_dir};
 
 /// Kernels booted by default: an LTS with the older cgroup/kernfs layout and
 /// a newer one, both with kprobes, fentry and BTF.
@@ -36,6 +39,8 @@ pub struct VmOpts {
     pub timeout: Duration,
     /// Run only this attach mode (e.g. `raw+kprobe`).
     pub mode: Option<String>,
+    /// Run only this scenario (e.g. `hostile_comm`).
+    pub scenario: Option<String>,
 }
 
 impl Default for VmOpts {
@@ -44,6 +49,7 @@ impl Default for VmOpts {
             kernels: DEFAULT_KERNELS.iter().map(|k| k.to_string()).collect(),
             timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
             mode: None,
+            scenario: None,
         }
     }
 }
@@ -72,7 +78,7 @@ pub fn vmtest(opts: &VmOpts) -> Result<()> {
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let initramfs = make_initramfs(&bins, &work)?;
 
-    let mut rows = vec![host_row(&bins, opts.mode.as_deref())?];
+    let mut rows = vec![host_row(&bins, opts)?];
     for kernel in &opts.kernels {
         let vmlinuz = fetch_kernel(kernel, &work)?;
         rows.push(boot(kernel, &vmlinuz, &initramfs, &work, opts)?);
@@ -82,29 +88,49 @@ pub fn vmtest(opts: &VmOpts) -> Result<()> {
     verdict(&rows)
 }
 
-/// qemu, a static busybox and cpio: installed with apt-get where we can,
-/// otherwise a loud error naming them.
-fn ensure_vm_tools() -> Result<()> {
-    let missing = |paths: &[&str]| paths.iter().all(|p| !Path::new(p).exists());
-    let needs_qemu = missing(&["/usr/bin/qemu-system-x86_64"]);
-    let needs_busybox = missing(&["/bin/busybox", "/usr/bin/busybox"]);
-    let needs_cpio = missing(&["/usr/bin/cpio", "/bin/cpio"]);
-    if !(needs_qemu || needs_busybox || needs_cpio) {
-        println!("ok: qemu-system-x86_64, busybox, cpio");
+/// The Debian packages the VMs need, and a file each installs: qemu, a
+/// static busybox and cpio to build and boot them; earlyoom, a userspace OOM
+/// killer, to run inside them (never on this machine: see `apt.rs`).
+const VM_TOOLS: [(&str, &[&str]); 4] = [
+    ("qemu-system-x86", &["/usr/bin/qemu-system-x86_64"]),
+    ("busybox-static", &["/bin/busybox", "/usr/bin/busybox"]),
+    ("cpio", &["/usr/bin/cpio", "/bin/cpio"]),
+    ("earlyoom", &[EARLYOOM]),
+];
+pub const VM_PACKAGES: [&str; 4] = [VM_TOOLS[0].0, VM_TOOLS[1].0, VM_TOOLS[2].0, VM_TOOLS[3].0];
+
+/// earlyoom, glibc-linked: copied into the initramfs with its libraries.
+const EARLYOOM: &str = "/usr/bin/earlyoom";
+
+/// The VM packages not installed yet (none of their files exists).
+pub fn missing_vm_packages() -> Vec<&'static str> {
+    VM_TOOLS
+        .iter()
+        .filter(|(_, files)| files.iter().all(|f| !Path::new(f).exists()))
+        .map(|(package, _)| *package)
+        .collect()
+}
+
+/// The VMs' packages: installed with apt-get, in one transaction that starts
+/// no service, where we can; otherwise a loud error naming them.
+pub fn ensure_vm_tools() -> Result<()> {
+    let missing = missing_vm_packages();
+    if missing.is_empty() {
+        println!("ok: {}", VM_PACKAGES.join(", "));
         return Ok(());
     }
-    let packages = ["qemu-system-x86", "busybox-static", "cpio"];
     if !(is_root() && is_debian_like()) {
         bail!(
-            "THE VM KERNEL MATRIX CANNOT RUN: qemu-system-x86_64, a static busybox or cpio is \
-             missing. Install them (`apt-get install -y {}`), or skip the matrix with --no-vm",
-            packages.join(" ")
+            "THE VM KERNEL MATRIX CANNOT RUN: {} missing. Install them (`apt-get install -y \
+             {}`), or skip the matrix with --no-vm",
+            missing.join(", "),
+            missing.join(" ")
         );
     }
-    println!("installing: {}", packages.join(" "));
-    apt_install(&packages).context(
-        "THE VM KERNEL MATRIX CANNOT RUN: installing qemu failed (see above); fix it or \
-         pass --no-vm",
+    println!("installing: {}", missing.join(" "));
+    apt_install(&missing).context(
+        "THE VM KERNEL MATRIX CANNOT RUN: installing its packages failed (see above); fix it \
+         or pass --no-vm",
     )?;
     Ok(())
 }
@@ -123,7 +149,8 @@ fn ensure_musl_target() -> Result<()> {
     })
 }
 
-/// The initramfs: busybox, the three static binaries, and /init.
+/// The initramfs: busybox, the three static binaries, earlyoom with its
+/// libraries, and /init.
 fn make_initramfs(bins: &Path, work: &Path) -> Result<PathBuf> {
     let root = work.join("initramfs");
     if root.exists() {
@@ -143,6 +170,7 @@ fn make_initramfs(bins: &Path, work: &Path) -> Result<PathBuf> {
         std::fs::copy(bins.join(name), bin.join(name))
             .with_context(|| format!("copying {}", bins.join(name).display()))?;
     }
+    copy_with_libraries(Path::new(EARLYOOM), &root)?;
     let init = root.join("init");
     std::fs::write(&init, INIT).context("writing /init")?;
     run(Command::new("chmod").arg("755").arg(&init))?;
@@ -156,11 +184,13 @@ fn make_initramfs(bins: &Path, work: &Path) -> Result<PathBuf> {
     Ok(image)
 }
 
-/// PID 1 in the VM. `oomtrace.mode=M` on the kernel command line limits the
-/// matrix to one attach mode.
+/// PID 1 in the VM. `oomtrace.mode=M` and `oomtrace.scenario=S` on the
+/// kernel command line limit the matrix to one attach mode, one scenario. OOMTRACE_VM=1 tells the matrix that the whole
+/// machine is its own (its VM-only scenarios run).
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
+export OOMTRACE_VM=1
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -169,11 +199,14 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t tracefs tracefs /sys/kernel/tracing
 echo +memory > /sys/fs/cgroup/cgroup.subtree_control
 echo "OOMTRACE-VM-BOOTED $(uname -r)"
-mode=""
+only=""
 for word in $(cat /proc/cmdline); do
-  case "$word" in oomtrace.mode=*) mode="--mode ${word#oomtrace.mode=}";; esac
+  case "$word" in
+    oomtrace.mode=*) only="$only --mode ${word#oomtrace.mode=}";;
+    oomtrace.scenario=*) only="$only --scenario ${word#oomtrace.scenario=}";;
+  esac
 done
-/bin/oomtrace-matrix $mode
+/bin/oomtrace-matrix $only
 echo "OOMTRACE-VM-EXIT $?"
 poweroff -f
 "#;
@@ -219,14 +252,17 @@ fn fetch_kernel(name: &str, work: &Path) -> Result<PathBuf> {
 }
 
 /// The host kernel's row: the same matrix, run natively.
-fn host_row(bins: &Path, mode: Option<&str>) -> Result<Row> {
+fn host_row(bins: &Path, opts: &VmOpts) -> Result<Row> {
     if !is_root() {
         bail!("the matrix causes real OOM kills and needs root: run `sudo cargo xtask vmtest`");
     }
     println!("matrix on the host kernel");
     let mut cmd = Command::new(bins.join("oomtrace-matrix"));
-    if let Some(mode) = mode {
+    if let Some(mode) = &opts.mode {
         cmd.args(["--mode", mode]);
+    }
+    if let Some(scenario) = &opts.scenario {
+        cmd.args(["--scenario", scenario]);
     }
     let output = cmd
         .stderr(Stdio::inherit())
