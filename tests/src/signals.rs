@@ -507,3 +507,32 @@ impl Drop for OomdLookalike {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// `--signal-kills off`: the hook is not attached (the `start` record says
+/// so), no `signal_kill` is written, and whether the OOM killer itself
+/// killed a victim is unknown: `oom.killed` is null, never a guess.
+pub fn signal_kills_off_leaves_nulls(env: &Env) {
+    let cg = MemCgroup::create("sigoff", Some(LIMIT));
+    let mut collector = Collector::start(env, &["--signal-kills", "off", "--exit-wait", "2s"]);
+    let hook = collector.start_record()["probes"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "signal_generate"))
+        .cloned()
+        .expect("signal_generate in the start record");
+    assert!(hook["mode"].is_null(), "not attached: {hook}");
+    let mut victim = Workload::spawn(env, "alloc", &["--cgroup", cg.dir_str()]);
+    assert_sigkilled(victim.wait(), "the allocator");
+    let kill = collector.kill_of(victim.pid(), TIMEOUT);
+    assert!(kill["oom"]["killed"].is_null(), "{kill}");
+    let mut target = Workload::spawn(env, "idle", &["--cgroup", cg.dir_str()]);
+    let pid = target.said("idle");
+    Shell::once(&format!("kill -9 {pid}"));
+    assert_sigkilled(target.wait(), "the target");
+    assert!(collector.stop_with(libc::SIGTERM).success());
+    assert_eq!(
+        collector.of_type("signal_kill").count(),
+        0,
+        "no signal_kill"
+    );
+    assert_eq!(collector.stop_record()["counters"]["signal_kills"], 0);
+}

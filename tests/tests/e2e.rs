@@ -44,6 +44,7 @@ scenario! {
     signals::shared_mm_kills_belong_to_the_oom_kill,
     signals::marked_while_dying_is_not_an_oom_kill,
     signals::userspace_oom_killer_is_named_and_confirmed,
+    signals::signal_kills_off_leaves_nulls,
     attribution::container_init_killed,
     attribution::container_child_killed_container_survives,
     attribution::container_stop_timeout,
