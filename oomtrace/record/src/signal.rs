@@ -248,6 +248,12 @@ pub fn sender_kind_by_comm(comm: &str) -> Option<SenderKind> {
 /// `OOMKilled` says only whether the kernel OOM-killed *some* process in the
 /// container's cgroup: it misses a userspace OOM killer's kill of PID 1 and
 /// blames the container for a lesser process's kill that it survived.
+///
+/// A container in the host's pid namespace (`--pid=host`, `hostPID: true`)
+/// has no PID 1 of its own: its record is written when a kill (OOM or
+/// signal) took the last process of its cgroup, found in userspace once
+/// that process has exited; `pid` is then that process. One whose last
+/// process exits by itself is not seen.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ContainerExit {
     /// Always 1 in this version of the format.
@@ -258,8 +264,9 @@ pub struct ContainerExit {
     pub time: String,
     /// The same instant in CLOCK_BOOTTIME nanoseconds.
     pub boot_ns: u64,
-    /// PID 1's process id in the host's pid namespace (the collector's).
-    /// Null only if unreadable.
+    /// PID 1's process id in the host's pid namespace (the collector's); in
+    /// a container in the host's pid namespace, its last process's. Null
+    /// only if unreadable.
     pub pid: Option<u32>,
     /// The inode number of the container's pid namespace, as
     /// `victim.pid_ns`. Null where BTF lacks the field.

@@ -149,11 +149,13 @@ impl Pipeline {
             signal_hook,
         } = settings;
         let line_wait = LINE_WAIT.min(limits.exit_wait);
+        let host_pid_ns = host.pid_ns;
         let mut worker = Worker {
             joiner: Joiner::new(limits, origin.clone()),
             attributor: Attributor::new(&host_root, page_size, host),
             lines: KernelLines::new(kernel_log),
-            containers: Containers::new(start.time.clone()),
+            containers: Containers::new(origin.clone(), start.time.clone()),
+            host_pid_ns,
             signal_hook,
             line_wait,
             origin,
@@ -209,6 +211,8 @@ struct Worker {
     attributor: Attributor,
     lines: KernelLines,
     containers: Containers,
+    /// The host's pid namespace (`start.host.pid_ns`).
+    host_pid_ns: Option<u64>,
     signal_hook: bool,
     /// How long a kill waits for its kernel log line.
     line_wait: Duration,
@@ -334,15 +338,20 @@ impl Worker {
             match outcome {
                 Outcome::Kill(Held::Oom(mut kill)) => {
                     self.attributor.attribute(&mut kill);
+                    let ended = self.containers.host_oom_kill(&kill, self.host_pid_ns);
                     self.counters.kills += 1;
                     if kill.exit.observed {
                         self.counters.exits_observed += 1;
                     }
                     self.broadcast(&Record::OomKill(kill));
+                    self.write_container_exits(ended.into_iter().collect());
                 }
-                Outcome::Kill(Held::Signal(kill)) => {
+                Outcome::Kill(Held::Signal(mut kill)) => {
+                    self.attributor.signal_released(&mut kill);
+                    let ended = self.containers.host_signal_kill(&kill, self.host_pid_ns);
                     self.counters.signal_kills += 1;
                     self.broadcast(&Record::SignalKill(kill));
+                    self.write_container_exits(ended.into_iter().collect());
                 }
                 Outcome::LateExit(late) => {
                     self.counters.late_exits += 1;

@@ -17,6 +17,7 @@ use crate::{
     collector::Env,
     kmsg::Kmsg,
     scenarios::{Workload, assert_exit_137, assert_matches_kernel, assert_sigkilled},
+    signals::Shell,
 };
 
 /// The container's main process, `oomtrace-workload ARGS`, started inside
@@ -58,6 +59,13 @@ pub fn host_pid_container_main_killed(env: &Env) {
     assert_host_pid_ns(&record, collector.start_record());
     assert_eq!(record["container_survives"], false, "{record}");
     assert_pod_attribution(&record, &pod, Driver::Cgroupfs, "burstable");
+    // Its last process gone, the container has ended: found in userspace.
+    let exit = collector.container_exit_of(main.pid(), KILL_TIMEOUT);
+    assert_eq!(exit["cause"], "oom_kill", "{exit}");
+    assert_eq!(exit["cause_seq"], record["seq"], "{exit}");
+    assert_eq!(exit["container"]["id"], pod.container_id.as_str(), "{exit}");
+    assert_eq!(exit["exit"]["code"], 137, "{exit}");
+    assert_eq!(exit["other_oom_kills"]["count"], 0, "{exit}");
 }
 
 /// A child of the container's main process is the victim; the main process
@@ -97,6 +105,17 @@ pub fn host_pid_container_child_killed(env: &Env) {
         "the main process lives, but nothing proves the container does: {record}"
     );
     assert_pod_attribution(&record, &pod, Driver::Systemd, "guaranteed");
-    // The main process is still there, lingering: end it.
-    drop(main);
+    // The main process is still there, lingering: someone `kill -9`s it,
+    // the container's last process. Its `container_exit` names that sender
+    // and counts the child's OOM kill.
+    let sender = Shell::once(&format!("kill -9 {}", main.pid()));
+    assert_sigkilled(main.wait(), "the main process");
+    let exit = collector.container_exit_of(main.pid(), KILL_TIMEOUT);
+    assert_eq!(exit["cause"], "signal_kill", "{exit}");
+    assert_eq!(exit["sender"]["pid"], sender, "{exit}");
+    assert_eq!(exit["other_oom_kills"]["count"], 1, "{exit}");
+    assert_eq!(exit["other_oom_kills"]["seqs"][0], record["seq"], "{exit}");
+    let kill = collector.signal_kill_of(main.pid(), KILL_TIMEOUT);
+    assert_eq!(kill["container_survives"], false, "{kill}");
+    assert_eq!(exit["cause_seq"], kill["seq"], "{exit}");
 }

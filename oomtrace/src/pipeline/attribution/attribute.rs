@@ -152,9 +152,7 @@ impl Attributor {
     /// a container cgroup holding no other process has ended (false).
     /// Anything else is null, never a guess.
     fn container_survives(&self, kill: &OomKill, victim_path: &str) -> Option<bool> {
-        let parts = components(victim_path)?;
-        let container_depth = locate(&parts).container_depth?;
-        let container_path = format!("/{}", parts[..container_depth].join("/"));
+        let container_path = container_path(victim_path)?;
         let own_pid_ns = kill.victim.pid_ns? != self.host.pid_ns?;
         if own_pid_ns {
             return survives_its_init(kill, &container_path);
@@ -162,10 +160,19 @@ impl Attributor {
         if !kill.exit.observed {
             return None;
         }
-        let procs = self
-            .host
-            .cgroup_root
-            .as_ref()?
+        self.host_container_ended(&container_path, kill.victim.pid)
+            .then_some(false)
+    }
+
+    /// In the host's pid namespace: whether the container whose cgroup is
+    /// `container_path` has ended now that process `pid` has exited: its
+    /// cgroup holds no other process, or the runtime removed it. False
+    /// when that cannot be told.
+    pub(super) fn host_container_ended(&self, container_path: &str, pid: Option<u32>) -> bool {
+        let Some(root) = &self.host.cgroup_root else {
+            return false;
+        };
+        let procs = root
             .join(container_path.trim_start_matches('/'))
             .join("cgroup.procs");
         match std::fs::read_to_string(&procs) {
@@ -173,13 +180,18 @@ impl Attributor {
             // sched_process_exit fires before cgroup_exit() unlinks it.
             Ok(text) => text
                 .split_whitespace()
-                .all(|pid| pid.parse::<u32>().ok() == kill.victim.pid)
-                .then_some(false),
+                .all(|listed| listed.parse::<u32>().ok() == pid),
             // The runtime removed the container's cgroup: it has ended.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(false),
-            Err(_) => None,
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
         }
     }
+}
+
+/// The container's own cgroup, from a path inside it.
+pub(super) fn container_path(path: &str) -> Option<String> {
+    let parts = components(path)?;
+    let container_depth = locate(&parts).container_depth?;
+    Some(format!("/{}", parts[..container_depth].join("/")))
 }
 
 /// The memcg level whose every task the kernel kills with this victim

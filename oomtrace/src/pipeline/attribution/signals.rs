@@ -5,7 +5,7 @@ use std::{ffi::CString, os::unix::fs::MetadataExt, path::Path};
 
 use oomtrace_record::{ContainerExit, KindEvidence, Sender, SenderKind, SignalKill, text_fields};
 
-use super::Attributor;
+use super::{Attributor, attribute::container_path};
 
 /// Extended attributes systemd-oomd and oomd set on a cgroup they act on
 /// (`user.` where the kernel allows it, else `trusted.`).
@@ -49,6 +49,23 @@ impl Attributor {
         kill.container = names.container;
         kill.k8s = names.k8s;
         kill.systemd_unit = names.systemd_unit;
+    }
+
+    /// Once the target's exit is in: whether a container in the host's pid
+    /// namespace ended with it (its cgroup holds no other process), as for
+    /// an OOM victim there.
+    pub fn signal_released(&self, kill: &mut SignalKill) {
+        let in_host_pid_ns = kill.target.pid_ns.is_some() && kill.target.pid_ns == self.host.pid_ns;
+        if !in_host_pid_ns || kill.container.is_none() || !kill.exit.observed {
+            return;
+        }
+        let Some(container_path) = kill.target.cgroup.path.as_deref().and_then(container_path)
+        else {
+            return;
+        };
+        kill.container_survives = self
+            .host_container_ended(&container_path, kill.target.pid)
+            .then_some(false);
     }
 
     /// Names the exiting PID 1's container and pod.
