@@ -9,10 +9,10 @@ use oomtrace_ebpf::{
 };
 
 /// The one ordered stream of records to the collector. A kill record is
-/// `KILL_RECORD_MIN` (1,712) bytes plus its cgroup path's length, at most
-/// `KILL_RECORD_MAX` (5,807), and the ring adds an 8-byte header: 1 MiB
-/// holds about 590 kills with 60-byte paths, 540 with kubelet-length ones
-/// (250 bytes), 180 at the longest. The collector can resize it
+/// `KILL_RECORD_MIN` (1,824) bytes plus its cgroup path's length, at most
+/// `KILL_RECORD_MAX` (5,919), and the ring adds an 8-byte header: 1 MiB
+/// holds about 550 kills with 60-byte paths, 500 with kubelet-length ones
+/// (250 bytes), 176 at the longest. The collector can resize it
 /// (`map_max_entries`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
