@@ -51,6 +51,12 @@ pub const CGROUP_NAMES_SIZE: usize = CGROUP_NAMES_LEN + CGROUP_NAME_MAX;
 pub const KILL_RECORD_MIN: usize = core::mem::size_of::<KillRecord>();
 pub const KILL_RECORD_MAX: usize = KILL_RECORD_MIN + CGROUP_PATH_MAX;
 
+/// The share of the ring buffer a signal kill never takes: 1/4 of it is
+/// kept free for OOM kills and exits, so that a burst of SIGKILLs (a
+/// process group of thousands killed at once) cannot crowd out an OOM kill
+/// of the same moment.
+pub const SIGNAL_RESERVE_DIVISOR: u64 = 4;
+
 /// Record kinds: the first `u32` of every ring-buffer record.
 pub const RECORD_KILL: u32 = 1;
 pub const RECORD_EXIT: u32 = 2;
@@ -117,7 +123,11 @@ pub mod counter {
     pub const UNTRACKED_VICTIMS: u32 = 2;
     /// The next kill sequence number.
     pub const KILL_SEQ: u32 = 3;
-    pub const LEN: u32 = 4;
+    /// Signal kills not written: the ring buffer was full, or had less
+    /// than [`crate::SIGNAL_RESERVE_DIVISOR`]'s share of it free, which is
+    /// kept for OOM kills and exits.
+    pub const LOST_SIGNAL_KILLS: u32 = 4;
+    pub const LEN: u32 = 5;
 }
 
 /// A value the programs read, or not. `known == 0` means it was not read

@@ -31,6 +31,10 @@ use crate::{
     registry, signals,
 };
 
+/// bpf_ringbuf_query() flags (include/uapi/linux/bpf.h).
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_RING_SIZE: u64 = 1;
+
 // ---------------------------------------------------------------------------
 // mark_victim: one record per OOM victim.
 // ---------------------------------------------------------------------------
@@ -65,7 +69,7 @@ pub fn mark_victim_raw(ctx: RawTracePointContext) -> i32 {
     fill_victim_from_task(scratch, task);
     attach_oom_context(rec);
     walk_trigger_memcg(rec);
-    send_kill(&ctx, scratch);
+    send_kill(&ctx, scratch, counter::LOST_KILLS, 0);
     0
 }
 
@@ -88,7 +92,7 @@ pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
     attach_oom_context(rec);
     walk_oom_memcg_path(scratch);
     walk_trigger_memcg(rec);
-    send_kill(&ctx, scratch);
+    send_kill(&ctx, scratch, counter::LOST_KILLS, 0);
     0
 }
 
@@ -119,8 +123,8 @@ pub fn begin_kill_record(rec: *mut KillRecord, source: u32) {
 /// is counted, and an exit that came while the record was being built is
 /// written now, after it.
 #[inline(always)]
-pub fn send_kill<C: EbpfContext>(ctx: &C, scratch: *mut KillScratch) {
-    let written = send_record(ctx, scratch, counter::LOST_KILLS);
+pub fn send_kill<C: EbpfContext>(ctx: &C, scratch: *mut KillScratch, lost: u32, keep_free: u64) {
+    let written = send_record(ctx, scratch, lost, keep_free);
     // SAFETY: `scratch` is this CPU's scratch value.
     if let Some(exit) = registry::settle(unsafe { addr_of!((*scratch).rec) }, written) {
         write_exit(ctx, &exit);
@@ -128,17 +132,27 @@ pub fn send_kill<C: EbpfContext>(ctx: &C, scratch: *mut KillScratch) {
 }
 
 /// Copies a record built in `scratch` into the ring buffer at its used
-/// length; when it does not fit, counts it in `lost`.
+/// length, leaving at least `keep_free` bytes of the ring unused; when it
+/// does not fit, counts it in `lost`.
 #[inline(always)]
-pub fn send_record<C: EbpfContext>(ctx: &C, scratch: *mut KillScratch, lost: u32) -> bool {
+pub fn send_record<C: EbpfContext>(
+    ctx: &C,
+    scratch: *mut KillScratch,
+    lost: u32,
+    keep_free: u64,
+) -> bool {
     // SAFETY: `scratch` is this CPU's scratch value; the record and its
     // names are adjacent in it (KillScratch is #[repr(C)]), and the mask
     // keeps the length inside it (cgroup_names_len <= CGROUP_PATH_MAX <
     // CGROUP_NAMES_LEN, a power of two), as the verifier must see.
     let written = unsafe {
         let names_len = names_offset((*scratch).rec.cgroup_names_len as usize);
-        let bytes = core::slice::from_raw_parts(scratch as *const u8, KILL_RECORD_MIN + names_len);
-        EVENTS.output::<[u8]>(bytes, 0).is_ok()
+        let len = KILL_RECORD_MIN + names_len;
+        let room = keep_free == 0
+            || EVENTS.query(BPF_RB_AVAIL_DATA) + len as u64 + keep_free
+                <= EVENTS.query(BPF_RB_RING_SIZE);
+        let bytes = core::slice::from_raw_parts(scratch as *const u8, len);
+        room && EVENTS.output::<[u8]>(bytes, 0).is_ok()
     };
     if !written {
         bump(lost);

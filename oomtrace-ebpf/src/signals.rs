@@ -31,15 +31,18 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use oomtrace_ebpf::{
-    KernelSigkill, KillRecord, KillScratch, Known, OomMm, SOURCE_CONTAINER_EXIT, SOURCE_SIGNAL,
-    SigtermSeen, counter, scratch_slot, signal,
+    KernelSigkill, KillRecord, KillScratch, Known, OomMm, SIGNAL_RESERVE_DIVISOR,
+    SOURCE_CONTAINER_EXIT, SOURCE_SIGNAL, SigtermSeen, counter, scratch_slot, signal,
 };
+
+/// bpf_ringbuf_query()'s flag for the ring's size (include/uapi/linux/bpf.h).
+const BPF_RB_RING_SIZE: u64 = 1;
 
 use crate::{
     kernel::{
         cgroup_kn, off, read, read_field, read_ptr_field, set, victim_cgroup, victim_key_rule,
     },
-    maps::{KILL_SCRATCH, OOM_MMS, OOM_SIGKILLS, SIGTERMS, bump},
+    maps::{EVENTS, KILL_SCRATCH, OOM_MMS, OOM_SIGKILLS, SIGTERMS, bump},
     programs::{begin_kill_record, fill_victim_from_task, fill_victim_ids, send_kill},
     registry,
 };
@@ -122,7 +125,7 @@ fn on_sigkill(ctx: &RawTracePointContext, info: u64, task: *const u8) {
         }
     }
     let Some(scratch) = KILL_SCRATCH.get_ptr_mut(scratch_slot::SIGNAL) else {
-        bump(counter::LOST_KILLS);
+        bump(counter::LOST_SIGNAL_KILLS);
         return;
     };
     // SAFETY: `scratch` is this CPU's scratch value for this program.
@@ -149,7 +152,9 @@ fn on_sigkill(ctx: &RawTracePointContext, info: u64, task: *const u8) {
     let start_time = registry::process_start_time(task).unwrap_or(0);
     registry::register(rec, start_time);
     fill_victim_from_task(scratch, task);
-    send_kill(ctx, scratch);
+    // A quarter of the ring stays free for OOM kills and exits.
+    let keep_free = EVENTS.query(BPF_RB_RING_SIZE) / SIGNAL_RESERVE_DIVISOR;
+    send_kill(ctx, scratch, counter::LOST_SIGNAL_KILLS, keep_free);
 }
 
 /// The `seq` of the OOM kill whose victim's mm `task` shares, when this
@@ -301,5 +306,5 @@ fn write_container_exit<C: EbpfContext>(ctx: &C, scratch: *mut KillScratch, task
         set(addr_of_mut!((*rec).exit_of), registry::registered_seq(key));
     }
     fill_victim_from_task(scratch, task);
-    crate::programs::send_record(ctx, scratch, counter::LOST_EXITS);
+    crate::programs::send_record(ctx, scratch, counter::LOST_EXITS, 0);
 }

@@ -536,3 +536,59 @@ pub fn signal_kills_off_leaves_nulls(env: &Env) {
     );
     assert_eq!(collector.stop_record()["counters"]["signal_kills"], 0);
 }
+
+/// A burst of SIGKILLs cannot crowd OOM kills out of the ring buffer:
+/// signal kills stop at three quarters of it. With the collector stopped
+/// (SIGSTOP) on a one-page ring, a process group of twelve is killed at
+/// once, then an allocator is OOM-killed: the OOM kill is written, and
+/// every signal kill is either written or counted (`lost.signal_kills`).
+pub fn sigkill_burst_leaves_room_for_oom_kills(env: &Env) {
+    const GROUP: usize = 12;
+    let cg = MemCgroup::create("burst", Some(LIMIT));
+    let mut collector = Collector::start(
+        env,
+        &["--ring-buffer-bytes", "4096", "--exit-wait", "500ms"],
+    );
+    let group = process_group(env, &cg, GROUP);
+    let pgid = group[0].1;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(collector.pid() as i32, libc::SIGSTOP) };
+    Shell::once(&format!("kill -9 -{pgid}"));
+    let mut pids = Vec::new();
+    for (mut member, pid) in group {
+        assert_sigkilled(member.wait(), "a group member");
+        pids.push(pid);
+    }
+    let mut victim = Workload::spawn(env, "alloc", &["--cgroup", cg.dir_str()]);
+    assert_sigkilled(victim.wait(), "the allocator");
+    // SAFETY: as above.
+    unsafe { libc::kill(collector.pid() as i32, libc::SIGCONT) };
+    let kill = collector.kill_of(victim.pid(), TIMEOUT);
+    assert_eq!(kill["oom"]["killed"], true, "{kill}");
+    assert!(collector.stop_with(libc::SIGTERM).success());
+    let written = collector
+        .of_type("signal_kill")
+        .filter(|r| pids.contains(&(r["target"]["pid"].as_u64().unwrap_or(0) as u32)))
+        .count() as u64;
+    let lost: u64 = collector
+        .of_type("lost")
+        .map(|r| r["signal_kills"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(
+        lost > 0,
+        "twelve cannot fit in a page: {:?}",
+        collector.records
+    );
+    // Other SIGKILLs on the node may have been counted too, never fewer.
+    assert!(
+        written + lost >= GROUP as u64,
+        "{written} written, {lost} lost"
+    );
+    assert_eq!(
+        collector.stop_record()["counters"]["lost_signal_kills"],
+        lost,
+        "{:?}",
+        collector.stop_record()
+    );
+    assert_eq!(collector.stop_record()["counters"]["lost_kills"], 0);
+}

@@ -45,6 +45,7 @@ scenario! {
     signals::marked_while_dying_is_not_an_oom_kill,
     signals::userspace_oom_killer_is_named_and_confirmed,
     signals::signal_kills_off_leaves_nulls,
+    signals::sigkill_burst_leaves_room_for_oom_kills,
     attribution::container_init_killed,
     attribution::container_child_killed_container_survives,
     attribution::container_stop_timeout,

@@ -216,6 +216,11 @@ pub struct Lost {
     /// queue could hold.
     #[serde(default)]
     pub records_dropped: u64,
+    /// SIGKILLs whose `signal_kill` record the kernel could not write: the
+    /// ring buffer was full, or had less than a quarter of it free (kept
+    /// for OOM kills, so that a burst of SIGKILLs cannot crowd them out).
+    #[serde(default)]
+    pub signal_kills: u64,
 }
 
 /// Written last, on a stop signal, after every kill read has been written.
@@ -305,6 +310,9 @@ pub struct Counters {
     /// `signal_kill` records written.
     #[serde(default)]
     pub signal_kills: u64,
+    /// Totals of the `lost` records' `signal_kills`.
+    #[serde(default)]
+    pub lost_signal_kills: u64,
     /// `container_exit` records written.
     #[serde(default)]
     pub container_exits: u64,

@@ -48,9 +48,16 @@ pub fn line(record: &Record) -> String {
         Record::SignalKill(s) => signal_kill_line(s),
         Record::ContainerExit(c) => container_exit_line(c),
         Record::Lost(l) => format!(
-            "{} LOST {} kill records and {} exit records (ring buffer full); {} victims \
-             untracked; {} kernel records and {} output records dropped by the collector",
-            l.time, l.kills, l.exits, l.untracked_victims, l.events_dropped, l.records_dropped
+            "{} LOST {} kill records and {} exit records (ring buffer full); {} signal kill \
+             records (ring buffer past its share for them); {} victims untracked; {} kernel \
+             records and {} output records dropped by the collector",
+            l.time,
+            l.kills,
+            l.exits,
+            l.signal_kills,
+            l.untracked_victims,
+            l.events_dropped,
+            l.records_dropped
         ),
         Record::Stop(s) => format!(
             "{} oomtrace stopped ({}): {} kills, {} exits observed, {} late exits, {} kills lost",

@@ -37,6 +37,7 @@ pub struct KernelLoss {
     pub kills: u64,
     pub exits: u64,
     pub untracked_victims: u64,
+    pub signal_kills: u64,
 }
 
 /// The `COUNTERS` array map.
@@ -57,6 +58,7 @@ impl KernelCounters {
             kills: read(counter::LOST_KILLS)?,
             exits: read(counter::LOST_EXITS)?,
             untracked_victims: read(counter::UNTRACKED_VICTIMS)?,
+            signal_kills: read(counter::LOST_SIGNAL_KILLS)?,
         })
     }
 }

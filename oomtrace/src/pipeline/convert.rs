@@ -337,8 +337,14 @@ pub fn lost(origin: &Origin, now: Loss, reported: Loss) -> Option<Lost> {
         ),
         events_dropped: delta(now.events_dropped, reported.events_dropped),
         records_dropped: delta(now.records_dropped, reported.records_dropped),
+        signal_kills: delta(now.kernel.signal_kills, reported.kernel.signal_kills),
     };
-    if lost.kills + lost.exits + lost.untracked_victims + lost.events_dropped + lost.records_dropped
+    if lost.kills
+        + lost.exits
+        + lost.untracked_victims
+        + lost.events_dropped
+        + lost.records_dropped
+        + lost.signal_kills
         == 0
     {
         return None;

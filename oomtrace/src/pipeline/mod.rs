@@ -399,5 +399,6 @@ impl Worker {
         c.untracked_victims = now.kernel.untracked_victims;
         c.events_dropped = now.events_dropped;
         c.records_dropped = now.records_dropped;
+        c.lost_signal_kills = now.kernel.signal_kills;
     }
 }
