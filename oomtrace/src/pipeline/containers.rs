@@ -28,6 +28,7 @@ use oomtrace_record::{
     ContainerExit, ExitCause, OomKill, Origin, OtherOomKills, SCHEMA_VERSION, Sender, SignalKill,
 };
 
+use super::convert::status_cause;
 use crate::kernel::clock;
 
 /// How many kills are remembered for the exits that close them: far more
@@ -51,16 +52,6 @@ struct HostEnd<'a> {
     exit: &'a oomtrace_record::Exit,
     /// The kill's cause, seq and sender; None for a mark without a kill.
     cause: Option<(ExitCause, u64, Option<Sender>)>,
-}
-
-/// The cause the wait status alone gives.
-fn status_cause(exit: &oomtrace_record::Exit) -> ExitCause {
-    match (exit.signal, exit.code) {
-        (Some(9), _) => ExitCause::SignalKill,
-        (Some(_), _) => ExitCause::Signal,
-        (None, Some(_)) => ExitCause::Exit,
-        (None, None) => ExitCause::Unknown,
-    }
 }
 
 /// Counts kill `seq` under `key`; beyond [`COUNTED_NAMESPACES`] keys, the

@@ -18,7 +18,7 @@ use oomtrace_record::{
 };
 
 pub use chain::CgroupChain;
-pub use signal::{container_exit, signal_kill};
+pub use signal::{container_exit, signal_kill, status_cause};
 
 use super::join::Tracking;
 use crate::kernel::{clock, maps::KernelLoss, ring::KillEvent};

@@ -89,6 +89,17 @@ fn sender(rec: &KillRecord) -> Sender {
     }
 }
 
+/// The cause a wait status alone gives, before any kill is known to have
+/// caused it.
+pub fn status_cause(exit: &Exit) -> ExitCause {
+    match (exit.signal, exit.code) {
+        (Some(signal::SIGKILL), _) => ExitCause::SignalKill,
+        (Some(_), _) => ExitCause::Signal,
+        (None, Some(_)) => ExitCause::Exit,
+        (None, None) => ExitCause::Unknown,
+    }
+}
+
 /// A container PID 1's exit, with its cause still to settle: `exit_of` is
 /// the kill (OOM or signal) the kernel had registered for it, if any.
 pub fn container_exit(kill: &KillEvent, origin: &Origin) -> (ContainerExit, Option<u64>) {
@@ -104,12 +115,7 @@ pub fn container_exit(kill: &KillEvent, origin: &Origin) -> (ContainerExit, Opti
         delay_ms: None,
         ..exit(rec.boot_ns, &status)
     };
-    let cause = match (exit.signal, exit.code) {
-        (Some(signal::SIGKILL), _) => ExitCause::SignalKill,
-        (Some(_), _) => ExitCause::Signal,
-        (None, Some(_)) => ExitCause::Exit,
-        (None, None) => ExitCause::Unknown,
-    };
+    let cause = status_cause(&exit);
     let record = ContainerExit {
         schema: SCHEMA_VERSION,
         origin: origin.clone(),
