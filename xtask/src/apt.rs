@@ -1,8 +1,12 @@
 //! Installing Debian packages on this machine, without starting their
-//! services. Some packages xtask installs are daemons meant for the VMs
-//! only: earlyoom, a userspace OOM killer, kills on the whole machine's
-//! memory, and Debian's package starts it on installation (its postinst runs
-//! `invoke-rc.d earlyoom start` and `deb-systemd-invoke start`). Both ask
+//! services. Some packages xtask installs are daemons the tests start on
+//! their own terms, or only inside the VMs:
+//! - earlyoom, a userspace OOM killer, kills on the whole machine's memory
+//!   (VMs only);
+//! - dockerd and containerd (docker.io): the runtime tests start private
+//!   ones, with their own sockets and data roots, and stop them.
+//! Debian's packages start them on installation (the postinsts run
+//! `invoke-rc.d NAME start` and `deb-systemd-invoke start`). Both ask
 //! /usr/sbin/policy-rc.d first; exit status 101 forbids the start.
 
 use std::path::{Path, PathBuf};
@@ -24,20 +28,36 @@ const FORBID_ALL: &str = "#!/bin/sh\n\
     # their services on this machine.\n\
     exit 101\n";
 
-/// Packages xtask installs for the VMs only whose daemon must never run on
-/// this machine: (package, task name of its daemon).
-const VM_ONLY_DAEMONS: &[(&str, &str)] = &[("earlyoom", "earlyoom")];
+/// A package whose daemon must not start when xtask installs it.
+struct QuietDaemon {
+    package: &'static str,
+    /// The daemon's task name (/proc/PID/comm).
+    comm: &'static str,
+    /// Also disabled for the next boot: a daemon that must never run on
+    /// this machine (a userspace OOM killer). The container runtimes' system
+    /// services are left as the package set them, only not started now.
+    disable_at_boot: bool,
+}
+
+/// Every package xtask installs whose postinst would start a daemon.
+const QUIET_DAEMONS: &[QuietDaemon] = &[
+    QuietDaemon { package: "earlyoom", comm: "earlyoom", disable_at_boot: true },
+    QuietDaemon { package: "docker.io", comm: "dockerd", disable_at_boot: false },
+    QuietDaemon { package: "docker.io", comm: "containerd", disable_at_boot: false },
+    QuietDaemon { package: "containerd", comm: "containerd", disable_at_boot: false },
+];
 
 /// `apt-get install -y PACKAGES` in one transaction, never asking a question
 /// and never starting a service (see [`NoServiceStarts`]); when that fails
 /// (usually a stale package index: not found, or 404s), `apt-get update`
-/// and one more try. A VM-only daemon among them is then disabled at boot
-/// and checked not to run (see [`keep_daemon_off`]).
+/// and one more try. A daemon among them (see [`QUIET_DAEMONS`]) is then
+/// checked not to run, and disabled at boot where the table says so (see
+/// [`keep_daemon_off`]).
 pub fn apt_install(packages: &[&str]) -> Result<()> {
-    let daemons: Vec<(&str, &str, bool, Vec<u32>)> = VM_ONLY_DAEMONS
+    let daemons: Vec<(&QuietDaemon, bool, Vec<u32>)> = QUIET_DAEMONS
         .iter()
-        .filter(|(package, _)| packages.contains(package))
-        .map(|&(package, comm)| (package, comm, !is_installed(package), processes_named(comm)))
+        .filter(|daemon| packages.contains(&daemon.package))
+        .map(|daemon| (daemon, !is_installed(daemon.package), processes_named(daemon.comm)))
         .collect();
     let installed = {
         let _policy = NoServiceStarts::install()?;
@@ -53,11 +73,11 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         })
     };
     // Even after a failed transaction: it may have installed some of them.
-    for (package, comm, newly_installed, before) in daemons {
-        if newly_installed && !is_installed(package) {
+    for (daemon, newly_installed, before) in daemons {
+        if newly_installed && !is_installed(daemon.package) {
             continue;
         }
-        keep_daemon_off(package, comm, newly_installed, &before)?;
+        keep_daemon_off(daemon, newly_installed, &before)?;
     }
     installed
 }
@@ -162,13 +182,13 @@ pub fn processes_named(comm: &str) -> Vec<u32> {
     pids
 }
 
-/// After installing a daemon meant for the VMs only (`package`, whose
-/// process is named `comm`): its service is disabled on this machine, for
-/// the next boot too, and none of it runs that did not run before
-/// (`before`, from [`processes_named`]). A daemon that ran before is not
-/// ours: it is named, not touched.
-fn keep_daemon_off(package: &str, comm: &str, newly_installed: bool, before: &[u32]) -> Result<()> {
-    if newly_installed {
+/// After installing a package with a daemon: none of it runs that did not
+/// run before (`before`, from [`processes_named`]), and a daemon meant for
+/// the VMs only is disabled on this machine for the next boot too. A daemon
+/// that ran before is not ours: it is named, not touched.
+fn keep_daemon_off(daemon: &QuietDaemon, newly_installed: bool, before: &[u32]) -> Result<()> {
+    let QuietDaemon { package, comm, disable_at_boot } = *daemon;
+    if newly_installed && disable_at_boot {
         // The postinst enabled it for the next boot (a systemd unit
         // symlink, SysV rc links). `--root=/` edits those files without
         // asking a running systemd, so it works with any init.
@@ -186,6 +206,8 @@ fn keep_daemon_off(package: &str, comm: &str, newly_installed: bool, before: &[u
             }
         }
         println!("ok: {package} installed for the VMs; its service is disabled on this machine");
+    } else if newly_installed {
+        println!("ok: {package} installed; its {comm} was not started (the tests start their own)");
     }
     let running = processes_named(comm);
     let started: Vec<u32> = running
@@ -196,15 +218,22 @@ fn keep_daemon_off(package: &str, comm: &str, newly_installed: bool, before: &[u
     if !started.is_empty() {
         bail!(
             "AN {comm} DAEMON STARTED ON THIS MACHINE (pid {started:?}) while {package} was \
-             installed, despite {POLICY_RC_D}. It kills processes when this machine's memory \
-             runs low. xtask does not kill it: stop it yourself (`systemctl stop {package}`, \
-             or `kill` that pid), then `systemctl disable {package}`"
+             installed, despite {POLICY_RC_D}. xtask does not kill it: stop it yourself \
+             (`systemctl stop {package}`, or `kill` that pid){}",
+            if disable_at_boot {
+                format!(
+                    ", then `systemctl disable {package}`: it kills processes when this \
+                     machine's memory runs low"
+                )
+            } else {
+                String::new()
+            }
         );
     }
     if !running.is_empty() {
         println!(
             "warning: {comm} already runs on this machine (pid {running:?}); not started by \
-             xtask, left alone. It may kill the host tests' processes when memory runs low"
+             xtask, left alone"
         );
     }
     Ok(())

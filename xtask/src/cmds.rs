@@ -143,6 +143,8 @@ fn test_steps(opts: &TestOpts) -> Result<()> {
              run `sudo cargo xtask test`"
         );
     }
+    // The container tests put the static workload into their images.
+    let static_bins = crate::vmtest::build_static()?;
     // One thread: each test watches for OOM kills system-wide, so two tests
     // at once would see each other's kills.
     run(cargo_cmd()?
@@ -154,7 +156,8 @@ fn test_steps(opts: &TestOpts) -> Result<()> {
             "--test-threads=1",
         ])
         .args(&opts.filters)
-        .env("OOMTRACE_BIN", &bin))
+        .env("OOMTRACE_BIN", &bin)
+        .env("OOMTRACE_STATIC_WORKLOAD", static_bins.join("oomtrace-workload")))
     .context("integration tests failed (see above)")?;
 
     vm_matrix(opts.no_vm)

@@ -20,6 +20,25 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 /// LLVM 22's development files, which building bpf-linker needs.
 const LLVM_PACKAGES: [&str; 2] = ["llvm-22-dev", "libpolly-22-dev"];
 
+/// The real container runtimes the host tests run (tests/src/runtimes):
+/// (package, a file it installs). docker.io brings containerd and `ctr`;
+/// Podman needs runc here, because crun rejects this hybrid cgroup layout.
+const RUNTIME_PACKAGES: [(&str, &str); 4] = [
+    ("docker.io", "/usr/bin/dockerd"),
+    ("containerd", "/usr/bin/ctr"),
+    ("podman", "/usr/bin/podman"),
+    ("runc", "/usr/sbin/runc"),
+];
+
+/// The runtime packages not installed yet.
+fn missing_runtime_packages() -> Vec<&'static str> {
+    RUNTIME_PACKAGES
+        .iter()
+        .filter(|(_, file)| !Path::new(file).exists())
+        .map(|(package, _)| *package)
+        .collect()
+}
+
 pub fn setup() -> Result<()> {
     apt_packages()?;
     nightly_with_rust_src()?;
@@ -41,7 +60,11 @@ fn apt_packages() -> Result<()> {
     if vm.is_empty() {
         println!("ok: the VM matrix's tools ({})", VM_PACKAGES.join(", "));
     }
-    let packages: Vec<&str> = llvm.iter().chain(&vm).copied().collect();
+    let runtimes = missing_runtime_packages();
+    if runtimes.is_empty() {
+        println!("ok: the container runtimes the tests run (docker.io, containerd, podman, runc)");
+    }
+    let packages: Vec<&str> = llvm.iter().chain(&vm).chain(&runtimes).copied().collect();
     if packages.is_empty() {
         return Ok(());
     }
@@ -49,11 +72,13 @@ fn apt_packages() -> Result<()> {
         if !llvm.is_empty() {
             return Err(llvm_22_missing());
         }
+        let missing: Vec<&str> = vm.iter().chain(&runtimes).copied().collect();
         println!(
-            "warning: the VM matrix (`cargo xtask vmtest`) needs packages that are not \
-             installed: {}. Install them as root on Debian (`apt-get install -y {}`)",
-            vm.join(", "),
-            vm.join(" ")
+            "warning: the VM matrix (`cargo xtask vmtest`) and the container runtime tests \
+             need packages that are not installed: {}. Install them as root on Debian \
+             (`apt-get install -y {}`)",
+            missing.join(", "),
+            missing.join(" ")
         );
         return Ok(());
     }

@@ -60,20 +60,7 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 900;
 pub fn vmtest(opts: &VmOpts) -> Result<()> {
     let started = Instant::now();
     ensure_vm_tools()?;
-    ensure_musl_target()?;
-    run(cargo_cmd()?.args([
-        "build",
-        "--release",
-        "--target",
-        MUSL,
-        "--package",
-        "oomtrace",
-        "--package",
-        "oomtrace-tests",
-        "--bins",
-    ]))
-    .context("building the static (musl) binaries for the VMs failed")?;
-    let bins = target_dir()?.join(MUSL).join("release");
+    let bins = build_static()?;
     let work = target_dir()?.join("vmtest");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let initramfs = make_initramfs(&bins, &work)?;
@@ -86,6 +73,26 @@ pub fn vmtest(opts: &VmOpts) -> Result<()> {
     print_table(&rows);
     println!("vm matrix: {:.0}s", started.elapsed().as_secs_f64());
     verdict(&rows)
+}
+
+/// Static (musl) builds of oomtrace, the test workload and `oomtrace-matrix`:
+/// the VMs run them, and so do the host's container tests, inside images
+/// that hold nothing but busybox. Returns the directory that holds them.
+pub fn build_static() -> Result<PathBuf> {
+    ensure_musl_target()?;
+    run(cargo_cmd()?.args([
+        "build",
+        "--release",
+        "--target",
+        MUSL,
+        "--package",
+        "oomtrace",
+        "--package",
+        "oomtrace-tests",
+        "--bins",
+    ]))
+    .context("building the static (musl) binaries failed")?;
+    Ok(target_dir()?.join(MUSL).join("release"))
 }
 
 /// The Debian packages the VMs need, and a file each installs: qemu, a
