@@ -24,7 +24,7 @@ const LLVM_PACKAGES: [&str; 2] = ["llvm-22-dev", "libpolly-22-dev"];
 /// (package, a file it installs). docker.io brings containerd and `ctr`;
 /// Podman needs runc here, because crun rejects this hybrid cgroup layout.
 const RUNTIME_PACKAGES: [(&str, &str); 4] = [
-    ("docker.io", "/usr/bin/dockerd"),
+    ("docker.io", "/usr/sbin/dockerd"),
     ("containerd", "/usr/bin/ctr"),
     ("podman", "/usr/bin/podman"),
     ("runc", "/usr/sbin/runc"),
