@@ -27,7 +27,14 @@ use crate::{
         Destination, Format,
         writer::{Ended, OutputEnd, QUEUE_BYTES, Writer},
     },
-    pipeline::{Pipeline, Settings, attribution::HostView, convert, join::JoinLimits},
+    pipeline::{
+        Pipeline, Settings,
+        attribution::{
+            CONTAINERD_ROOT, CONTAINERS_STORAGE_ROOT, DOCKER_ROOT, HostView, RuntimeRoots,
+        },
+        convert,
+        join::JoinLimits,
+    },
 };
 
 #[derive(Debug, clap::Args)]
@@ -76,6 +83,32 @@ pub struct RunArgs {
     /// mounts the host at /host, pass `--host-root /host`.
     #[arg(long, default_value = "/", value_name = "DIR")]
     pub host_root: PathBuf,
+    /// Docker's data root, inside --host-root: `container.name` and
+    /// `container.image` of a Docker container come from
+    /// DIR/containers/<id>/config.v2.json. Change it for a dockerd started
+    /// with `--data-root DIR` (or `data-root` in daemon.json), such as a
+    /// private one for CI.
+    #[arg(long, default_value = DOCKER_ROOT, value_name = "DIR")]
+    pub docker_root: PathBuf,
+    /// containerd's state directory, inside --host-root: a running task's
+    /// OCI bundle, DIR/io.containerd.runtime.v2.task/<namespace>/<id>/
+    /// config.json, carries the CRI plugin's names of a Kubernetes
+    /// container. Change it for a containerd with another `state` in its
+    /// config.toml (k3s: /run/k3s/containerd).
+    #[arg(long, default_value = CONTAINERD_ROOT, value_name = "DIR")]
+    pub containerd_root: PathBuf,
+    /// CRI-O's containers/storage root, inside --host-root: the names of a
+    /// CRI-O container come from DIR/overlay-containers/<id>/userdata/
+    /// config.json. Change it for a CRI-O whose storage.conf sets another
+    /// `graphroot` (or started with `--root DIR`).
+    #[arg(long, default_value = CONTAINERS_STORAGE_ROOT, value_name = "DIR")]
+    pub crio_root: PathBuf,
+    /// Podman's containers/storage root, inside --host-root: the names of a
+    /// Podman container come from DIR/<driver>-containers/containers.json.
+    /// Change it for `podman --root DIR`, or a rootless user's storage
+    /// (/home/USER/.local/share/containers/storage).
+    #[arg(long, default_value = CONTAINERS_STORAGE_ROOT, value_name = "DIR")]
+    pub podman_root: PathBuf,
     #[command(flatten)]
     pub probes: ProbeArgs,
     /// Do not read the kernel log (/dev/kmsg). By default each kill is
@@ -219,6 +252,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         host: HostView {
             pid_ns: facts.pid_ns,
             cgroup_root: host::cgroup_root_dir(&facts),
+            runtime_roots: RuntimeRoots::default()
+                .with("docker", args.docker_root.clone())
+                .with("containerd", args.containerd_root.clone())
+                .with("crio", args.crio_root.clone())
+                .with("podman", args.podman_root.clone()),
         },
         signal_hook,
     };

@@ -9,15 +9,18 @@ use oomtrace_record::{
 };
 
 use super::{
-    ChargeSlack, KubeletNames,
+    ChargeSlack, KubeletNames, RuntimeRoots, RuntimeState,
     cgroup_path::{components, locate},
-    identify, limit_scope, nearest_limited_ancestor,
+    identify,
+    kubelet::K8sNames,
+    limit_scope, nearest_limited_ancestor,
 };
 
-/// Per-collector attribution state: the kubelet name cache, and what is
-/// known of this host.
+/// Per-collector attribution state: the kubelet and runtime name caches,
+/// and what is known of this host.
 pub struct Attributor {
     kubelet: KubeletNames,
+    runtime_state: RuntimeState,
     slack: ChargeSlack,
     pub(super) host: HostView,
 }
@@ -38,12 +41,15 @@ pub struct HostView {
     /// root, as `kernel::host::cgroup_root_dir` finds it); None when they
     /// cannot.
     pub cgroup_root: Option<PathBuf>,
+    /// Where each runtime keeps its state, inside the host root.
+    pub runtime_roots: RuntimeRoots,
 }
 
 impl Attributor {
     pub fn new(host_root: &Path, page_size: u64, host: HostView) -> Self {
         Self {
             kubelet: KubeletNames::new(host_root),
+            runtime_state: RuntimeState::new(host_root, &host.runtime_roots),
             slack: ChargeSlack::for_this_host(page_size),
             host,
         }
@@ -78,23 +84,41 @@ impl Attributor {
     }
 
     /// The container, pod and unit a cgroup path names.
+    ///
+    /// The path names the container's id and, mostly, its runtime; the
+    /// runtime's state files its name and image. For Kubernetes names the
+    /// kubelet's log directories come first (the kubelet's own words), and
+    /// the runtime's state fills in what they leave null.
     pub(super) fn names(&mut self, path: &str) -> Names {
         let identity = identify(path);
+        let mut container = identity.container;
+        let state = container
+            .as_ref()
+            .and_then(|c| self.runtime_state.lookup(&c.id, c.runtime));
+        if let (Some(container), Some(state)) = (&mut container, &state) {
+            container.runtime = container.runtime.or(Some(state.runtime));
+            container.name.clone_from(&state.name);
+            container.image.clone_from(&state.image);
+        }
         let k8s = identity.k8s.as_ref().map(|pod| {
             let names = self.kubelet.lookup(
                 Some(&pod.pod_uid),
-                identity.container.as_ref().map(|c| c.id.as_str()),
+                container.as_ref().map(|c| c.id.as_str()),
             );
+            let from_state = state.as_ref().map(|s| &s.k8s);
+            let fill = |kubelet: Option<String>, field: fn(&K8sNames) -> &Option<String>| {
+                kubelet.or_else(|| from_state.and_then(|k| field(k).clone()))
+            };
             K8s {
-                namespace: names.namespace,
-                pod: names.pod,
+                namespace: fill(names.namespace, |k| &k.namespace),
+                pod: fill(names.pod, |k| &k.pod),
                 pod_uid: Some(pod.pod_uid.clone()),
-                container: names.container,
+                container: fill(names.container, |k| &k.container),
                 qos: Some(pod.qos),
             }
         });
         Names {
-            container: identity.container,
+            container,
             k8s,
             systemd_unit: identity.systemd_unit,
         }
@@ -327,6 +351,7 @@ mod tests {
         let host = HostView {
             pid_ns: Some(HOST_PID_NS),
             cgroup_root,
+            ..HostView::default()
         };
         let mut attributor = Attributor::new(Path::new("/nonexistent-host-root"), 4096, host);
         attributor.fired_memcg(&mut kill, shared_levels);
