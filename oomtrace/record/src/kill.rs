@@ -434,7 +434,8 @@ pub struct LateExit {
     pub exit: Exit,
 }
 
-/// A container, named by its runtime's id.
+/// A container: its runtime's id from the cgroup path, and its name and
+/// image from the runtime's state files.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Container {
     /// The full 64-hex-digit id, as in the cgroup path (`docker ps
@@ -485,9 +486,11 @@ pub enum Runtime {
 
 /// Kubernetes names: the pod UID and QoS class from the kubelet's pod
 /// cgroup, and the namespace, pod and container names from the kubelet's
-/// log directories under `--host-root` (null when not found there: the logs
-/// are elsewhere, or the pod was deleted before its first kill was seen).
-/// oomtrace talks to no API server: no labels, annotations or owners.
+/// log directories under `--host-root`, else from the container runtime's
+/// state files there (see `container.name`); null when found in neither
+/// (the logs are elsewhere, or the pod was deleted before its first kill
+/// was seen). oomtrace talks to no API server: no labels, annotations or
+/// owners.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 pub struct K8s {
     /// The pod's namespace.

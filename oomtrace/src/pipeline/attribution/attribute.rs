@@ -11,9 +11,7 @@ use oomtrace_record::{
 use super::{
     ChargeSlack, KubeletNames, RuntimeRoots, RuntimeState,
     cgroup_path::{components, locate},
-    identify,
-    kubelet::K8sNames,
-    limit_scope, nearest_limited_ancestor,
+    identify, limit_scope, nearest_limited_ancestor,
 };
 
 /// Per-collector attribution state: the kubelet and runtime name caches,
@@ -85,10 +83,9 @@ impl Attributor {
 
     /// The container, pod and unit a cgroup path names.
     ///
-    /// The path names the container's id and, mostly, its runtime; the
-    /// runtime's state files its name and image. For Kubernetes names the
-    /// kubelet's log directories come first (the kubelet's own words), and
-    /// the runtime's state fills in what they leave null.
+    /// The path gives the container's id and (mostly) its runtime; the
+    /// runtime's state files its name, its image, and the Kubernetes names
+    /// the kubelet's log directories leave null.
     pub(super) fn names(&mut self, path: &str) -> Names {
         let identity = identify(path);
         let mut container = identity.container;
@@ -96,26 +93,24 @@ impl Attributor {
             .as_ref()
             .and_then(|c| self.runtime_state.lookup(&c.id, c.runtime));
         if let (Some(container), Some(state)) = (&mut container, &state) {
-            container.runtime = container.runtime.or(Some(state.runtime));
-            container.name.clone_from(&state.name);
-            container.image.clone_from(&state.image);
+            state.name(container);
         }
         let k8s = identity.k8s.as_ref().map(|pod| {
             let names = self.kubelet.lookup(
                 Some(&pod.pod_uid),
                 container.as_ref().map(|c| c.id.as_str()),
             );
-            let from_state = state.as_ref().map(|s| &s.k8s);
-            let fill = |kubelet: Option<String>, field: fn(&K8sNames) -> &Option<String>| {
-                kubelet.or_else(|| from_state.and_then(|k| field(k).clone()))
-            };
-            K8s {
-                namespace: fill(names.namespace, |k| &k.namespace),
-                pod: fill(names.pod, |k| &k.pod),
+            let mut k8s = K8s {
+                namespace: names.namespace,
+                pod: names.pod,
                 pod_uid: Some(pod.pod_uid.clone()),
-                container: fill(names.container, |k| &k.container),
+                container: names.container,
                 qos: Some(pod.qos),
+            };
+            if let Some(state) = &state {
+                state.fill_k8s(&mut k8s);
             }
+            k8s
         });
         Names {
             container,

@@ -29,7 +29,7 @@ use std::{
     time::Instant,
 };
 
-use oomtrace_record::Runtime;
+use oomtrace_record::{Container, K8s, Runtime};
 
 use self::{
     cache::StateCache,
@@ -52,6 +52,29 @@ pub struct StateNames {
     /// The pod's names, where the runtime keeps them (cri-dockerd's labels,
     /// the CRI annotations).
     pub k8s: K8sNames,
+}
+
+impl StateNames {
+    /// Names `container` (whose id and runtime come from the cgroup path):
+    /// its name and image, and its runtime where the path could not tell.
+    pub fn name(&self, container: &mut Container) {
+        container.runtime = container.runtime.or(Some(self.runtime));
+        container.name.clone_from(&self.name);
+        container.image.clone_from(&self.image);
+    }
+
+    /// Fills the Kubernetes names the kubelet's log directories left null:
+    /// those are the kubelet's own words, these the runtime's copy.
+    pub fn fill_k8s(&self, k8s: &mut K8s) {
+        let fill = |field: &mut Option<String>, from: &Option<String>| {
+            if field.is_none() {
+                field.clone_from(from);
+            }
+        };
+        fill(&mut k8s.namespace, &self.k8s.namespace);
+        fill(&mut k8s.pod, &self.k8s.pod);
+        fill(&mut k8s.container, &self.k8s.container);
+    }
 }
 
 impl Default for StateNames {
