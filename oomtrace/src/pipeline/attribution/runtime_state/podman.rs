@@ -12,9 +12,12 @@ use super::{K8sNames, ParseError, StateNames, non_empty, sources::Found};
 
 #[derive(Deserialize)]
 struct Entry {
+    /// Every field may be left out (containers/storage writes them with
+    /// `omitempty`), so one odd entry does not spoil the list.
+    #[serde(default)]
     id: String,
     #[serde(default)]
-    names: Vec<String>,
+    names: Option<Vec<String>>,
     /// The image's id.
     #[serde(default)]
     image: Option<String>,
@@ -61,7 +64,7 @@ pub fn parse(bytes: &[u8], found: &Found<'_>) -> Result<Option<StateNames>, Pars
     }
     Ok(Some(StateNames {
         runtime: Runtime::Podman,
-        name: non_empty(entry.names.into_iter().next()).or(non_empty(metadata.name)),
+        name: non_empty(entry.names.into_iter().flatten().next()).or(non_empty(metadata.name)),
         image,
         k8s: K8sNames::default(),
     }))
