@@ -291,6 +291,7 @@ mod tests {
                         usage_bytes,
                         limit_bytes,
                         oom_group,
+                        ..MemcgLevel::default()
                     },
                 )
                 .collect();
