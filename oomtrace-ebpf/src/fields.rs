@@ -39,6 +39,19 @@ pub enum FieldRule {
     CssSetSubsys { id: &'static str },
     /// `sizeof(struct strukt)`, carried as an offset to have a present flag.
     SizeOf { strukt: &'static str },
+    /// `strukt.array[<value of enum enum_name::value>]`: one element of an
+    /// array indexed by an enum (`mem_cgroup::memory_events[]` by `enum
+    /// memcg_memory_event`), relative to `relative_to` as in `Member`. The
+    /// enum's values are read from BTF, so an event added in the middle of
+    /// the enum moves no read; a value this kernel lacks, or one past the
+    /// array's length, leaves the field absent.
+    EnumIndexed {
+        strukt: &'static str,
+        array: &'static str,
+        relative_to: Option<&'static str>,
+        enum_name: &'static str,
+        value: &'static str,
+    },
 }
 
 /// One entry of [`KernelOffsets::FIELDS`].
@@ -58,6 +71,19 @@ macro_rules! member {
             strukt: $strukt,
             path: &[&[$($name),+]],
             relative_to: None,
+        }
+    };
+}
+
+/// `FieldRule::EnumIndexed` for one `mem_cgroup::memory_events[]` counter.
+macro_rules! memcg_event {
+    ($value:literal) => {
+        FieldRule::EnumIndexed {
+            strukt: "mem_cgroup",
+            array: "memory_events",
+            relative_to: Some("css"),
+            enum_name: "memcg_memory_event",
+            value: $value,
         }
     };
 }
@@ -173,6 +199,38 @@ kernel_fields! {
         path: &[&["memory"], &["max", "limit"]],
         relative_to: Some("css"),
     };
+    /// `memory.failcnt`: how often a charge hit `memory.max`, relative to
+    /// the css. Counted on cgroup v1; on kernels with `track_failcnt` only
+    /// where that flag is set (v1 memcgs: v2 does not show it).
+    memcg_failcnt: u64 = FieldRule::Member {
+        strukt: "mem_cgroup",
+        path: &[&["memory"], &["failcnt"]],
+        relative_to: Some("css"),
+    };
+    /// `page_counter::track_failcnt` (bool, recent kernels): whether `failcnt`
+    /// counts. Absent on older kernels, where it always does.
+    memcg_track_failcnt: u8 = FieldRule::Member {
+        strukt: "mem_cgroup",
+        path: &[&["memory"], &["track_failcnt"]],
+        relative_to: Some("css"),
+    };
+    /// The peak usage in pages (`memory.peak` on v2,
+    /// `memory.max_usage_in_bytes` on v1), relative to the css.
+    memcg_watermark: u64 = FieldRule::Member {
+        strukt: "mem_cgroup",
+        path: &[&["memory"], &["watermark"]],
+        relative_to: Some("css"),
+    };
+    /// `memory.events` counters, `atomic_long_t` each, relative to the css.
+    /// memcg_memory_event() counts them up the tree on v2 (a level counts
+    /// its descendants' events) and for the memcg alone on v1, where
+    /// `memory.oom_control` shows `oom_kill` from this array.
+    memcg_event_high: i64 = memcg_event!("MEMCG_HIGH");
+    memcg_event_max: i64 = memcg_event!("MEMCG_MAX");
+    memcg_event_oom: i64 = memcg_event!("MEMCG_OOM");
+    memcg_event_oom_kill: i64 = memcg_event!("MEMCG_OOM_KILL");
+    /// 5.16+.
+    memcg_event_oom_group_kill: i64 = memcg_event!("MEMCG_OOM_GROUP_KILL");
     /// `memory.oom.group` (bool, 4.19+), relative to the css.
     memcg_oom_group: u8 = FieldRule::Member {
         strukt: "mem_cgroup",

@@ -11,9 +11,9 @@ use aya_ebpf::helpers::{
     generated::{bpf_probe_read_kernel as bpf_probe_read_kernel_raw, bpf_probe_read_kernel_str},
 };
 use oomtrace_ebpf::{
-    CGROUP_LEVELS, CGROUP_NAME_MAX, CGROUP_NAMES_LEN, CGROUP_PATH_MAX, Config, FieldOffset,
-    KernelOffsets, KillRecord, KillScratch, Known, MAX_CGROUP_DEPTH, MarkVictimLayout, VictimKey,
-    cgroup_walk_end,
+    CGROUP_LEVELS, CGROUP_NAME_MAX, CGROUP_NAMES_LEN, CGROUP_PATH_MAX, Config, FAILCNT_UNTRACKED,
+    FieldOffset, KernelOffsets, KillRecord, KillScratch, Known, MAX_CGROUP_DEPTH, MarkVictimLayout,
+    MemcgEventCounts, VictimKey, cgroup_walk_end,
 };
 
 // Load-time globals, overridden by the collector (`EbpfLoader::override_global`).
@@ -308,6 +308,8 @@ pub fn walk_memcg_levels(rec: *mut KillRecord, mut css: *const u8) -> bool {
     // unknown in the record. Read unconditionally to stay branch-free.
     let group_at = off!(memcg_oom_group);
     let group_read_at = group_at.unwrap_or(0);
+    // The counters, each optional in the same way (see `memcg_counter`).
+    let counters = MemcgCounterOffsets::of_this_kernel();
     let mut depth: usize = 0;
     let mut complete = false;
     // SAFETY: as in walk_cgroup_path.
@@ -328,6 +330,7 @@ pub fn walk_memcg_levels(rec: *mut KillRecord, mut css: *const u8) -> bool {
             groups
                 .add(level)
                 .write(read_or_zero::<ty::memcg_oom_group>(css, group_read_at));
+            counters.read_level(rec, level, css);
             depth = level + 1;
             css = read_or_zero(css, parent_at);
             if css.is_null() {
@@ -340,8 +343,93 @@ pub fn walk_memcg_levels(rec: *mut KillRecord, mut css: *const u8) -> bool {
         if complete && group_at.is_some() {
             (*rec).memcg_oom_group_known = 1;
         }
+        if complete {
+            (*rec).memcg_counters_known = counters.known;
+        }
     }
     complete
+}
+
+/// Where the memcg walk's counters are on this kernel; an absent one is
+/// read at offset 0 (harmless, and branch-free) and its bit stays unset.
+struct MemcgCounterOffsets {
+    known: u32,
+    failcnt: usize,
+    track_failcnt: Option<usize>,
+    watermark: usize,
+    events: [usize; 5],
+}
+
+impl MemcgCounterOffsets {
+    #[inline(always)]
+    fn of_this_kernel() -> Self {
+        use oomtrace_ebpf::memcg_counter as bit;
+        let mut known = 0;
+        let mut at = |offset: Option<usize>, flag: u32| match offset {
+            Some(o) => {
+                known |= flag;
+                o
+            }
+            None => 0,
+        };
+        let failcnt = at(off!(memcg_failcnt), bit::FAILCNT);
+        let watermark = at(off!(memcg_watermark), bit::WATERMARK);
+        let events = [
+            at(off!(memcg_event_high), bit::EVENT_HIGH),
+            at(off!(memcg_event_max), bit::EVENT_MAX),
+            at(off!(memcg_event_oom), bit::EVENT_OOM),
+            at(off!(memcg_event_oom_kill), bit::EVENT_OOM_KILL),
+            at(off!(memcg_event_oom_group_kill), bit::EVENT_OOM_GROUP_KILL),
+        ];
+        Self {
+            known,
+            failcnt,
+            track_failcnt: off!(memcg_track_failcnt),
+            watermark,
+            events,
+        }
+    }
+
+    /// Reads one level's counters from its memcg (`css`, the memcg's
+    /// embedded css: the offsets are relative to it) into `rec`.
+    ///
+    /// SAFETY: `rec` is this CPU's scratch record and `level` is below
+    /// `CGROUP_LEVELS`.
+    #[inline(always)]
+    unsafe fn read_level(&self, rec: *mut KillRecord, level: usize, css: *const u8) {
+        use oomtrace_ebpf::kernel_field_type as ty;
+        // With track_failcnt, a v2 memcg's page counter leaves failcnt at 0
+        // (page_counter::track_failcnt false): unknown, not "never failed".
+        let tracked = match self.track_failcnt {
+            Some(at) => read_or_zero::<ty::memcg_track_failcnt>(css, at) != 0,
+            None => true,
+        };
+        let failcnt = if tracked {
+            read_or_zero::<ty::memcg_failcnt>(css, self.failcnt)
+        } else {
+            FAILCNT_UNTRACKED
+        };
+        let e = &self.events;
+        let events = MemcgEventCounts {
+            high: read_or_zero::<ty::memcg_event_high>(css, e[0]).max(0) as u64,
+            max: read_or_zero::<ty::memcg_event_max>(css, e[1]).max(0) as u64,
+            oom: read_or_zero::<ty::memcg_event_oom>(css, e[2]).max(0) as u64,
+            oom_kill: read_or_zero::<ty::memcg_event_oom_kill>(css, e[3]).max(0) as u64,
+            oom_group_kill: read_or_zero::<ty::memcg_event_oom_group_kill>(css, e[4]).max(0) as u64,
+        };
+        // SAFETY: per this function's contract.
+        unsafe {
+            (addr_of_mut!((*rec).memcg_failcnt) as *mut u64)
+                .add(level)
+                .write(failcnt);
+            (addr_of_mut!((*rec).memcg_watermark_pages) as *mut u64)
+                .add(level)
+                .write(read_or_zero::<ty::memcg_watermark>(css, self.watermark));
+            (addr_of_mut!((*rec).memcg_events) as *mut MemcgEventCounts)
+                .add(level)
+                .write(events);
+        }
+    }
 }
 
 /// The trigger's side of the same ancestry: the kernfs ids of `current`'s

@@ -337,6 +337,35 @@ pub struct OomContext {
     pub memcg_kn: u64,
 }
 
+/// Bits of [`KillRecord::memcg_counters_known`]: one per counter of the memcg
+/// walk, set when BTF gave its offset on this kernel.
+pub mod memcg_counter {
+    pub const FAILCNT: u32 = 1 << 0;
+    pub const WATERMARK: u32 = 1 << 1;
+    pub const EVENT_HIGH: u32 = 1 << 2;
+    pub const EVENT_MAX: u32 = 1 << 3;
+    pub const EVENT_OOM: u32 = 1 << 4;
+    pub const EVENT_OOM_KILL: u32 = 1 << 5;
+    pub const EVENT_OOM_GROUP_KILL: u32 = 1 << 6;
+}
+
+/// A [`KillRecord::memcg_failcnt`] value: this level's page counter does not
+/// count failures (`page_counter::track_failcnt` is false: the root memcg,
+/// and cgroup v2 memcgs, where `memory.failcnt` does not exist).
+pub const FAILCNT_UNTRACKED: u64 = u64::MAX;
+
+/// One memcg's `memory.events` counters (`enum memcg_memory_event`):
+/// hierarchical on cgroup v2, the memcg's own on v1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemcgEventCounts {
+    pub high: u64,
+    pub max: u64,
+    pub oom: u64,
+    pub oom_kill: u64,
+    pub oom_group_kill: u64,
+}
+
 /// One OOM kill, as `mark_victim` saw it: the fixed part. In the ring
 /// buffer it is followed by `cgroup_names_len` bytes of cgroup names, so a
 /// record is as long as its path needs ([`KILL_RECORD_MIN`] to
@@ -400,13 +429,21 @@ pub struct KillRecord {
     /// first, up to and including the root memcg: kernfs ids only.
     pub trigger_memcg_complete: u32,
     pub trigger_memcg_depth: u32,
-    /// Keeps the per-level arrays below 8-byte aligned.
-    pub _pad_levels: u32,
+    /// Which of the memcg counters below this kernel let the walk read: a
+    /// set of [`memcg_counter`] bits (an unset bit's values are unknown).
+    pub memcg_counters_known: u32,
     pub cgroup_ids: [u64; CGROUP_LEVELS],
     pub memcg_ids: [u64; CGROUP_LEVELS],
     pub memcg_usage_pages: [u64; CGROUP_LEVELS],
     pub memcg_max_pages: [u64; CGROUP_LEVELS],
     pub trigger_memcg_ids: [u64; CGROUP_LEVELS],
+    /// Per memcg level, as the walk read them (see `walk_memcg_levels`):
+    /// `page_counter::failcnt` ([`FAILCNT_UNTRACKED`] where the page counter
+    /// does not track it), its `watermark` (pages), and the
+    /// `memory_events[]` counters.
+    pub memcg_failcnt: [u64; CGROUP_LEVELS],
+    pub memcg_watermark_pages: [u64; CGROUP_LEVELS],
+    pub memcg_events: [MemcgEventCounts; CGROUP_LEVELS],
     /// `memory.oom.group` of each memcg level (1 = set): with it, the kernel
     /// kills every task under the highest such memcg between the victim's
     /// and the one whose limit fired (mem_cgroup_get_oom_group()). Unknown
@@ -498,8 +535,9 @@ mod tests {
         let kill_fixed = 4 + 4 + 8 + 8 // header
             + 6 * known(8) + known(40) // sizes, alias, oom context
             + 6 * known(4) + known(4) + 2 * known(COMM_LEN) + 2 * 4 // ids, names
-            + 8 * 4 + 4 // walk headers and their padding
-            + 5 * 8 * CGROUP_LEVELS // per-level arrays
+            + 8 * 4 + 4 // walk headers and the counters' known bits
+            + 7 * 8 * CGROUP_LEVELS // per-level arrays
+            + 5 * 8 * CGROUP_LEVELS // memory.events per level
             + CGROUP_LEVELS.next_multiple_of(8) + 4 // oom groups
             + 4 // oom_sigkill
             + 8 + known(8) + known(16 + COMM_LEN) + known(8) // signal

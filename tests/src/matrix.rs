@@ -11,8 +11,8 @@ use std::{panic::AssertUnwindSafe, process::Command, time::Instant};
 use serde_json::Value;
 
 use crate::{
-    Env, attribution, cgroup, fired_limit, messages, operations, paths, scenarios, signals,
-    signals_vm,
+    Env, attribution, cgroup, fired_limit, memcg_counters, messages, operations, paths, scenarios,
+    signals, signals_vm,
 };
 
 type Scenario = (&'static str, fn(&Env));
@@ -56,6 +56,10 @@ const KILLS: &[Scenario] = &[
     ),
     ("check_promises_hold", messages::check_promises_hold),
 ];
+
+/// The memcg counters read by the raw mark_victim walk, the same in every
+/// raw mode: one per kernel.
+const COUNTERS: &[Scenario] = &[("counters_at_the_kill", memcg_counters::counters_at_the_kill)];
 
 /// Victims whose threads and pids move under the exit join (see
 /// `scenarios.rs`). The exit path does not depend on how oom_kill_process
@@ -190,7 +194,7 @@ pub const MODES: &[Mode] = &[
         name: "raw+off",
         flags: &["--victim-probe", "raw", "--oom-kill-probe", "off"],
         requires: &[("mark_victim", "raw_tracepoint")],
-        scenarios: &[KILLS, EXIT_PATHS, PATHS, SIGNALS],
+        scenarios: &[KILLS, EXIT_PATHS, PATHS, SIGNALS, COUNTERS],
     },
     Mode {
         // The scenario itself runs `--victim-probe tracepoint` (with

@@ -18,7 +18,7 @@ use crate::{
 
 /// Enough for the workload's own few MiB, small enough to OOM in a blink.
 pub const LIMIT: u64 = 64 << 20;
-const KILL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const KILL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Asserts that the wait status is death by SIGKILL (the shell's 137).
 pub fn assert_sigkilled(status: ExitStatus, what: &str) {

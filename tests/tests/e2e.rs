@@ -2,7 +2,8 @@
 //! (root; one at a time: `--test-threads=1`).
 
 use oomtrace_tests::{
-    Env, attribution, faults, fired_limit, messages, operations, paths, readme, scenarios, signals,
+    Env, attribution, faults, fired_limit, memcg_counters, messages, operations, paths, readme,
+    scenarios, signals,
 };
 
 fn env() -> Env {
@@ -29,6 +30,7 @@ scenario! {
     scenarios::cgroup_removed_after_kill,
     scenarios::parent_limit_fires,
     fired_limit::sibling_at_its_own_limit_is_not_blamed,
+    memcg_counters::counters_at_the_kill,
     scenarios::leader_exits_before_victim_thread,
     scenarios::exec_from_non_leader_thread,
     paths::cgroup_depth_at_the_limit,

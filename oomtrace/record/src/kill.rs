@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::Origin;
+use crate::{Memcg, Origin};
 
 /// One process the kernel's OOM killer marked as a victim.
 ///
@@ -347,45 +347,6 @@ pub enum LimitScope {
     #[serde(other)]
     #[schemars(skip)]
     Unknown,
-}
-
-/// The victim's memory cgroup, read in the kernel at the kill.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
-pub struct Memcg {
-    /// Its path (the victim's cgroup on cgroup v1; on v2 the nearest cgroup
-    /// with the memory controller enabled). Taken from the victim's cgroup
-    /// path, so null when `victim.cgroup.path` is; not UTF-8: as
-    /// `victim.cgroup.path`.
-    pub path: Option<String>,
-    /// As `victim.cgroup.path_hex`, for `path`.
-    #[serde(default)]
-    pub path_hex: Option<String>,
-    /// `memory.usage_in_bytes` (v1) / `memory.current` (v2) at the kill.
-    pub usage_bytes: u64,
-    /// Null when the cgroup has no limit.
-    pub limit_bytes: Option<u64>,
-    /// The memcg and every ancestor up to the root, leaf first.
-    pub levels: Vec<MemcgLevel>,
-}
-
-/// One memory cgroup on the way from the victim's up to the root.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
-pub struct MemcgLevel {
-    /// Its path; `/` for the root. As `memcg.path`, null when
-    /// `victim.cgroup.path` is.
-    pub path: Option<String>,
-    /// As `victim.cgroup.path_hex`, for `path`.
-    #[serde(default)]
-    pub path_hex: Option<String>,
-    /// Its usage at the kill.
-    pub usage_bytes: u64,
-    /// Null when this level has no limit.
-    pub limit_bytes: Option<u64>,
-    /// `memory.oom.group`: when set (Kubernetes sets it on cgroup v2
-    /// containers since 1.28), a kill takes every process under the highest
-    /// such level up to the memcg that fired. Null when this kernel's BTF
-    /// lacks `mem_cgroup::oom_group`.
-    pub oom_group: Option<bool>,
 }
 
 /// A victim's exit, as the kernel's `sched_process_exit` saw it.

@@ -22,6 +22,7 @@
 //! rejected: they come out as [`Record::Unknown`] and `Unknown` variants.
 
 mod kill;
+mod memory;
 pub mod read;
 mod schema;
 mod session;
@@ -33,9 +34,10 @@ use serde::{Deserialize, Serialize};
 
 pub use kill::{
     CgroupRef, Constraint, Container, Exit, K8s, KernelLog, KillSource, LateExit, LimitScope,
-    Memcg, MemcgLevel, MemcgSource, MemcgUnknown, Oom, OomKill, Qos, Rss, Runtime, Trigger, Victim,
-    comm_fields, text_fields,
+    MemcgSource, MemcgUnknown, Oom, OomKill, Qos, Rss, Runtime, Trigger, Victim, comm_fields,
+    text_fields,
 };
+pub use memory::{Memcg, MemcgEvents, MemcgLevel};
 pub use schema::{field_tables, fill_field_tables, json_schema};
 pub use session::{
     AttachAttempt, AttachMode, CgroupMode, CollectorStatus, Counters, Hook, HostFacts,

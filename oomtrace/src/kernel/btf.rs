@@ -183,6 +183,43 @@ impl Resolver<'_> {
                 let s = self.strukt(strukt)?;
                 (s.size() as u32, None)
             }
+            FieldRule::EnumIndexed {
+                strukt,
+                array,
+                relative_to,
+                enum_name,
+                value,
+            } => {
+                let s = self.strukt(strukt)?;
+                let (offset, t) = self.member_path(&s, strukt, &[&[array]])?;
+                let base = match relative_to {
+                    Some(anchor) => self.member_path(&s, strukt, &[&[anchor]])?.0,
+                    None => 0,
+                };
+                let Type::Array(a) = &t else {
+                    return Err(format!("{strukt}::{array} (not an array)"));
+                };
+                let elem = self
+                    .btf
+                    .resolve_chained_type(a)
+                    .ok()
+                    .and_then(|e| self.resolve_type(e))
+                    .and_then(|e| self.size_of(&e))
+                    .ok_or_else(|| format!("{strukt}::{array} (element type)"))?;
+                let index = self
+                    .enum_value(enum_name, value)
+                    .ok_or_else(|| format!("enum {enum_name}::{value}"))?;
+                if index as usize >= a.len() {
+                    return Err(format!(
+                        "{strukt}::{array}[{value}] ({index} is past its {} elements)",
+                        a.len()
+                    ));
+                }
+                let offset = (offset + index * elem as u32)
+                    .checked_sub(base)
+                    .ok_or_else(|| format!("{strukt}::{relative_to:?} lies after the field"))?;
+                (offset, Some(elem))
+            }
         };
         if field.size != 0 && size != Some(field.size) {
             return Err(format!(
@@ -408,6 +445,12 @@ fn describe(field: &KernelField) -> String {
         FieldRule::RssCounter { index } => format!("mm_struct::rss_stat[{index}]"),
         FieldRule::CssSetSubsys { id } => format!("css_set::subsys[{id}]"),
         FieldRule::SizeOf { strukt } => format!("sizeof(struct {strukt})"),
+        FieldRule::EnumIndexed {
+            strukt,
+            array,
+            value,
+            ..
+        } => format!("{strukt}::{array}[{value}]"),
     }
 }
 
@@ -470,6 +513,17 @@ mod tests {
         // page counter's usage and max come after it.
         assert_eq!(o.memcg_css.offset, 0);
         assert!(o.memcg_max.offset > o.memcg_usage.offset);
+        // memory_events[] is an array of atomic_long_t indexed in enum
+        // memcg_memory_event order (LOW, HIGH, MAX, OOM, OOM_KILL, ...).
+        assert_eq!(o.memcg_event_max.offset, o.memcg_event_high.offset + 8);
+        assert_eq!(o.memcg_event_oom.offset, o.memcg_event_max.offset + 8);
+        assert_eq!(o.memcg_event_oom_kill.offset, o.memcg_event_oom.offset + 8);
+        // The page counter's fields lie within it, next to its usage.
+        let counter = r.strukt("page_counter").expect("page_counter");
+        for field in [o.memcg_failcnt, o.memcg_watermark] {
+            assert!(field.offset > o.memcg_usage.offset);
+            assert!(((field.offset - o.memcg_usage.offset) as usize) < counter.size());
+        }
         // struct upid is { int nr; struct pid_namespace *ns; }.
         assert_eq!(o.upid_size.offset, 16);
         // The kernfs parent is named per kernel version, never both.

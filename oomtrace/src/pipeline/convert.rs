@@ -8,13 +8,14 @@ mod path_tests;
 mod signal;
 
 use oomtrace_ebpf::{
-    CGROUP_LEVELS, CGROUP_PATH_MAX, ExitRecord, KillRecord, MAX_CGROUP_DEPTH,
-    SOURCE_RAW_TRACEPOINT, SOURCE_TRACEPOINT, cgroup_path_of, cgroup_walk_end,
+    CGROUP_LEVELS, CGROUP_PATH_MAX, ExitRecord, FAILCNT_UNTRACKED, KillRecord, MAX_CGROUP_DEPTH,
+    MemcgEventCounts, SOURCE_RAW_TRACEPOINT, SOURCE_TRACEPOINT, cgroup_path_of, cgroup_walk_end,
+    memcg_counter,
 };
 use oomtrace_record::{
     CgroupRef, CollectorStatus, Constraint, Counters, Exit, HostFacts, KillSource, Lost, Memcg,
-    MemcgLevel, Oom, OomKill, Origin, ProbeStatus, Rss, SCHEMA_VERSION, Start, Stop, StopReason,
-    Trigger, Victim, comm_fields, text_fields,
+    MemcgEvents, MemcgLevel, Oom, OomKill, Origin, ProbeStatus, Rss, SCHEMA_VERSION, Start, Stop,
+    StopReason, Trigger, Victim, comm_fields, text_fields,
 };
 
 pub use chain::CgroupChain;
@@ -240,6 +241,7 @@ fn memcg(rec: &KillRecord, chain: Option<&CgroupChain>, page_size: u64) -> Optio
     }
     let unlimited = page_counter_max(page_size);
     let oom_groups_known = rec.memcg_oom_group_known != 0;
+    let known = |bit: u32| rec.memcg_counters_known & bit != 0;
     let levels: Vec<MemcgLevel> = (0..depth)
         .map(|i| {
             let (path, path_hex) = path_fields(chain.and_then(|c| c.path_of(rec.memcg_ids[i])));
@@ -250,6 +252,12 @@ fn memcg(rec: &KillRecord, chain: Option<&CgroupChain>, page_size: u64) -> Optio
                 limit_bytes: (rec.memcg_max_pages[i] < unlimited)
                     .then(|| rec.memcg_max_pages[i] * page_size),
                 oom_group: oom_groups_known.then_some(rec.memcg_oom_group[i] != 0),
+                failcnt: known(memcg_counter::FAILCNT)
+                    .then_some(rec.memcg_failcnt[i])
+                    .filter(|&n| n != FAILCNT_UNTRACKED),
+                peak_bytes: known(memcg_counter::WATERMARK)
+                    .then(|| rec.memcg_watermark_pages[i] * page_size),
+                events: memcg_events(&rec.memcg_events[i], rec.memcg_counters_known),
             }
         })
         .collect();
@@ -261,6 +269,21 @@ fn memcg(rec: &KillRecord, chain: Option<&CgroupChain>, page_size: u64) -> Optio
         limit_bytes: leaf.limit_bytes,
         levels,
     })
+}
+
+/// One level's `memory.events`, each counter null where this kernel lacks
+/// it; null altogether when it lacks them all.
+fn memcg_events(counts: &MemcgEventCounts, known: u32) -> Option<MemcgEvents> {
+    use memcg_counter as bit;
+    let get = |flag: u32, value: u64| (known & flag != 0).then_some(value);
+    let events = MemcgEvents {
+        high: get(bit::EVENT_HIGH, counts.high),
+        max: get(bit::EVENT_MAX, counts.max),
+        oom: get(bit::EVENT_OOM, counts.oom),
+        oom_kill: get(bit::EVENT_OOM_KILL, counts.oom_kill),
+        oom_group_kill: get(bit::EVENT_OOM_GROUP_KILL, counts.oom_group_kill),
+    };
+    (events != MemcgEvents::default()).then_some(events)
 }
 
 /// The wait status do_exit() stored, as a shell would report it.

@@ -310,6 +310,7 @@ mod tests {
                         usage_bytes,
                         limit_bytes,
                         oom_group,
+                        ..MemcgLevel::default()
                     },
                 )
                 .collect();
