@@ -42,9 +42,13 @@ fn signal_kill() -> Value {
             "limit_bytes": 67_108_864,
             "levels": [
                 {"path": "/x", "path_hex": null, "usage_bytes": 1_048_576,
-                 "limit_bytes": 67_108_864, "oom_group": false},
+                 "limit_bytes": 67_108_864, "oom_group": false, "failcnt": 3,
+                 "peak_bytes": 67_108_864,
+                 "events": {"high": 0, "max": 3, "oom": 0, "oom_kill": 0,
+                            "oom_group_kill": 0}},
                 {"path": "/", "path_hex": null, "usage_bytes": 4_000_000_000_u64,
-                 "limit_bytes": null, "oom_group": false}
+                 "limit_bytes": null, "oom_group": false, "failcnt": null,
+                 "peak_bytes": 7_000_000_000_u64, "events": null}
             ]
         },
         "exit": {"observed": true, "code": 137, "signal": 9, "delay_ms": 1.25},
