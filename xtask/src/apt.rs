@@ -41,10 +41,26 @@ struct QuietDaemon {
 
 /// Every package xtask installs whose postinst would start a daemon.
 const QUIET_DAEMONS: &[QuietDaemon] = &[
-    QuietDaemon { package: "earlyoom", comm: "earlyoom", disable_at_boot: true },
-    QuietDaemon { package: "docker.io", comm: "dockerd", disable_at_boot: false },
-    QuietDaemon { package: "docker.io", comm: "containerd", disable_at_boot: false },
-    QuietDaemon { package: "containerd", comm: "containerd", disable_at_boot: false },
+    QuietDaemon {
+        package: "earlyoom",
+        comm: "earlyoom",
+        disable_at_boot: true,
+    },
+    QuietDaemon {
+        package: "docker.io",
+        comm: "dockerd",
+        disable_at_boot: false,
+    },
+    QuietDaemon {
+        package: "docker.io",
+        comm: "containerd",
+        disable_at_boot: false,
+    },
+    QuietDaemon {
+        package: "containerd",
+        comm: "containerd",
+        disable_at_boot: false,
+    },
 ];
 
 /// `apt-get install -y PACKAGES` in one transaction, never asking a question
@@ -57,7 +73,13 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
     let daemons: Vec<(&QuietDaemon, bool, Vec<u32>)> = QUIET_DAEMONS
         .iter()
         .filter(|daemon| packages.contains(&daemon.package))
-        .map(|daemon| (daemon, !is_installed(daemon.package), processes_named(daemon.comm)))
+        .map(|daemon| {
+            (
+                daemon,
+                !is_installed(daemon.package),
+                processes_named(daemon.comm),
+            )
+        })
         .collect();
     let installed = {
         let _policy = NoServiceStarts::install()?;
@@ -187,7 +209,11 @@ pub fn processes_named(comm: &str) -> Vec<u32> {
 /// the VMs only is disabled on this machine for the next boot too. A daemon
 /// that ran before is not ours: it is named, not touched.
 fn keep_daemon_off(daemon: &QuietDaemon, newly_installed: bool, before: &[u32]) -> Result<()> {
-    let QuietDaemon { package, comm, disable_at_boot } = *daemon;
+    let QuietDaemon {
+        package,
+        comm,
+        disable_at_boot,
+    } = *daemon;
     if newly_installed && disable_at_boot {
         // The postinst enabled it for the next boot (a systemd unit
         // symlink, SysV rc links). `--root=/` edits those files without

@@ -157,7 +157,10 @@ fn test_steps(opts: &TestOpts) -> Result<()> {
         ])
         .args(&opts.filters)
         .env("OOMTRACE_BIN", &bin)
-        .env("OOMTRACE_STATIC_WORKLOAD", static_bins.join("oomtrace-workload")))
+        .env(
+            "OOMTRACE_STATIC_WORKLOAD",
+            static_bins.join("oomtrace-workload"),
+        ))
     .context("integration tests failed (see above)")?;
 
     vm_matrix(opts.no_vm)
