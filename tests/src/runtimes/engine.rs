@@ -38,7 +38,8 @@ impl Kind {
 
 /// Always by full path: another `docker` client may come first on PATH.
 const DOCKER: &str = "/usr/bin/docker";
-const DOCKERD: &str = "/usr/bin/dockerd";
+/// Debian's docker.io puts it in /usr/sbin.
+const DOCKERD: [&str; 2] = ["/usr/sbin/dockerd", "/usr/bin/dockerd"];
 const PODMAN: &str = "/usr/bin/podman";
 pub const CTR: &str = "/usr/bin/ctr";
 /// Prefix of every container, image and cgroup the tests create.
@@ -158,6 +159,8 @@ pub struct Engine {
     pub rootfs: PathBuf,
     /// Names of the containers this engine started.
     created: Vec<String>,
+    /// Their ids: their cgroups go on drop (Podman leaves v1 ones).
+    ids: Vec<String>,
 }
 
 impl Engine {
@@ -166,15 +169,30 @@ impl Engine {
     pub fn start(kind: Kind) -> Self {
         let dirs = Dirs::new();
         let (tarball, rootfs, tag) = super::image::build(&dirs.data);
+        let image = match kind {
+            Kind::Docker => format!("{PREFIX}image:{tag}"),
+            // The full name: a short one would be resolved through the
+            // system's short-name alias cache.
+            Kind::Podman => format!("localhost/{PREFIX}image:{tag}"),
+        };
         let mut engine = Self {
             kind,
             dirs,
             dockerd: None,
-            image: format!("{PREFIX}image:{tag}"),
+            image,
             rootfs,
             created: Vec::new(),
+            ids: Vec::new(),
         };
         engine.sweep_processes();
+        if kind == Kind::Podman {
+            for dir in [
+                engine.dirs.podman_tmpdir(),
+                engine.dirs.data.join("podman-networks"),
+            ] {
+                std::fs::create_dir_all(&dir).expect("podman dir");
+            }
+        }
         if kind == Kind::Docker {
             engine.start_dockerd();
         }
@@ -183,10 +201,38 @@ impl Engine {
             .try_cli(&["image", "inspect", &engine.image])
             .is_err()
         {
-            let tar = tarball.to_str().expect("utf-8");
-            engine.cli(&["import", tar, &engine.image]);
+            engine.import(&tarball);
         }
         engine
+    }
+
+    /// Imports the image. Podman's image copy keeps a blob cache in
+    /// `/var/lib/containers/cache` whatever its `--root`: it runs in a
+    /// private mount namespace with a tmpfs there (or on `/var/lib`), so
+    /// the system's stays untouched.
+    fn import(&self, tarball: &Path) {
+        let tar = tarball.to_str().expect("utf-8");
+        if self.kind == Kind::Docker {
+            self.cli(&["import", tar, &self.image]);
+            return;
+        }
+        let podman = self.command();
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(
+                "if [ -d /var/lib/containers ]; then m=/var/lib/containers; else m=/var/lib; fi; \
+                 mount -t tmpfs oomtrace-test \"$m\" && exec \"$@\"",
+            )
+            .arg("sh")
+            .arg(podman.get_program())
+            .args(podman.get_args())
+            .args(["import", tar, &self.image]);
+        for (k, v) in podman.get_envs() {
+            if let Some(v) = v {
+                c.env(k, v);
+            }
+        }
+        run_command(&mut c).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Ends the processes an earlier run left (dockerd, containerd, shims,
@@ -208,6 +254,7 @@ impl Engine {
     /// Removes the containers named `oomtrace-test-*` in our state, and
     /// every cgroup of a container id in it.
     fn sweep_containers(&self) {
+        let ids = self.state_ids();
         let names = self
             .try_cli(&["ps", "-a", "--format", "{{.Names}}"])
             .unwrap_or_default();
@@ -218,8 +265,8 @@ impl Engine {
                 let _ = self.try_cli(&["rm", "-f", name]);
             }
         }
-        for id in self.state_ids() {
-            sweep::remove_container_cgroups(&id);
+        for id in ids.iter().chain(&self.state_ids()) {
+            sweep::remove_container_cgroups(id);
         }
         if self.kind == Kind::Docker {
             super::containerd::sweep(self);
@@ -230,7 +277,13 @@ impl Engine {
         let log = self.dirs.data.join("dockerd.log");
         let d = &self.dirs;
         let host = format!("unix://{}", d.docker_socket().display());
-        let child = Command::new(DOCKERD)
+        let dockerd = DOCKERD
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or_else(|| {
+                panic!("no dockerd at {DOCKERD:?}: `cargo xtask setup` installs it")
+            });
+        let child = Command::new(dockerd)
             .args([
                 "--iptables=false",
                 "--ip6tables=false",
@@ -257,7 +310,7 @@ impl Engine {
                     .expect("log"),
             )
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {DOCKERD}: {e}"));
+            .unwrap_or_else(|e| panic!("spawn {dockerd}: {e}"));
         self.dockerd = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -303,6 +356,10 @@ impl Engine {
                     .arg(d.podman_runroot())
                     .arg("--tmpdir")
                     .arg(d.podman_tmpdir())
+                    .arg("--network-config-dir")
+                    .arg(d.data.join("podman-networks"))
+                    // Image copies stage here, not in /var/tmp.
+                    .env("TMPDIR", d.podman_tmpdir())
                     .args([
                         "--cgroup-manager",
                         "cgroupfs",
@@ -374,6 +431,7 @@ impl Engine {
         args.extend_from_slice(cmd);
         self.created.push(name.clone());
         let id = self.cli(&args).trim().to_string();
+        self.ids.push(id.clone());
         let state = self.inspect(&name);
         assert_eq!(state["Id"], id.as_str(), "{state}");
         let pid = state["State"]["Pid"].as_u64().expect("State.Pid") as u32;
@@ -448,6 +506,8 @@ pub fn run_command(command: &mut Command) -> Result<String, String> {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        let mut ids = std::mem::take(&mut self.ids);
+        ids.extend(self.state_ids());
         for name in std::mem::take(&mut self.created) {
             let _ = match self.kind {
                 Kind::Docker => self.try_cli(&["rm", "-f", &name]),
@@ -473,7 +533,8 @@ impl Drop for Engine {
             }
         }
         self.sweep_processes();
-        for id in self.state_ids() {
+        ids.extend(self.state_ids());
+        for id in ids {
             sweep::remove_container_cgroups(&id);
         }
     }
