@@ -84,6 +84,7 @@ impl Drop for Task<'_> {
         sweep::remove_cgroup_everywhere(&self.root.path);
         let _ = std::fs::remove_file(&self.note);
         let _ = std::fs::remove_dir_all(&self.gate);
+        let _ = std::fs::remove_file(self.gate.with_extension("pid"));
     }
 }
 
@@ -141,7 +142,10 @@ pub fn containerd_cri_names(env: &Env) {
         format!("io.kubernetes.cri.sandbox-uid={POD_UID}"),
         format!("io.kubernetes.cri.image-name={IMAGE}"),
     ];
+    let pid_file = gate.with_extension("pid");
+    let pid_arg = pid_file.to_str().expect("utf-8");
     let mut args = vec!["run", "-d", "--null-io", "--rootfs", "--cgroup", &dir];
+    args.extend(["--pid-file", pid_arg]);
     args.extend(["--mount", &mount]);
     for a in &annotations {
         args.extend(["--annotation", a]);
@@ -165,15 +169,24 @@ pub fn containerd_cri_names(env: &Env) {
     let spec = std::fs::read_to_string(&bundle)
         .unwrap_or_else(|e| panic!("read {}: {e}", bundle.display()));
     assert!(spec.contains(&format!("{CONTAINER}\"")), "{spec}");
+    let pid_file = gate.with_extension("pid");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no pid in {}", pid_file.display()));
     let procs = task
         .root
         .dir
         .join(format!("kubepods/burstable/pod{POD_UID}/{id}/cgroup.procs"));
-    let pid: u32 = std::fs::read_to_string(&procs)
-        .expect("cgroup.procs")
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("one pid in {}", procs.display()));
+    let inside = std::fs::read_to_string(&procs).unwrap_or_default();
+    // (with the gate's `sleep` beside it)
+    assert!(
+        inside.lines().any(|l| l.trim() == pid.to_string()),
+        "PID 1 in {}: {inside}; /proc/{pid}/cgroup: {}",
+        procs.display(),
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
+    );
     std::fs::write(gate.join("go"), "").expect("gate");
     let kernel = kmsg.killed(pid, KILL_TIMEOUT);
     assert_kernel_memcg(&kernel, &dir);
