@@ -434,15 +434,36 @@ pub struct LateExit {
     pub exit: Exit,
 }
 
-/// A container, named by its runtime's id.
+/// A container: its runtime's id from the cgroup path, and its name and
+/// image from the runtime's state files.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Container {
     /// The full 64-hex-digit id, as in the cgroup path (`docker ps
     /// --no-trunc`, `crictl ps -o json`).
     pub id: String,
-    /// Null where the path cannot tell: a kubelet cgroupfs path
-    /// (`/kubepods/…/pod<uid>/<id>`) is the same for every CRI runtime.
+    /// From the cgroup path's naming. Where the path cannot tell (a kubelet
+    /// cgroupfs path, `/kubepods/…/pod<uid>/<id>`, is the same for every CRI
+    /// runtime), from the runtime whose state files hold the id (see
+    /// `name`); null when none does.
     pub runtime: Option<Runtime>,
+    /// The container's name as its runtime lists it (`docker ps`, `podman
+    /// ps`, `crictl ps`), read from the runtime's state files under
+    /// `--host-root`: Docker's `containers/<id>/config.v2.json` (`Name`,
+    /// without its leading `/`), Podman's `<driver>-containers/
+    /// containers.json` (`names[0]`), and for a CRI container (containerd's
+    /// task bundle, CRI-O's `userdata/config.json`) the name in the pod spec
+    /// from the OCI annotations. Null when no state file has the id (the
+    /// container was removed before its first record, the runtime keeps its
+    /// state elsewhere: see `oomtrace run --docker-root` and the like) or
+    /// the file does not say (plain containerd keeps names in its database).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The image the container was created from, as it was asked for
+    /// (`nginx:1.27`, `docker.io/library/redis:7`), from the same state files:
+    /// Docker's `Config.Image`, the CRI annotations' image name, Podman's
+    /// `image-name` (else its image id). Null as `name`.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// The container engine whose naming the cgroup path follows.
@@ -465,9 +486,11 @@ pub enum Runtime {
 
 /// Kubernetes names: the pod UID and QoS class from the kubelet's pod
 /// cgroup, and the namespace, pod and container names from the kubelet's
-/// log directories under `--host-root` (null when not found there: the logs
-/// are elsewhere, or the pod was deleted before its first kill was seen).
-/// oomtrace talks to no API server: no labels, annotations or owners.
+/// log directories under `--host-root`, else from the container runtime's
+/// state files there (see `container.name`); null when found in neither
+/// (the logs are elsewhere, or the pod was deleted before its first kill
+/// was seen). oomtrace talks to no API server: no labels, annotations or
+/// owners.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 pub struct K8s {
     /// The pod's namespace.
@@ -552,6 +575,26 @@ mod tests {
         // An added field: records written before it still read.
         let old: CgroupRef = serde_json::from_str(r#"{"id": 7, "path": "/a"}"#).expect("read");
         assert_eq!((old.id, old.path_hex), (Some(7), None));
+    }
+
+    #[test]
+    fn containers_written_before_name_and_image_still_read() {
+        let old: Container =
+            serde_json::from_str(r#"{"id": "ab", "runtime": "docker"}"#).expect("read");
+        assert_eq!(old.runtime, Some(Runtime::Docker));
+        assert_eq!((old.name, old.image), (None, None));
+        let new = Container {
+            id: "ab".into(),
+            runtime: None,
+            name: Some("web".into()),
+            image: None,
+        };
+        let json = serde_json::to_value(&new).expect("serialize");
+        // Unknown is written as null, never left out.
+        assert_eq!(
+            json,
+            serde_json::json!({"id": "ab", "runtime": null, "name": "web", "image": null})
+        );
     }
 
     #[test]

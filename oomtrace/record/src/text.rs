@@ -248,7 +248,8 @@ fn memcg_text(memcg: Option<&Memcg>) -> String {
     })
 }
 
-/// ` pod ns/name container c id 3f4e9a1c0b7d`, ` unit nginx.service`.
+/// ` pod ns/name container c id 3f4e9a1c0b7d`, ` name web id 3f4e9a1c0b7d
+/// image nginx:1.27`, ` unit nginx.service`.
 fn place_text(k8s: Option<&K8s>, container: Option<&Container>, unit: Option<&str>) -> String {
     let mut text = String::new();
     if let Some(k8s) = k8s {
@@ -261,8 +262,17 @@ fn place_text(k8s: Option<&K8s>, container: Option<&Container>, unit: Option<&st
         );
     }
     if let Some(c) = container {
+        // Names and images come from files a container's owner can shape
+        // (`docker run --name`, an image reference): `plain` quotes and
+        // escapes anything a terminal could act on.
+        if let Some(name) = &c.name {
+            let _ = write!(text, " name {}", plain(name));
+        }
         // 12 hex digits, as `docker ps` and `crictl ps` show ids.
         let _ = write!(text, " id {}", plain(c.id.get(..12).unwrap_or(&c.id)));
+        if let Some(image) = &c.image {
+            let _ = write!(text, " image {}", plain(image));
+        }
     } else if let Some(unit) = unit {
         let _ = write!(text, " unit {}", plain(unit));
     }
@@ -474,6 +484,48 @@ mod tests {
         assert_inert(&line);
         assert!(
             line.contains(r#"pod "ns\n"/"pod\u001b" container "c\"d""#),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_container_reads_name_id_image() {
+        let mut kill = blank_kill();
+        let id = "3f4e9a1c0b7d2e8f6a5c4b3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f";
+        kill.container = Some(crate::Container {
+            id: id.into(),
+            runtime: Some(crate::Runtime::Docker),
+            name: None,
+            image: None,
+        });
+        let line = kill_line(&kill);
+        assert!(line.contains(" id 3f4e9a1c0b7d"), "{line}");
+        assert!(
+            !line.contains(" name ") && !line.contains(" image "),
+            "{line}"
+        );
+        kill.container = Some(crate::Container {
+            id: id.into(),
+            runtime: Some(crate::Runtime::Docker),
+            name: Some("web-1".into()),
+            image: Some("nginx:1.27".into()),
+        });
+        let line = kill_line(&kill);
+        assert!(
+            line.contains(" name web-1 id 3f4e9a1c0b7d image nginx:1.27"),
+            "{line}"
+        );
+        // Both come from files a container's owner shapes: escaped.
+        kill.container = Some(crate::Container {
+            id: id.into(),
+            runtime: None,
+            name: Some("w\u{1b}[2J".into()),
+            image: Some("evil\nimage".into()),
+        });
+        let line = kill_line(&kill);
+        assert_inert(&line);
+        assert!(
+            line.contains(r#" name "w\u001b[2J" id 3f4e9a1c0b7d image "evil\nimage""#),
             "{line}"
         );
     }

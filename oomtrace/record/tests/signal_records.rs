@@ -61,7 +61,7 @@ fn container_exit() -> Value {
         "pid": 4321, "pid_ns": 4026532177_u64, "comm": "sh", "comm_hex": null,
         "cgroup": {"id": 8, "path": "/docker/3f4e9a1c0b7d2e8f", "path_hex": null},
         "container": {"id": "3f4e9a1c0b7d2e8f6a5c4b3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f",
-                      "runtime": "docker"},
+                      "runtime": "docker", "name": "web-1", "image": "nginx:1.27"},
         "k8s": null, "systemd_unit": null,
         "exit": {"observed": true, "code": 137, "signal": 9, "delay_ms": null},
         "cause": "oom_kill", "cause_seq": 7, "sender": null,
@@ -229,7 +229,7 @@ fn text_lines() {
     assert_eq!(
         text::line(&exit),
         "2026-12-01T10:00:01Z container exit: pid 4321 \"sh\" cgroup /docker/3f4e9a1c0b7d2e8f \
-         id 3f4e9a1c0b7d cause oom_kill #7 exit 137 (signal 9) other OOM kills 2 (#3 #5) since \
+         name web-1 id 3f4e9a1c0b7d image nginx:1.27 cause oom_kill #7 exit 137 (signal 9) other OOM kills 2 (#3 #5) since \
          2026-12-01T09:00:00Z"
     );
 }

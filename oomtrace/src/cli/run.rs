@@ -27,7 +27,14 @@ use crate::{
         Destination, Format,
         writer::{Ended, OutputEnd, QUEUE_BYTES, Writer},
     },
-    pipeline::{Pipeline, Settings, attribution::HostView, convert, join::JoinLimits},
+    pipeline::{
+        Pipeline, Settings,
+        attribution::{
+            CONTAINERD_ROOT, CONTAINERS_STORAGE_ROOT, DOCKER_ROOT, HostView, RuntimeRoots,
+        },
+        convert,
+        join::JoinLimits,
+    },
 };
 
 #[derive(Debug, clap::Args)]
@@ -72,10 +79,37 @@ pub struct RunArgs {
     pub nice: i32,
     /// Where the node's root filesystem is, for the kubelet's pod log
     /// directories (var/log/pods, var/log/containers) that give
-    /// `k8s.namespace`, `k8s.pod` and `k8s.container`. In a DaemonSet that
-    /// mounts the host at /host, pass `--host-root /host`.
+    /// `k8s.namespace`, `k8s.pod` and `k8s.container`, and the container
+    /// runtimes' state (see --docker-root and the like). In a DaemonSet
+    /// that mounts the host at /host, pass `--host-root /host`.
     #[arg(long, default_value = "/", value_name = "DIR")]
     pub host_root: PathBuf,
+    /// Docker's data root, inside --host-root: `container.name` and
+    /// `container.image` of a Docker container come from
+    /// DIR/containers/<id>/config.v2.json. Change it for a dockerd started
+    /// with `--data-root DIR` (or `data-root` in daemon.json), such as a
+    /// private one for CI.
+    #[arg(long, default_value = DOCKER_ROOT, value_name = "DIR")]
+    pub docker_root: PathBuf,
+    /// containerd's state directory, inside --host-root: a running task's
+    /// OCI bundle,
+    /// DIR/io.containerd.runtime.v2.task/<namespace>/<id>/config.json,
+    /// carries the CRI plugin's names of a Kubernetes container. Change it for a containerd with another `state` in its
+    /// config.toml (k3s: /run/k3s/containerd).
+    #[arg(long, default_value = CONTAINERD_ROOT, value_name = "DIR")]
+    pub containerd_root: PathBuf,
+    /// CRI-O's containers/storage root, inside --host-root: the names of a
+    /// CRI-O container come from
+    /// DIR/overlay-containers/<id>/userdata/config.json. Change it for a CRI-O whose storage.conf sets another
+    /// `graphroot` (or started with `--root DIR`).
+    #[arg(long, default_value = CONTAINERS_STORAGE_ROOT, value_name = "DIR")]
+    pub crio_root: PathBuf,
+    /// Podman's containers/storage root, inside --host-root: the names of a
+    /// Podman container come from DIR/<driver>-containers/containers.json.
+    /// Change it for `podman --root DIR`, or a rootless user's storage
+    /// (/home/USER/.local/share/containers/storage).
+    #[arg(long, default_value = CONTAINERS_STORAGE_ROOT, value_name = "DIR")]
+    pub podman_root: PathBuf,
     #[command(flatten)]
     pub probes: ProbeArgs,
     /// Do not read the kernel log (/dev/kmsg). By default each kill is
@@ -89,6 +123,43 @@ pub struct RunArgs {
     #[arg(long, hide = true, default_value_t = 4096,
           value_parser = clap::value_parser!(u32).range(1..=MAX_PENDING as i64))]
     pub max_pending: u32,
+}
+
+impl RunArgs {
+    /// The runtimes' state roots, by the name of their source in the
+    /// runtime state table.
+    pub fn runtime_roots(&self) -> RuntimeRoots {
+        self.runtime_root_flags()
+            .into_iter()
+            .fold(RuntimeRoots::default(), |roots, (source, _, dir, _)| {
+                roots.with(source, dir.clone())
+            })
+    }
+
+    /// Each root flag: its source's name, the flag, its value, its default.
+    fn runtime_root_flags(&self) -> [(&'static str, &'static str, &PathBuf, &'static str); 4] {
+        [
+            ("docker", "--docker-root", &self.docker_root, DOCKER_ROOT),
+            (
+                "containerd",
+                "--containerd-root",
+                &self.containerd_root,
+                CONTAINERD_ROOT,
+            ),
+            (
+                "crio",
+                "--crio-root",
+                &self.crio_root,
+                CONTAINERS_STORAGE_ROOT,
+            ),
+            (
+                "podman",
+                "--podman-root",
+                &self.podman_root,
+                CONTAINERS_STORAGE_ROOT,
+            ),
+        ]
+    }
 }
 
 /// The longest `--exit-wait` or `--exit-retention`: a day.
@@ -142,6 +213,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         notes.push(warning.to_string());
     }
     check_host_root(&args.host_root, &mut notes)?;
+    check_runtime_roots(&args, &mut notes);
     let oom_score_adj = host::protect_self(args.oom_score_adj);
     if let Some(error) = &oom_score_adj.error {
         log::warn!("{error}; continuing");
@@ -219,6 +291,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         host: HostView {
             pid_ns: facts.pid_ns,
             cgroup_root: host::cgroup_root_dir(&facts),
+            runtime_roots: args.runtime_roots(),
         },
         signal_hook,
     };
@@ -287,6 +360,26 @@ fn check_host_root(host_root: &std::path::Path, notes: &mut Vec<String>) -> anyh
         ));
     }
     Ok(())
+}
+
+/// A runtime root given on the command line that is not there is most
+/// likely a typo, which would silently leave that runtime's containers
+/// unnamed: a note says so. A default that is not there is a runtime this
+/// host does not run.
+fn check_runtime_roots(args: &RunArgs, notes: &mut Vec<String>) {
+    for (_, flag, dir, default) in args.runtime_root_flags() {
+        let inside = args
+            .host_root
+            .join(dir.strip_prefix("/").unwrap_or(dir.as_path()));
+        if dir.as_path() != std::path::Path::new(default) && !inside.is_dir() {
+            notes.push(format!(
+                "{flag} {}: no such directory at {}: container names and images from it \
+                 will be null",
+                dir.display(),
+                inside.display()
+            ));
+        }
+    }
 }
 
 /// How the output ended, as the writer thread reports it.

@@ -147,3 +147,19 @@ fn generated_numbers_are_refused_or_bounded() {
         }
     }
 }
+
+#[test]
+fn runtime_roots_default_to_the_runtimes_own_and_can_be_moved() {
+    let args = parse("--docker-root", "/srv/dockerd-ci").expect("parsed");
+    assert_eq!(args.docker_root, std::path::Path::new("/srv/dockerd-ci"));
+    assert_eq!(
+        args.containerd_root,
+        std::path::Path::new("/run/containerd")
+    );
+    assert_eq!(
+        args.podman_root,
+        std::path::Path::new("/var/lib/containers/storage")
+    );
+    // Every flag names a source of the runtime state table (checked there).
+    let _ = args.runtime_roots();
+}

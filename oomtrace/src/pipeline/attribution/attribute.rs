@@ -9,15 +9,16 @@ use oomtrace_record::{
 };
 
 use super::{
-    ChargeSlack, KubeletNames,
+    ChargeSlack, KubeletNames, RuntimeRoots, RuntimeState,
     cgroup_path::{components, locate},
     identify, limit_scope, nearest_limited_ancestor,
 };
 
-/// Per-collector attribution state: the kubelet name cache, and what is
-/// known of this host.
+/// Per-collector attribution state: the kubelet and runtime name caches,
+/// and what is known of this host.
 pub struct Attributor {
     kubelet: KubeletNames,
+    runtime_state: RuntimeState,
     slack: ChargeSlack,
     pub(super) host: HostView,
 }
@@ -38,12 +39,15 @@ pub struct HostView {
     /// root, as `kernel::host::cgroup_root_dir` finds it); None when they
     /// cannot.
     pub cgroup_root: Option<PathBuf>,
+    /// Where each runtime keeps its state, inside the host root.
+    pub runtime_roots: RuntimeRoots,
 }
 
 impl Attributor {
     pub fn new(host_root: &Path, page_size: u64, host: HostView) -> Self {
         Self {
             kubelet: KubeletNames::new(host_root),
+            runtime_state: RuntimeState::new(host_root, &host.runtime_roots),
             slack: ChargeSlack::for_this_host(page_size),
             host,
         }
@@ -78,23 +82,38 @@ impl Attributor {
     }
 
     /// The container, pod and unit a cgroup path names.
+    ///
+    /// The path gives the container's id and (mostly) its runtime; the
+    /// runtime's state files its name, its image, and the Kubernetes names
+    /// the kubelet's log directories leave null.
     pub(super) fn names(&mut self, path: &str) -> Names {
         let identity = identify(path);
+        let mut container = identity.container;
+        let state = container
+            .as_ref()
+            .and_then(|c| self.runtime_state.lookup(&c.id, c.runtime));
+        if let (Some(container), Some(state)) = (&mut container, &state) {
+            state.name(container);
+        }
         let k8s = identity.k8s.as_ref().map(|pod| {
             let names = self.kubelet.lookup(
                 Some(&pod.pod_uid),
-                identity.container.as_ref().map(|c| c.id.as_str()),
+                container.as_ref().map(|c| c.id.as_str()),
             );
-            K8s {
+            let mut k8s = K8s {
                 namespace: names.namespace,
                 pod: names.pod,
                 pod_uid: Some(pod.pod_uid.clone()),
                 container: names.container,
                 qos: Some(pod.qos),
+            };
+            if let Some(state) = &state {
+                state.fill_k8s(&mut k8s);
             }
+            k8s
         });
         Names {
-            container: identity.container,
+            container,
             k8s,
             systemd_unit: identity.systemd_unit,
         }
@@ -327,6 +346,7 @@ mod tests {
         let host = HostView {
             pid_ns: Some(HOST_PID_NS),
             cgroup_root,
+            ..HostView::default()
         };
         let mut attributor = Attributor::new(Path::new("/nonexistent-host-root"), 4096, host);
         attributor.fired_memcg(&mut kill, shared_levels);

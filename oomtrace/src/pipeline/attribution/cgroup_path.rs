@@ -143,6 +143,9 @@ fn container_cgroup(name: &str, parent: Option<&str>, parent_is_pod: bool) -> Op
         is_container_id(id).then(|| Container {
             id: id.to_string(),
             runtime,
+            // Named from the runtime's state files afterwards, if at all.
+            name: None,
+            image: None,
         })
     };
     if let Some(stem) = name.strip_suffix(".scope") {

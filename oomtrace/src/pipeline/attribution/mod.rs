@@ -14,6 +14,9 @@
 //!    fired memcg from the levels.
 //! 4. [`KubeletNames`] turns the pod UID and container id into namespace,
 //!    pod and container names from the kubelet's log directories on disk.
+//! 5. [`RuntimeState`] names the container and its image from its runtime's
+//!    own state files (and fills the Kubernetes names the kubelet's
+//!    directories did not give, and the runtime the path did not name).
 //!
 //! Nothing here guesses: a layout it does not know gives nulls, and the
 //! raw path stays in the record for a human to read.
@@ -21,6 +24,7 @@
 mod attribute;
 mod cgroup_path;
 mod kubelet;
+mod runtime_state;
 mod scope;
 mod signals;
 #[cfg(test)]
@@ -29,4 +33,7 @@ mod tests;
 pub use attribute::{Attributor, HostView};
 pub use cgroup_path::identify;
 pub use kubelet::KubeletNames;
+pub use runtime_state::{
+    CONTAINERD_ROOT, CONTAINERS_STORAGE_ROOT, DOCKER_ROOT, RuntimeRoots, RuntimeState,
+};
 pub use scope::{ChargeSlack, limit_scope, nearest_limited_ancestor};

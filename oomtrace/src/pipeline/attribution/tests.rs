@@ -17,6 +17,8 @@ fn ctr(id: &str, runtime: Option<Runtime>) -> Option<Container> {
     Some(Container {
         id: id.into(),
         runtime,
+        name: None,
+        image: None,
     })
 }
 
