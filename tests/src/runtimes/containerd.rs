@@ -201,8 +201,16 @@ pub fn containerd_cri_names(env: &Env) {
     assert_eq!(record["k8s"]["pod_uid"], POD_UID, "{record}");
     assert_eq!(record["k8s"]["qos"], "burstable", "{record}");
     if super::NAMES {
+        // From the bundle's CRI annotations; the runtime too, which the
+        // cgroupfs path cannot tell.
         assert_eq!(record["container"]["name"], CONTAINER, "{record}");
         assert_eq!(record["container"]["image"], IMAGE, "{record}");
+        assert_eq!(record["container"]["runtime"], "containerd", "{record}");
+        assert_eq!(record["k8s"]["namespace"], POD_NAMESPACE, "{record}");
+        assert_eq!(record["k8s"]["pod"], POD, "{record}");
+        assert_eq!(record["k8s"]["container"], CONTAINER, "{record}");
+    } else {
+        assert!(record["container"]["runtime"].is_null(), "{record}");
     }
     let exit = collector.container_exit_of(pid, KILL_TIMEOUT);
     assert_eq!(exit["cause"], "oom_kill", "{exit}");

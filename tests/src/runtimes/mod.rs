@@ -72,8 +72,9 @@ pub fn collector(env: &Env, engine: &Engine) -> Collector {
     Collector::start(env, &args)
 }
 
-/// Whether this oomtrace names containers (`container.name`, `.image`).
-pub const NAMES: bool = false;
+/// Whether this oomtrace names containers (`container.name`, `.image`,
+/// from the runtimes' state: `--docker-root` and the like).
+pub const NAMES: bool = true;
 
 /// What every record about container `c` of `engine` carries: its full
 /// id, the runtime, and (with [`NAMES`]) its name and image.
