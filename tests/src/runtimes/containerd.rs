@@ -145,7 +145,10 @@ pub fn containerd_cri_names(env: &Env) {
     let pid_file = gate.with_extension("pid");
     let pid_arg = pid_file.to_str().expect("utf-8");
     let mut args = vec!["run", "-d", "--null-io", "--rootfs", "--cgroup", &dir];
-    args.extend(["--pid-file", pid_arg]);
+    // runc's state in our exec root, not /run/containerd/runc.
+    let runc_root = engine.dirs.docker_exec_root().join("ctr-runc");
+    let runc_root = runc_root.to_str().expect("utf-8");
+    args.extend(["--pid-file", pid_arg, "--runc-root", runc_root]);
     args.extend(["--mount", &mount]);
     for a in &annotations {
         args.extend(["--annotation", a]);

@@ -275,6 +275,11 @@ impl Engine {
 
     fn start_dockerd(&mut self) {
         let log = self.dirs.data.join("dockerd.log");
+        let config = self.dirs.data.join("dockerd/daemon.json");
+        std::fs::create_dir_all(self.dirs.data.join("dockerd")).expect("dockerd dir");
+        let key = self.dirs.data.join("dockerd/key.json");
+        let settings = serde_json::json!({ "deprecated-key-path": key });
+        std::fs::write(&config, format!("{settings}\n")).expect("daemon.json");
         let d = &self.dirs;
         let host = format!("unix://{}", d.docker_socket().display());
         let dockerd = DOCKERD
@@ -294,6 +299,10 @@ impl Engine {
                 "--default-ulimit",
                 "nproc=1024:1024",
             ])
+            // Not the system's daemon.json, nor its /etc/docker/key.json:
+            // the key goes where this file says.
+            .arg("--config-file")
+            .arg(&config)
             .arg("--data-root")
             .arg(d.docker_root())
             .arg("--exec-root")
