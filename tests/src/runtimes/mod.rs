@@ -29,7 +29,8 @@ pub mod sweep;
 pub const KILL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Instantiates each scenario for Docker and for Podman:
-/// `scenario: docker_test_name, podman_test_name;`.
+/// `scenario: docker_test_name, podman_test_name;`, each test calling the
+/// test crate's own `env()` for the binaries under test.
 #[macro_export]
 macro_rules! for_each_runtime {
     ($($scenario:ident : $docker:ident, $podman:ident);* $(;)?) => {
