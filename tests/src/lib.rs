@@ -15,6 +15,7 @@ pub mod messages;
 pub mod operations;
 pub mod paths;
 pub mod readme;
+pub mod runtimes;
 pub mod scenarios;
 pub mod signals;
 pub mod signals_vm;

@@ -88,3 +88,23 @@ scenario! {
 fn readme_examples() {
     readme::capture(&env());
 }
+
+// Real container runtimes: Docker (a private dockerd), Podman, containerd.
+oomtrace_tests::for_each_runtime! {
+    pid1_killed: docker_pid1_killed, podman_pid1_killed;
+    child_killed_container_survives:
+        docker_child_killed_container_survives, podman_child_killed_container_survives;
+    child_killed_then_stopped: docker_child_killed_then_stopped, podman_child_killed_then_stopped;
+    two_containers_at_once: docker_two_containers_at_once, podman_two_containers_at_once;
+    removed_right_after_the_kill:
+        docker_removed_right_after_the_kill, podman_removed_right_after_the_kill;
+    stop_timeout_is_a_signal_kill:
+        docker_stop_timeout_is_a_signal_kill, podman_stop_timeout_is_a_signal_kill;
+    host_pid_main_killed: docker_host_pid_main_killed, podman_host_pid_main_killed;
+    interrupted_run_is_swept: docker_interrupted_run_is_swept, podman_interrupted_run_is_swept;
+}
+
+#[test]
+fn containerd_cri_names() {
+    oomtrace_tests::runtimes::containerd::containerd_cri_names(&env());
+}
