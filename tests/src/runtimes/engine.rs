@@ -245,6 +245,7 @@ impl Engine {
         let paths = self.dirs.of(self.kind);
         let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
         sweep::terminate_naming(&refs, Duration::from_secs(20));
+        sweep::unmount_under(&refs);
         if self.kind == Kind::Docker {
             // A stale pidfile makes dockerd refuse to start.
             let _ = std::fs::remove_file(self.dirs.docker_pidfile());

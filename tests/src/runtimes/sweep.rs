@@ -83,6 +83,39 @@ pub fn terminate_naming(paths: &[&Path], grace: Duration) -> Vec<i32> {
     pids
 }
 
+/// Unmounts every mount at or below one of `paths` (our private dirs),
+/// deepest first: dockerd bind-mounts its data root onto itself to set its
+/// propagation and leaves that mount when it stops, and a runtime killed
+/// mid-run leaves its containers' mounts. A mount left there would keep
+/// the checkout's target/ from being removed.
+pub fn unmount_under(paths: &[&Path]) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    // Field 5 is the mount point, with spaces and the like octal-escaped
+    // (our paths have none).
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4).map(PathBuf::from))
+        .filter(|point| paths.iter().any(|p| point.starts_with(p)))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for point in points {
+        let Ok(c) = std::ffi::CString::new(point.as_os_str().as_encoded_bytes()) else {
+            continue;
+        };
+        // SAFETY: umount2(2) with a NUL-terminated path of our own.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+            eprintln!(
+                "runtimes: could not unmount {}: {}",
+                point.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 /// The roots of every mounted cgroup hierarchy (v1 controllers and v2).
 pub fn hierarchies() -> Vec<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").expect("/proc/self/mounts");
