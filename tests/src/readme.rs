@@ -18,6 +18,9 @@
 //!   sends SIGKILL a second later: its `signal_kill` and `container_exit`.
 //! - `drained_exit`: a container whose child was OOM-killed is drained:
 //!   PID 1 handles SIGTERM and exits 143 (kubernetes #140716).
+//! - `docker`: the PID 1 of a real Docker container (`docker run --memory
+//!   32m`, a private dockerd as the runtime tests start it) OOM-killed,
+//!   named from Docker's own state.
 
 use std::{
     io::{BufRead, BufReader},
@@ -69,6 +72,18 @@ pub fn capture(env: &Env) {
     save("stop_timeout.json", &kill.to_string());
     save("stop_timeout_exit.json", &exit.to_string());
     save("drained_exit.json", &drained(env).to_string());
+    save("docker.json", &docker(env).to_string());
+}
+
+/// A real Docker container whose PID 1 allocates past `--memory 32m`.
+fn docker(env: &Env) -> Value {
+    use crate::runtimes::{Engine, Kind};
+    let mut engine = Engine::start(Kind::Docker);
+    let mut collector = crate::runtimes::collector(env, &engine);
+    let c = engine.run("web", &[], &["/oomtrace-workload", "alloc"]);
+    c.release();
+    assert_eq!(engine.wait(&c), 137, "the container's exit code");
+    collector.kill_of(c.pid, KILL_TIMEOUT)
 }
 
 /// A kubelet-shaped container cgroup (systemd driver, Burstable pod with

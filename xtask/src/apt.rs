@@ -5,6 +5,7 @@
 //!   (VMs only);
 //! - dockerd and containerd (docker.io): the runtime tests start private
 //!   ones, with their own sockets and data roots, and stop them.
+//!
 //! Debian's packages start them on installation (the postinsts run
 //! `invoke-rc.d NAME start` and `deb-systemd-invoke start`). Both ask
 //! /usr/sbin/policy-rc.d first; exit status 101 forbids the start.

@@ -70,6 +70,8 @@ fn capture_examples(dir: &Path) -> Result<()> {
         );
     }
     let bin = build()?;
+    // The Docker example's image holds the static workload.
+    let static_bins = crate::vmtest::build_static()?;
     let _ = std::fs::remove_dir_all(dir);
     run(cargo_cmd()?
         .args([
@@ -86,6 +88,10 @@ fn capture_examples(dir: &Path) -> Result<()> {
             "--nocapture",
         ])
         .env("OOMTRACE_BIN", &bin)
+        .env(
+            "OOMTRACE_STATIC_WORKLOAD",
+            static_bins.join("oomtrace-workload"),
+        )
         .env("OOMTRACE_EXAMPLES_DIR", dir))
     .context("capturing the README's examples failed (see above)")
 }

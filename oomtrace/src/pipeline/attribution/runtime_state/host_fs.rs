@@ -29,7 +29,7 @@ pub const MAX_STATE_FILE_BYTES: u64 = 4 << 20;
 /// Why a state file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum HostFsError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     #[error("larger than {MAX_STATE_FILE_BYTES} bytes")]
     TooLarge,

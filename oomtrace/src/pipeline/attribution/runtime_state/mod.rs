@@ -91,7 +91,7 @@ impl Default for StateNames {
 /// Why a state file gave no names.
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
-    #[error("not of the expected shape: {0}")]
+    #[error("not of the expected shape")]
     Json(#[from] serde_json::Error),
     #[error("the file is another container's")]
     OtherId,
