@@ -75,3 +75,23 @@ impl Drop for Workload {
         let _ = self.child.wait();
     }
 }
+
+/// Waits until process `pid` runs the workload (its comm) and ignores
+/// SIGTERM (`SigIgn` in /proc/PID/status): a container's PID 1 in `idle
+/// --ignore-term` mode is then past its set-up, behind any entrypoint shell.
+pub fn wait_until_ignoring_term(pid: u32) {
+    for _ in 0..1000 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ignored = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0);
+        if stat.contains("(oomtrace-worklo)") && ignored {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("PID {pid} never ignored SIGTERM");
+}

@@ -13,7 +13,7 @@ use crate::{
     kmsg::Kmsg,
     scenarios::assert_exit_137,
     signals::Shell,
-    workload::Workload,
+    workload::{Workload, wait_until_ignoring_term},
 };
 
 /// What every `container_exit` of the pod's container carries.
@@ -46,7 +46,7 @@ pub fn container_stop_timeout(env: &Env) {
     );
     let mut out = PidnsOutput::new(&mut shim);
     let init: u32 = out.value("init").parse().expect("pid");
-    wait_until_idle(init);
+    wait_until_ignoring_term(init);
     let runtime = Shell::run(&format!("kill -TERM {init}; sleep 1; kill -KILL {init}"));
     let status =
         std::process::ExitStatus::from_raw(out.value("init-status").parse().expect("status"));
@@ -145,23 +145,4 @@ pub fn assert_exit_after_child_kill(
         exit["other_oom_kills"]["seqs"][0], child_kill["seq"],
         "{exit}"
     );
-}
-
-/// PID 1 has installed its SIGTERM disposition once it is `idle` (its
-/// comm is the workload's, and it sleeps).
-fn wait_until_idle(pid: u32) {
-    for _ in 0..500 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let ignored = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("SigIgn:"))
-            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-            .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0);
-        if stat.contains("(oomtrace-worklo)") && ignored {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    panic!("PID {pid} never ignored SIGTERM");
 }

@@ -2,8 +2,6 @@
 //! OOM-killed at `--memory 32m --memory-swap 32m`, their records checked
 //! against the kernel log and the runtime's `inspect`.
 
-use std::time::Duration;
-
 use serde_json::Value;
 
 use super::{
@@ -14,6 +12,7 @@ use crate::{
     collector::{Collector, Env},
     kmsg::Kmsg,
     scenarios::{assert_exit_137, assert_matches_kernel},
+    workload::wait_until_ignoring_term,
 };
 
 const WORKLOAD: &str = "/oomtrace-workload";
@@ -53,6 +52,27 @@ fn assert_exit(exit: &Value, engine: &Engine, c: &Container, state: &Value, code
     assert_container(exit, engine, c, state);
     assert_eq!(exit["exit"]["observed"], true, "{exit}");
     assert_eq!(exit["exit"]["code"], code, "{exit}");
+}
+
+/// The `container_exit` of `c`, whose PID 1 exited `code` on its own
+/// (not an OOM kill) after its child's kill `child_kill`, counted in it.
+fn assert_exit_after_child_kill(
+    collector: &mut Collector,
+    engine: &Engine,
+    c: &Container,
+    running: &Value,
+    code: i64,
+    child_kill: &Value,
+) {
+    let exit = collector.container_exit_of(c.pid, KILL_TIMEOUT);
+    assert_exit(&exit, engine, c, running, code);
+    assert_eq!(exit["cause"], "exit", "not an OOM kill: {exit}");
+    assert!(exit["cause_seq"].is_null(), "{exit}");
+    assert_eq!(exit["other_oom_kills"]["count"], 1, "{exit}");
+    assert_eq!(
+        exit["other_oom_kills"]["seqs"][0], child_kill["seq"],
+        "{exit}"
+    );
 }
 
 /// The OOM kill of a child of `c`'s PID 1 (the one workload allocating).
@@ -111,11 +131,7 @@ pub fn child_killed_container_survives(env: &Env, kind: Kind) {
     assert_eq!(engine.wait(&c), 0);
     let state = engine.inspect(&c.name);
     assert_inspect(&state, &c, 0);
-    let exit = collector.container_exit_of(c.pid, KILL_TIMEOUT);
-    assert_exit(&exit, &engine, &c, &running, 0);
-    assert_eq!(exit["cause"], "exit", "{exit}");
-    assert_eq!(exit["other_oom_kills"]["count"], 1, "{exit}");
-    assert_eq!(exit["other_oom_kills"]["seqs"][0], record["seq"], "{exit}");
+    assert_exit_after_child_kill(&mut collector, &engine, &c, &running, 0, &record);
     verdict(
         &engine,
         "child_killed_container_survives",
@@ -147,12 +163,7 @@ pub fn child_killed_then_stopped(env: &Env, kind: Kind) {
     assert_eq!(engine.wait(&c), 143);
     let state = engine.inspect(&c.name);
     assert_inspect(&state, &c, 143);
-    let exit = collector.container_exit_of(c.pid, KILL_TIMEOUT);
-    assert_exit(&exit, &engine, &c, &running, 143);
-    assert_eq!(exit["cause"], "exit", "not an OOM kill: {exit}");
-    assert!(exit["cause_seq"].is_null(), "{exit}");
-    assert_eq!(exit["other_oom_kills"]["count"], 1, "{exit}");
-    assert_eq!(exit["other_oom_kills"]["seqs"][0], record["seq"], "{exit}");
+    assert_exit_after_child_kill(&mut collector, &engine, &c, &running, 143, &record);
     verdict(
         &engine,
         "child_killed_then_stopped",
@@ -354,22 +365,4 @@ pub fn interrupted_run_is_swept(_env: &Env, kind: Kind) {
         c.id
     );
     verdict(&engine, "interrupted_run_is_swept", None, "-");
-}
-
-/// Once PID 1 ignores SIGTERM (and is the workload, not the gate's shell).
-fn wait_until_ignoring_term(pid: u32) {
-    for _ in 0..1000 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let ignored = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("SigIgn:"))
-            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-            .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0);
-        if stat.contains("(oomtrace-worklo)") && ignored {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("PID {pid} never ignored SIGTERM");
 }
