@@ -114,13 +114,21 @@ pub fn assert_inspect(state: &Value, c: &Container, code: i64) {
     assert_eq!(state["State"]["ExitCode"], code, "State.ExitCode: {state}");
 }
 
-/// The kernel's own `oom-kill:` line names the container's cgroup as the
-/// victim's (`task_memcg`) and the limit that fired (`oom_memcg`).
+/// Where the kernel logged its `oom-kill:` line, it names the container's
+/// cgroup as the victim's (`task_memcg`) and the limit that fired
+/// (`oom_memcg`). oom_kill_process() prints that line only as its
+/// ratelimit allows (10 per 5 s, `oom_rs`), while `Killed process` is
+/// always printed: after the suite's earlier kills it can be missing. The
+/// record's own cgroup path is checked against the runtime's either way.
 pub fn assert_kernel_memcg(kernel: &KilledProcess, cgroup: &str) {
-    let context = kernel
-        .context
-        .as_ref()
-        .unwrap_or_else(|| panic!("no oom-kill: line for {}: {kernel:?}", kernel.pid));
+    let Some(context) = kernel.context.as_ref() else {
+        eprintln!(
+            "runtimes: no oom-kill: line for {} (the kernel's ratelimit); \
+             task_memcg not compared",
+            kernel.pid
+        );
+        return;
+    };
     assert_eq!(context.task_memcg.as_deref(), Some(cgroup), "{kernel:?}");
     assert_eq!(context.oom_memcg.as_deref(), Some(cgroup), "{kernel:?}");
 }
