@@ -23,6 +23,7 @@
 
 mod kill;
 pub mod read;
+mod sample;
 mod schema;
 mod session;
 mod signal;
@@ -36,6 +37,7 @@ pub use kill::{
     Memcg, MemcgLevel, MemcgSource, MemcgUnknown, Oom, OomKill, Qos, Rss, Runtime, Trigger, Victim,
     comm_fields, text_fields,
 };
+pub use sample::{Growth, GrowthKind, Memory, MemoryStat, Pressure, PressureSource};
 pub use schema::{field_tables, fill_field_tables, json_schema};
 pub use session::{
     AttachAttempt, AttachMode, CgroupMode, CollectorStatus, Counters, Hook, HostFacts,
