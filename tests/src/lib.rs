@@ -10,6 +10,7 @@ pub mod faults;
 pub mod fired_limit;
 pub mod kmsg;
 pub mod matrix;
+pub mod memory;
 pub mod messages;
 pub mod operations;
 pub mod paths;

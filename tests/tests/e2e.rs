@@ -2,7 +2,8 @@
 //! (root; one at a time: `--test-threads=1`).
 
 use oomtrace_tests::{
-    Env, attribution, faults, fired_limit, messages, operations, paths, readme, scenarios, signals,
+    Env, attribution, faults, fired_limit, memory, messages, operations, paths, readme, scenarios,
+    signals,
 };
 
 fn env() -> Env {
@@ -77,6 +78,10 @@ scenario! {
     messages::check_leaves_mounts_as_found,
     messages::check_json_is_a_start_record,
     messages::check_promises_hold,
+    memory::leak_is_a_leak,
+    memory::spike_after_idling_is_a_spike,
+    memory::tmpfs_fill_is_shmem,
+    memory::born_and_killed_between_samples_is_unknown,
 }
 
 /// Causes the kills whose records README.md shows, and saves them for
