@@ -85,6 +85,11 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Shows what the sampler made of the kill (for `--nocapture`).
+fn show(record: &Value) {
+    eprintln!("memory: {}", record["memory"]);
+}
+
 fn number(value: &Value, what: &str, record: &Value) -> u64 {
     value
         .as_u64()
@@ -133,9 +138,9 @@ fn assert_victim_stat(record: &Value, cg: &MemCgroup, anon: std::ops::RangeInclu
     );
 }
 
-/// The kernel's figures and the record's agree, and the victim's anon at
-/// the kill (`anon-rss` in dmesg, per process) is what the cgroup's anon
-/// grew to: at most `grown` more than the sample's.
+/// Asserts the kernel's figures and the record's agree; returns the
+/// victim's anon at the kill (`anon-rss` in dmesg, per process), to hold
+/// the cgroup's sampled anon against.
 fn anon_at_kill(record: &Value, kernel: &KilledProcess) -> u64 {
     assert_matches_kernel(record, kernel);
     kernel.anon_rss_kb * 1024
@@ -163,6 +168,7 @@ pub fn leak_is_a_leak(env: &Env) {
     assert_sigkilled(victim.wait(), "the leaker");
     let kernel = kmsg.killed(victim.pid(), KILL_TIMEOUT);
     let record = collector.kill_of(victim.pid(), KILL_TIMEOUT);
+    show(&record);
     eprintln!("killed after {:?}", started.elapsed());
 
     let growth = &record["memory"]["growth"];
@@ -219,6 +225,7 @@ pub fn spike_after_idling_is_a_spike(env: &Env) {
     assert_sigkilled(victim.wait(), "the spiker");
     let kernel = kmsg.killed(victim.pid(), KILL_TIMEOUT);
     let record = collector.kill_of(victim.pid(), KILL_TIMEOUT);
+    show(&record);
 
     assert_eq!(record["memory"]["growth"]["kind"], "spike", "{record}");
     let points = history(&record);
@@ -254,6 +261,7 @@ pub fn tmpfs_fill_is_shmem(env: &Env) {
     assert_sigkilled(victim.wait(), "the tmpfs filler");
     let kernel = kmsg.killed(victim.pid(), KILL_TIMEOUT);
     let record = collector.kill_of(victim.pid(), KILL_TIMEOUT);
+    show(&record);
 
     assert_eq!(record["memory"]["growth"]["kind"], "shmem", "{record}");
     let at_kill = anon_at_kill(&record, &kernel);
@@ -277,6 +285,7 @@ pub fn born_and_killed_between_samples_is_unknown(env: &Env) {
     assert_sigkilled(victim.wait(), "the allocator");
     let kernel = kmsg.killed(victim.pid(), KILL_TIMEOUT);
     let record = collector.kill_of(victim.pid(), KILL_TIMEOUT);
+    show(&record);
     assert_matches_kernel(&record, &kernel);
 
     let memory = &record["memory"];
@@ -291,4 +300,14 @@ pub fn born_and_killed_between_samples_is_unknown(env: &Env) {
     assert_eq!(memory["stat"], Value::Null, "{record}");
     assert_eq!(memory["working_set_bytes"], Value::Null, "{record}");
     assert_eq!(memory["history_path"], Value::Null, "{record}");
+}
+
+/// `--sample-interval 0`: no sampler, `memory` null.
+pub fn sampling_off_leaves_memory_null(env: &Env) {
+    let cg = MemCgroup::create("nosample", Some(LIMIT));
+    let mut collector = Collector::start(env, &["--sample-interval", "0"]);
+    let mut victim = Workload::spawn(env, "alloc", &["--cgroup", cg.dir_str()]);
+    assert_sigkilled(victim.wait(), "the allocator");
+    let record = collector.kill_of(victim.pid(), KILL_TIMEOUT);
+    assert_eq!(record["memory"], Value::Null, "{record}");
 }

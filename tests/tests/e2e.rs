@@ -82,6 +82,7 @@ scenario! {
     memory::spike_after_idling_is_a_spike,
     memory::tmpfs_fill_is_shmem,
     memory::born_and_killed_between_samples_is_unknown,
+    memory::sampling_off_leaves_memory_null,
 }
 
 /// Causes the kills whose records README.md shows, and saves them for

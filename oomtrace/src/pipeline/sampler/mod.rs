@@ -46,6 +46,9 @@ pub const RESCAN_EVERY: u64 = 3;
 pub const MAX_STORE_BYTES: usize = 32 << 20;
 /// The most samples kept per memcg (a 1 h window at 1 s would be 3,600).
 pub const MAX_POINTS: usize = 3600;
+/// New memcgs tried per walk when the store is full (each may replace one
+/// that has not grown for a window).
+const CANDIDATES_AT_CAP: usize = 16;
 /// The system-wide PSI file, read when memcgs have none of their own (v1).
 const SYSTEM_PSI: &str = "/proc/pressure/memory";
 
@@ -263,27 +266,38 @@ impl Rounds {
             .filter(|path| !found.contains(*path))
             .cloned()
             .collect();
+        // Opened before the lock is taken: opens cost more than reads, and
+        // a kill's lookup must not wait for them. At most the room left, or
+        // a few candidates to replace idle memcgs at the cap, so the files
+        // open at once stay near the budget.
+        let room = (self.limits.max_cgroups + gone.len())
+            .saturating_sub(self.files.len())
+            .max(CANDIDATES_AT_CAP);
+        let opened: Vec<(String, CgroupFiles)> = found
+            .into_iter()
+            .filter(|path| !self.files.contains_key(path))
+            .take(room)
+            .filter_map(|path| {
+                let dir = mount.join(path.trim_start_matches('/'));
+                // An error: removed since the walk.
+                CgroupFiles::open(&dir, version)
+                    .ok()
+                    .map(|files| (path, files))
+            })
+            .collect();
         let mut store = lock(&self.store);
         for path in gone {
             store.vanished(&path, now);
             self.files.remove(&path);
         }
-        for path in found {
-            if self.files.contains_key(&path) {
-                continue;
-            }
-            let dir = mount.join(path.trim_start_matches('/'));
-            let Ok(files) = CgroupFiles::open(&dir, version) else {
-                continue; // Removed since the walk.
-            };
-            match store.admit(&path, now) {
-                Ok(evicted) => {
-                    for path in evicted {
-                        self.files.remove(&path);
-                    }
-                    self.files.insert(path, files);
+        for (path, files) in opened {
+            // Refused at the cap: its files close here, and the next walk
+            // asks again.
+            if let Ok(evicted) = store.admit(&path, now) {
+                for path in evicted {
+                    self.files.remove(&path);
                 }
-                Err(_) => continue,
+                self.files.insert(path, files);
             }
         }
     }

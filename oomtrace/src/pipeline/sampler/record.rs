@@ -44,8 +44,8 @@ pub fn memory_of(
     }
     .map(|(source, psi)| Pressure {
         source,
-        some_avg10: f64::from(psi.some_avg10),
-        full_avg10: f64::from(psi.full_avg10),
+        some_avg10: percent(psi.some_avg10),
+        full_avg10: percent(psi.full_avg10),
     });
     // The memcg that hit its limit tells how it got there; the victim's
     // when that one was not sampled.
@@ -103,6 +103,12 @@ fn in_window(series: &Series, at: u64, window_ns: u64) -> impl Iterator<Item = &
     series
         .before(at)
         .filter(move |p| at.saturating_sub(p.boot_ns) <= window_ns)
+}
+
+/// PSI's two decimals, as the kernel printed them (an f32 widened to f64
+/// would print 0.029999999329447743 for 0.03).
+fn percent(value: f32) -> f64 {
+    (f64::from(value) * 100.0).round() / 100.0
 }
 
 fn ms_before(at: u64, sample_ns: u64) -> u64 {

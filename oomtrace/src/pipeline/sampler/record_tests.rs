@@ -61,7 +61,7 @@ fn reading(usage: u64) -> Reading {
             slab: None,
         },
         pressure: Some(Psi {
-            some_avg10: 2.5,
+            some_avg10: 0.03,
             full_avg10: 1.0,
         }),
     }
@@ -121,7 +121,7 @@ fn victim_stat_history_and_growth() {
     assert_eq!(memory.fired_stat, None);
     let pressure = memory.pressure.as_ref().expect("pressure");
     assert_eq!(pressure.source, PressureSource::Cgroup);
-    assert_eq!((pressure.some_avg10, pressure.full_avg10), (2.5, 1.0));
+    assert_eq!((pressure.some_avg10, pressure.full_avg10), (0.03, 1.0));
     assert_eq!(memory.history.len(), 8);
     assert_eq!(memory.history[0], [7500, 20 * MIB, 19 * MIB, MIB]);
     assert_eq!(memory.history[7][0], 500);
