@@ -311,3 +311,41 @@ pub fn sampling_off_leaves_memory_null(env: &Env) {
     let record = collector.kill_of(victim.pid(), KILL_TIMEOUT);
     assert_eq!(record["memory"], Value::Null, "{record}");
 }
+
+/// A leak in a container whose pod's limit fires: the pod's memcg (which
+/// holds no process itself) is sampled too, shown as `fired_stat`, and its
+/// samples are the history, a leak.
+pub fn pod_limit_leak_shows_the_pods_memory(env: &Env) {
+    let mut pod = MemCgroup::create("mempod", Some(128 * MIB));
+    let pod_path = pod.path.clone();
+    let container = pod.child("container", None);
+    let mut collector = Collector::start(env, &[]);
+    let mut victim = Workload::spawn(
+        env,
+        "leak",
+        &["--cgroup", container.dir_str(), "--rate-mib", "16"],
+    );
+    assert_sigkilled(victim.wait(), "the leaker");
+    let record = collector.kill_of(victim.pid(), KILL_TIMEOUT);
+    show(&record);
+    assert_eq!(
+        record["oom"]["memcg_path"],
+        pod_path.as_str(),
+        "the pod's limit fired: {record}"
+    );
+    let memory = &record["memory"];
+    assert_eq!(memory["stat"]["path"], container.path.as_str(), "{record}");
+    assert_eq!(memory["fired_stat"]["path"], pod_path.as_str(), "{record}");
+    let pod_usage = number(&memory["fired_stat"]["usage_bytes"], "usage", &record);
+    let own_usage = number(&memory["stat"]["usage_bytes"], "usage", &record);
+    assert!(
+        pod_usage >= own_usage,
+        "v1 and v2 usage is hierarchical: {record}"
+    );
+    assert_eq!(memory["history_path"], pod_path.as_str(), "{record}");
+    assert_eq!(memory["growth"]["kind"], "leak", "{record}");
+    assert!(
+        memory["growth"]["seconds_to_limit"].as_f64().is_some(),
+        "the pod has a limit: {record}"
+    );
+}

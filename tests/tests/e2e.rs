@@ -83,6 +83,7 @@ scenario! {
     memory::tmpfs_fill_is_shmem,
     memory::born_and_killed_between_samples_is_unknown,
     memory::sampling_off_leaves_memory_null,
+    memory::pod_limit_leak_shows_the_pods_memory,
 }
 
 /// Causes the kills whose records README.md shows, and saves them for
