@@ -123,8 +123,9 @@ pub struct RunArgs {
     /// (usage, memory.stat, pressure), so that each kill record's `memory`
     /// tells how it got to the limit: a leak, a spike, tmpfs, or a workload
     /// at its limit. `0` turns sampling off (`memory` is then null). A
-    /// memcg is found within 3 intervals of its first process.
-    #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION",
+    /// memcg is found within 3 intervals of its first process. At least
+    /// 100ms.
+    #[arg(long, value_parser = parse_sample_interval, default_value = "1s", value_name = "DURATION",
           allow_hyphen_values = true)]
     pub sample_interval: Duration,
     /// How much memory history each memcg keeps (and a kill record shows
@@ -214,6 +215,22 @@ fn start_sampler(
     Sampler::spawn(config)
         .map(Some)
         .context("starting the memory sampler thread")
+}
+
+/// The shortest `--sample-interval`: each round reads every memcg's files,
+/// and shorter would spend a CPU on a large node for nothing PSI's 10 s
+/// averages and a leak's slope could use.
+const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+
+fn parse_sample_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if !interval.is_zero() && interval < MIN_SAMPLE_INTERVAL {
+        return Err(format!(
+            "at least {} (or 0: no sampling)",
+            humantime::format_duration(MIN_SAMPLE_INTERVAL)
+        ));
+    }
+    Ok(interval)
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -126,6 +126,11 @@ fn sampling_defaults_and_off() {
     assert_eq!(defaults.sample_window, Duration::from_secs(60));
     let off = parse("--sample-interval", "0").expect("0 turns it off");
     assert!(off.sample_interval.is_zero());
+    assert!(parse("--sample-interval", "10ms").is_none(), "too short");
+    assert_eq!(
+        parse("--sample-interval", "100ms").map(|a| a.sample_interval),
+        Some(Duration::from_millis(100))
+    );
     assert_eq!(
         parse("--sample-window", "5m").map(|a| a.sample_window),
         Some(Duration::from_secs(300))
