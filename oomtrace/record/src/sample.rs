@@ -2,8 +2,12 @@
 //! before the kill, from the collector's own sampling (`oomtrace run
 //! --sample-interval`), and what its shape says about the kill.
 
+use std::fmt::Write as _;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::text::{human_bytes, spelled};
 
 /// What the collector's sampler saw of the victim's memory cgroup before
 /// the kill. Every figure is from a sample taken *before* the kill (none is
@@ -151,4 +155,40 @@ pub enum GrowthKind {
     /// from a newer oomtrace, when read).
     #[serde(other)]
     Unknown,
+}
+
+impl Memory {
+    /// For `--format text`: ` growth leak 1.2MiB/s`, ` growth spike`; empty
+    /// when the kind is unknown.
+    pub fn growth_text(&self) -> String {
+        let growth = &self.growth;
+        if growth.kind == GrowthKind::Unknown {
+            return String::new();
+        }
+        let mut text = format!(" growth {}", spelled(growth.kind));
+        if let Some(slope) = growth
+            .slope_bytes_per_s
+            .filter(|s| *s > 0.0 && s.is_finite())
+        {
+            let _ = write!(text, " {}/s", human_bytes(slope as u64));
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn growth_text_when_known() {
+        let mut memory = Memory::default();
+        assert_eq!(memory.growth_text(), "", "unknown is left out");
+        memory.growth.kind = GrowthKind::Leak;
+        memory.growth.slope_bytes_per_s = Some(1.2 * 1048576.0);
+        assert_eq!(memory.growth_text(), " growth leak 1.2MiB/s");
+        memory.growth.kind = GrowthKind::AtLimit;
+        memory.growth.slope_bytes_per_s = Some(-5.0);
+        assert_eq!(memory.growth_text(), " growth at_limit");
+    }
 }

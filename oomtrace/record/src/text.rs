@@ -13,9 +13,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{
-    Container, ContainerExit, Exit, GrowthKind, K8s, Memcg, Memory, OomKill, Record, SignalKill,
-};
+use crate::{Container, ContainerExit, Exit, K8s, Memcg, OomKill, Record, SignalKill};
 
 /// The record as one line, without its newline.
 pub fn line(record: &Record) -> String {
@@ -200,7 +198,9 @@ fn kill_line(k: &OomKill) -> String {
         opt_plain(v.cgroup.path.as_deref()),
     );
     line.push_str(&memcg_text(k.memcg.as_ref()));
-    line.push_str(&growth_text(k.memory.as_ref()));
+    if let Some(memory) = &k.memory {
+        line.push_str(&memory.growth_text());
+    }
     if let Some(c) = k.oom.constraint {
         let _ = write!(line, " constraint {}", spelled(c));
     }
@@ -249,25 +249,6 @@ fn memcg_text(memcg: Option<&Memcg>) -> String {
             m.limit_bytes.map_or_else(|| "max".to_string(), human_bytes)
         )
     })
-}
-
-/// ` growth leak 1.2MiB/s`, ` growth spike`: the shape of the usage before
-/// the kill, when the sampler knew it.
-fn growth_text(memory: Option<&Memory>) -> String {
-    let Some(growth) = memory.map(|m| &m.growth) else {
-        return String::new();
-    };
-    if growth.kind == GrowthKind::Unknown {
-        return String::new();
-    }
-    let mut text = format!(" growth {}", spelled(growth.kind));
-    if let Some(slope) = growth
-        .slope_bytes_per_s
-        .filter(|s| *s > 0.0 && s.is_finite())
-    {
-        let _ = write!(text, " {}/s", human_bytes(slope as u64));
-    }
-    text
 }
 
 /// ` pod ns/name container c id 3f4e9a1c0b7d`, ` name web id 3f4e9a1c0b7d
@@ -430,31 +411,6 @@ mod tests {
             "container": null, "k8s": null, "systemd_unit": null, "container_survives": null
         }))
         .expect("valid oom_kill")
-    }
-
-    #[test]
-    fn growth_is_shown_when_known() {
-        let mut kill = blank_kill();
-        assert!(!kill_line(&kill).contains("growth"));
-        let mut memory = Memory::default();
-        kill.memory = Some(memory.clone());
-        assert!(!kill_line(&kill).contains("growth"), "unknown is left out");
-        memory.growth.kind = GrowthKind::Leak;
-        memory.growth.slope_bytes_per_s = Some(1.2 * 1048576.0);
-        kill.memory = Some(memory.clone());
-        assert!(
-            kill_line(&kill).contains(" growth leak 1.2MiB/s"),
-            "{}",
-            kill_line(&kill)
-        );
-        memory.growth.kind = GrowthKind::Spike;
-        memory.growth.slope_bytes_per_s = None;
-        kill.memory = Some(memory);
-        assert!(
-            kill_line(&kill).contains(" growth spike "),
-            "{}",
-            kill_line(&kill)
-        );
     }
 
     /// No byte a terminal acts on: C0/C1 controls and DEL.
