@@ -39,7 +39,7 @@ impl Version {
 pub enum ReadError {
     /// The cgroup was removed (its open files then read ENODEV), or a file
     /// could not be opened or read.
-    #[error("{path}: {source}")]
+    #[error("reading {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

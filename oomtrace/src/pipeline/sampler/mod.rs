@@ -225,7 +225,10 @@ impl Rounds {
             match files.read(&mut self.buffer) {
                 Ok(reading) => points.push((path, Point::new(at, &reading))),
                 Err(error) => {
-                    log::debug!("memory sampler: {error}");
+                    let cause = std::error::Error::source(&error)
+                        .map(|cause| format!(": {cause}"))
+                        .unwrap_or_default();
+                    log::debug!("memory sampler: {error}{cause}");
                     gone.push(path.clone());
                 }
             }
