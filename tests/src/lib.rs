@@ -11,6 +11,7 @@ pub mod fired_limit;
 pub mod kmsg;
 pub mod matrix;
 pub mod memcg_counters;
+pub mod memory;
 pub mod messages;
 pub mod operations;
 pub mod paths;

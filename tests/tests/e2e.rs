@@ -2,8 +2,8 @@
 //! (root; one at a time: `--test-threads=1`).
 
 use oomtrace_tests::{
-    Env, attribution, faults, fired_limit, memcg_counters, messages, operations, paths, readme,
-    scenarios, signals,
+    Env, attribution, faults, fired_limit, memcg_counters, memory, messages, operations, paths,
+    readme, scenarios, signals,
 };
 
 fn env() -> Env {
@@ -79,6 +79,12 @@ scenario! {
     messages::check_leaves_mounts_as_found,
     messages::check_json_is_a_start_record,
     messages::check_promises_hold,
+    memory::leak_is_a_leak,
+    memory::spike_after_idling_is_a_spike,
+    memory::tmpfs_fill_is_shmem,
+    memory::born_and_killed_between_samples_is_unknown,
+    memory::sampling_off_leaves_memory_null,
+    memory::pod_limit_leak_shows_the_pods_memory,
 }
 
 /// Causes the kills whose records README.md shows, and saves them for

@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{Memcg, Origin};
+use crate::{Memcg, Memory, Origin};
 
 /// One process the kernel's OOM killer marked as a victim.
 ///
@@ -53,6 +53,11 @@ pub struct OomKill {
     /// or when a group set below the container's cgroup may or may not hold
     /// PID 1.
     pub container_survives: Option<bool>,
+    /// The victim's memory before the kill, from the collector's sampler.
+    /// Null when sampling is off (`--sample-interval 0`) or the victim's
+    /// memcg path is unknown.
+    #[serde(default)]
+    pub memory: Option<Memory>,
 }
 
 /// The hook that saw a kill.

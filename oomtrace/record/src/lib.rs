@@ -24,6 +24,7 @@
 mod kill;
 mod memory;
 pub mod read;
+mod sample;
 mod schema;
 mod session;
 mod signal;
@@ -38,6 +39,7 @@ pub use kill::{
     text_fields,
 };
 pub use memory::{Memcg, MemcgEvents, MemcgLevel};
+pub use sample::{Growth, GrowthKind, Memory, MemoryStat, Pressure, PressureSource};
 pub use schema::{field_tables, fill_field_tables, json_schema};
 pub use session::{
     AttachAttempt, AttachMode, CgroupMode, CollectorStatus, Counters, Hook, HostFacts,

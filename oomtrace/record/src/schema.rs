@@ -254,7 +254,15 @@ mod tests {
 
     #[test]
     fn every_record_type_is_in_the_schema() {
-        let text = json_schema().to_string();
+        let mut schema = json_schema();
+        // `memory.growth.kind` writes `unknown` (a shape none of the kinds
+        // fits); every other `Unknown` is read-only and left out.
+        let growth = schema["$defs"]
+            .as_object_mut()
+            .and_then(|defs| defs.remove("GrowthKind"))
+            .expect("GrowthKind");
+        assert!(growth.to_string().contains("\"unknown\""), "{growth}");
+        let text = schema.to_string();
         for t in [
             "start",
             "oom_kill",

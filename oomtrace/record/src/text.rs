@@ -198,6 +198,9 @@ fn kill_line(k: &OomKill) -> String {
         opt_plain(v.cgroup.path.as_deref()),
     );
     line.push_str(&memcg_text(k.memcg.as_ref()));
+    if let Some(memory) = &k.memory {
+        line.push_str(&memory.growth_text());
+    }
     if let Some(c) = k.oom.constraint {
         let _ = write!(line, " constraint {}", spelled(c));
     }

@@ -55,7 +55,8 @@ enum Command {
     /// and says on stderr what was not written.
     ///
     /// Example: oomtrace run --format text
-    Run(run::RunArgs),
+    // Boxed: its flags make it far larger than the other variants.
+    Run(Box<run::RunArgs>),
     /// Show this machine's facts and what would attach where, and why.
     ///
     /// Loads and attaches every probe for real, then detaches. Exits 1 when
@@ -76,7 +77,7 @@ pub fn main() -> ExitCode {
         .format_target(false)
         .init();
     let result = match cli.command {
-        Command::Run(args) => run::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => run::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Check(args) => check::check(args),
         Command::Schema => schema::schema().map(|()| ExitCode::SUCCESS),
     };

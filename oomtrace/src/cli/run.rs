@@ -34,6 +34,7 @@ use crate::{
         },
         convert,
         join::JoinLimits,
+        sampler::{Sampler, SamplerConfig, Version as SampleVersion},
     },
 };
 
@@ -118,6 +119,20 @@ pub struct RunArgs {
     /// went.
     #[arg(long)]
     pub no_kernel_log: bool,
+    /// How often the memory of every memcg that holds processes is sampled
+    /// (usage, memory.stat, pressure), so that each kill record's `memory`
+    /// tells how it got to the limit: a leak, a spike, tmpfs, or a workload
+    /// at its limit. `0` turns sampling off (`memory` is then null). A
+    /// memcg is found within 3 intervals of its first process. At least
+    /// 100ms.
+    #[arg(long, value_parser = parse_sample_interval, default_value = "1s", value_name = "DURATION",
+          allow_hyphen_values = true)]
+    pub sample_interval: Duration,
+    /// How much memory history each memcg keeps (and a kill record shows
+    /// in `memory.history`).
+    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION",
+          allow_hyphen_values = true)]
+    pub sample_window: Duration,
     /// How many kills may wait for their exits at once; beyond it the oldest
     /// is written without its exit (and still watched for a late exit).
     #[arg(long, hide = true, default_value_t = 4096,
@@ -170,6 +185,53 @@ const MAX_PENDING: u32 = 1 << 20;
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 /// At shutdown, how long the output may take to write what is queued.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The memory sampler, unless `--sample-interval 0` or no memory
+/// controller is in reach (then `memory` is null, as with sampling off).
+fn start_sampler(
+    args: &RunArgs,
+    facts: &oomtrace_record::HostFacts,
+) -> anyhow::Result<Option<Sampler>> {
+    if args.sample_interval.is_zero() {
+        return Ok(None);
+    }
+    let version = match facts.memory_controller.as_ref().map(|m| m.version) {
+        Some(1) => SampleVersion::V1,
+        Some(_) => SampleVersion::V2,
+        None => return Ok(None),
+    };
+    // Paths are matched with the kernel's: only a mount that shows the
+    // hierarchy from its root will do.
+    let Some(mount) = host::cgroup_root_dir(facts) else {
+        log::warn!("the memory cgroup mount does not show its root: no memory sampling");
+        return Ok(None);
+    };
+    let config = SamplerConfig {
+        interval: args.sample_interval,
+        window: args.sample_window.max(args.sample_interval),
+        mount,
+        version,
+    };
+    Sampler::spawn(config)
+        .map(Some)
+        .context("starting the memory sampler thread")
+}
+
+/// The shortest `--sample-interval`: each round reads every memcg's files,
+/// and shorter would spend a CPU on a large node for nothing PSI's 10 s
+/// averages and a leak's slope could use.
+const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+
+fn parse_sample_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if !interval.is_zero() && interval < MIN_SAMPLE_INTERVAL {
+        return Err(format!(
+            "at least {} (or 0: no sampling)",
+            humantime::format_duration(MIN_SAMPLE_INTERVAL)
+        ));
+    }
+    Ok(interval)
+}
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     if text.trim_start().starts_with('-') {
@@ -275,6 +337,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         move |end| ended.set(end)
     })
     .context("starting the writer thread")?;
+    let sampler = start_sampler(&args, &facts)?;
     let settings = Settings {
         origin,
         page_size: facts.page_size,
@@ -294,6 +357,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             runtime_roots: args.runtime_roots(),
         },
         signal_hook,
+        memory: sampler.as_ref().map(Sampler::view),
     };
     let pipeline = Pipeline::spawn(
         settings,
@@ -321,6 +385,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         args.exit_wait,
     ))?;
     let counters = pipeline.finish(reason.unwrap_or(StopReason::Sigterm));
+    if let Some(sampler) = sampler {
+        sampler.finish();
+    }
     match writer.finish(FLUSH_DEADLINE) {
         Ended::Flushed | Ended::Closed => {}
         Ended::Blocked { unwritten } => eprintln!(

@@ -74,6 +74,8 @@ const NUMERIC_FLAGS: &[&str] = &[
     "--oom-score-adj",
     "--nice",
     "--max-pending",
+    "--sample-interval",
+    "--sample-window",
 ];
 
 fn parse(flag: &str, value: &str) -> Option<super::run::RunArgs> {
@@ -82,7 +84,7 @@ fn parse(flag: &str, value: &str) -> Option<super::run::RunArgs> {
         Ok(Cli {
             command: Command::Run(args),
             ..
-        }) => Some(args),
+        }) => Some(*args),
         Ok(_) => panic!("parsed as another command"),
         Err(e) => {
             // A refusal says what was wrong with which argument.
@@ -97,6 +99,8 @@ fn assert_in_bounds(args: &super::run::RunArgs) {
     let day = Duration::from_secs(24 * 3600);
     assert!(args.exit_wait <= day, "{:?}", args.exit_wait);
     assert!(args.exit_retention <= day, "{:?}", args.exit_retention);
+    assert!(args.sample_interval <= day, "{:?}", args.sample_interval);
+    assert!(args.sample_window <= day, "{:?}", args.sample_window);
     assert!((-1000..=1000).contains(&args.oom_score_adj));
     assert!((-20..=19).contains(&args.nice));
     assert!((1..=1 << 20).contains(&args.max_pending));
@@ -113,6 +117,24 @@ fn hostile_numbers_are_refused_or_bounded() {
             }
         }
     }
+}
+
+#[test]
+fn sampling_defaults_and_off() {
+    let defaults = parse("--format", "json").expect("defaults");
+    assert_eq!(defaults.sample_interval, Duration::from_secs(1));
+    assert_eq!(defaults.sample_window, Duration::from_secs(60));
+    let off = parse("--sample-interval", "0").expect("0 turns it off");
+    assert!(off.sample_interval.is_zero());
+    assert!(parse("--sample-interval", "10ms").is_none(), "too short");
+    assert_eq!(
+        parse("--sample-interval", "100ms").map(|a| a.sample_interval),
+        Some(Duration::from_millis(100))
+    );
+    assert_eq!(
+        parse("--sample-window", "5m").map(|a| a.sample_window),
+        Some(Duration::from_secs(300))
+    );
 }
 
 #[test]

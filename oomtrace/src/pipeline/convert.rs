@@ -191,6 +191,8 @@ pub fn kill(
         k8s: None,
         systemd_unit: None,
         container_survives: None,
+        // Filled by the pipeline from the sampler, when the kill is written.
+        memory: None,
     };
     (kill, tracking)
 }

@@ -19,6 +19,7 @@ pub mod containers;
 pub mod convert;
 pub mod join;
 pub mod kernel_log;
+pub mod sampler;
 
 use std::{
     path::PathBuf,
@@ -40,6 +41,7 @@ use self::{
     convert::Loss,
     join::{Held, JoinLimits, Joiner, Outcome, Tracking},
     kernel_log::{KernelLines, LINE_WAIT},
+    sampler::MemoryView,
 };
 use crate::kernel::{
     kmsg::KilledLine,
@@ -86,6 +88,9 @@ pub struct Settings {
     pub host: HostView,
     /// Whether the signal hook is attached (`oom.killed` is known).
     pub signal_hook: bool,
+    /// The memory sampler's samples, for `oom_kill.memory`; None when
+    /// sampling is off.
+    pub memory: Option<MemoryView>,
 }
 
 /// The sending end of the pipeline's queue, for the ring-draining thread.
@@ -147,6 +152,7 @@ impl Pipeline {
             kernel_log,
             host,
             signal_hook,
+            memory,
         } = settings;
         let line_wait = LINE_WAIT.min(limits.exit_wait);
         let host_pid_ns = host.pid_ns;
@@ -157,6 +163,7 @@ impl Pipeline {
             containers: Containers::new(origin.clone(), start.time.clone()),
             host_pid_ns,
             signal_hook,
+            memory,
             line_wait,
             origin,
             page_size,
@@ -214,6 +221,7 @@ struct Worker {
     /// The host's pid namespace (`start.host.pid_ns`).
     host_pid_ns: Option<u64>,
     signal_hook: bool,
+    memory: Option<MemoryView>,
     /// How long a kill waits for its kernel log line.
     line_wait: Duration,
     victims: VictimsMap,
@@ -338,6 +346,9 @@ impl Worker {
             match outcome {
                 Outcome::Kill(Held::Oom(mut kill)) => {
                     self.attributor.attribute(&mut kill);
+                    // Once the kill is complete: one lookup under the
+                    // sampler's lock, no I/O.
+                    kill.memory = self.memory.as_ref().and_then(|m| m.memory_of(&kill));
                     let ended = self.containers.host_oom_kill(&kill, self.host_pid_ns);
                     self.counters.kills += 1;
                     if kill.exit.observed {

@@ -65,10 +65,15 @@
 //!       The kernel's de_thread() ends the other threads and gives the
 //!       exec'ing thread the leader's pid, so the allocator that is then
 //!       OOM-killed has the pid the process started with.
+//!   oomtrace-workload leak|spike|tmpfs-fill ...
+//!       memory that grows with a shape in time: see workload/memory.rs.
 #![allow(
     clippy::unwrap_used,
     reason = "a test helper: failing loudly is the point"
 )]
+
+#[path = "workload/memory.rs"]
+mod memory;
 
 use std::{
     io::{Read, Write},
@@ -152,6 +157,9 @@ fn main() {
         Some("pidns") => pidns(&args[1..]),
         Some("idle") => idle(&args[1..]),
         Some("shared-mm") => shared_mm(&args[1..]),
+        Some("leak") => memory::leak(&args[1..]),
+        Some("spike") => memory::spike(&args[1..]),
+        Some("tmpfs-fill") => memory::tmpfs_fill(&args[1..]),
         Some("fuse-hold") => match &args[1..] {
             [dir] => fuse_hold(dir),
             _ => die("usage: oomtrace-workload fuse-hold DIR"),

@@ -1,0 +1,151 @@
+//! Finding the memcgs worth sampling: those that hold processes, and their
+//! ancestors (a pod's memcg holds none itself, but its limit is the one
+//! that fires), below the hierarchy's root (the root has no limit, and on
+//! v2 no `memory.current`).
+
+use std::{collections::BTreeSet, fs::File, io::Read, path::Path};
+
+use super::files::Version;
+
+/// How deep the walk goes: the kernel's own walk in oomtrace's eBPF side
+/// carries 32 levels.
+const MAX_DEPTH: usize = 32;
+
+/// The memcgs under `mount` that hold processes, and their ancestors, as
+/// paths from the hierarchy's root (`/a/b`, as `memcg.path` has them).
+/// Stops adding at `max` paths (deepest first would be as arbitrary; a
+/// node with more memcgs than the budget loses some either way).
+pub fn memcgs_with_processes(mount: &Path, version: Version, max: usize) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    walk(mount, "", version, 0, max, &mut found);
+    found
+}
+
+/// Walks `dir` (at `path`); true when it or a descendant holds processes.
+fn walk(
+    dir: &Path,
+    path: &str,
+    version: Version,
+    depth: usize,
+    max: usize,
+    found: &mut BTreeSet<String>,
+) -> bool {
+    let mut populated = holds_processes(dir, version);
+    // On v2 `populated` already counts descendants: a memcg without any
+    // has no descendant worth the walk.
+    let descend = depth < MAX_DEPTH && (version == Version::V1 || populated);
+    if descend && let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if found.len() >= max {
+                break;
+            }
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                // memcg.path carries such names with U+FFFD: they could
+                // not be matched to a kill anyway.
+                continue;
+            };
+            let child = format!("{path}/{name}");
+            populated |= walk(&entry.path(), &child, version, depth + 1, max, found);
+        }
+    }
+    // The root is left out; on v2 a memcg without the memory controller
+    // (its parent does not delegate it) has no memory files.
+    let sampled =
+        !path.is_empty() && (version == Version::V1 || dir.join(version.usage_file()).exists());
+    if populated && sampled && found.len() < max {
+        found.insert(path.to_string());
+    }
+    populated
+}
+
+/// v2: `populated 1` in `cgroup.events` (this cgroup or a descendant).
+/// v1: a non-empty `cgroup.procs` (this cgroup's own processes).
+fn holds_processes(dir: &Path, version: Version) -> bool {
+    let mut buffer = [0u8; 256];
+    let read = |name: &str, buffer: &mut [u8]| {
+        File::open(dir.join(name))
+            .and_then(|mut f| f.read(buffer))
+            .unwrap_or(0)
+    };
+    match version {
+        Version::V1 => read("cgroup.procs", &mut buffer) > 0,
+        Version::V2 => {
+            let n = read("cgroup.events", &mut buffer);
+            String::from_utf8_lossy(&buffer[..n])
+                .lines()
+                .any(|line| line == "populated 1")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(name: &str) -> std::path::PathBuf {
+        let root =
+            std::env::temp_dir().join(format!("oomtrace-scan-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("root");
+        root
+    }
+
+    #[test]
+    fn v1_takes_memcgs_with_processes_and_their_ancestors() {
+        let root = tree("v1");
+        for dir in ["pod/a", "pod/b", "idle/c"] {
+            std::fs::create_dir_all(root.join(dir)).expect("dir");
+        }
+        std::fs::write(root.join("cgroup.procs"), "1\n").expect("root procs");
+        std::fs::write(root.join("pod/a/cgroup.procs"), "42\n").expect("procs");
+        std::fs::write(root.join("pod/b/cgroup.procs"), "").expect("procs");
+        let found = memcgs_with_processes(&root, Version::V1, 100);
+        assert_eq!(
+            found.into_iter().collect::<Vec<_>>(),
+            ["/pod", "/pod/a"],
+            "the root, empty and idle memcgs are left out"
+        );
+        assert_eq!(
+            memcgs_with_processes(&root, Version::V1, 1).len(),
+            1,
+            "the cap"
+        );
+        std::fs::remove_dir_all(&root).expect("clean");
+    }
+
+    #[test]
+    fn v2_needs_populated_and_memory_files() {
+        let root = tree("v2");
+        for dir in ["kubepods/pod1/ctr", "nomem", "empty"] {
+            std::fs::create_dir_all(root.join(dir)).expect("dir");
+        }
+        let populated = [
+            "",
+            "kubepods",
+            "kubepods/pod1",
+            "kubepods/pod1/ctr",
+            "nomem",
+        ];
+        for dir in populated {
+            std::fs::write(
+                root.join(dir).join("cgroup.events"),
+                "populated 1\nfrozen 0\n",
+            )
+            .expect("events");
+        }
+        std::fs::write(root.join("empty/cgroup.events"), "populated 0\nfrozen 0\n").expect("ev");
+        for dir in ["kubepods", "kubepods/pod1", "kubepods/pod1/ctr", "empty"] {
+            std::fs::write(root.join(dir).join("memory.current"), "0\n").expect("current");
+        }
+        let found = memcgs_with_processes(&root, Version::V2, 100);
+        assert_eq!(
+            found.into_iter().collect::<Vec<_>>(),
+            ["/kubepods", "/kubepods/pod1", "/kubepods/pod1/ctr"]
+        );
+        std::fs::remove_dir_all(&root).expect("clean");
+    }
+}
