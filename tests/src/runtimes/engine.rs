@@ -106,6 +106,34 @@ impl Dirs {
         self.data.join("cgroups")
     }
 
+    /// Removes `kind`'s part of the short directory under /run once its
+    /// daemon and containers are gone, and the directory itself when that
+    /// leaves it empty: nothing of ours stays in /run after a test. (The
+    /// data under target/ stays: a later start sweeps by it.)
+    fn remove_run_state(&self, kind: Kind) {
+        let parts = match kind {
+            Kind::Docker => vec![
+                self.docker_exec_root(),
+                self.docker_socket(),
+                self.docker_pidfile(),
+            ],
+            Kind::Podman => vec![self.podman_runroot(), self.podman_tmpdir()],
+        };
+        for part in parts {
+            let removed = if part.is_dir() {
+                std::fs::remove_dir_all(&part)
+            } else {
+                std::fs::remove_file(&part)
+            };
+            if let Err(e) = removed
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                eprintln!("runtimes: could not remove {}: {e}", part.display());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.run);
+    }
+
     /// The directories whose paths a runtime's processes name.
     fn of(&self, kind: Kind) -> Vec<PathBuf> {
         match kind {
@@ -547,5 +575,6 @@ impl Drop for Engine {
         for id in ids {
             sweep::remove_container_cgroups(&id);
         }
+        self.dirs.remove_run_state(self.kind);
     }
 }
