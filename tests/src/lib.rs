@@ -12,6 +12,7 @@ pub mod kmsg;
 pub mod matrix;
 pub mod memcg_counters;
 pub mod memory;
+pub mod memory_edges;
 pub mod messages;
 pub mod operations;
 pub mod paths;

@@ -21,7 +21,7 @@ use crate::{
 };
 
 const KILL_TIMEOUT: Duration = Duration::from_secs(30);
-const MIB: u64 = 1 << 20;
+pub(crate) const MIB: u64 = 1 << 20;
 /// What the cgroup holds besides what the workload allocates on purpose:
 /// its binary, libraries, stack and page tables.
 const SLACK: u64 = 8 * MIB;
@@ -86,18 +86,18 @@ impl Drop for Tmpfs {
 }
 
 /// Shows what the sampler made of the kill (for `--nocapture`).
-fn show(record: &Value) {
+pub(crate) fn show(record: &Value) {
     eprintln!("memory: {}", record["memory"]);
 }
 
-fn number(value: &Value, what: &str, record: &Value) -> u64 {
+pub(crate) fn number(value: &Value, what: &str, record: &Value) -> u64 {
     value
         .as_u64()
         .unwrap_or_else(|| panic!("{what} is not a number: {record}"))
 }
 
 /// `history` as (ms before the kill, usage), oldest first, newest last.
-fn history(record: &Value) -> Vec<(u64, u64)> {
+pub(crate) fn history(record: &Value) -> Vec<(u64, u64)> {
     let points = record["memory"]["history"]
         .as_array()
         .unwrap_or_else(|| panic!("no memory.history: {record}"));
@@ -149,9 +149,19 @@ fn anon_at_kill(record: &Value, kernel: &KilledProcess) -> u64 {
 /// A steady leak at 16 MiB/s into a 160 MiB limit: `leak`, a slope within
 /// a factor of 2 of the rate, an increasing history.
 pub fn leak_is_a_leak(env: &Env) {
-    const RATE_MIB: u64 = 16;
-    let limit = 160 * MIB;
-    let cg = MemCgroup::create("leak", Some(limit));
+    assert_leak(env, 16, 160 * MIB, "leak");
+}
+
+/// A slow leak, 4 MiB/s into 64 MiB, at the default interval: the same.
+pub fn slow_leak_is_a_leak(env: &Env) {
+    assert_leak(env, 4, LIMIT, "slowleak");
+}
+
+/// A leak of `rate_mib` MiB/s into `limit` in a cgroup named after `hint`:
+/// `leak`, a slope within a factor of 2 of the rate, an increasing history,
+/// and the victim's sampled anon where the leak had it.
+fn assert_leak(env: &Env, rate_mib: u64, limit: u64, hint: &str) {
+    let cg = MemCgroup::create(hint, Some(limit));
     let mut collector = Collector::start(env, &[]);
     let mut kmsg = Kmsg::open();
     let started = Instant::now();
@@ -162,7 +172,7 @@ pub fn leak_is_a_leak(env: &Env) {
             "--cgroup",
             cg.dir_str(),
             "--rate-mib",
-            &RATE_MIB.to_string(),
+            &rate_mib.to_string(),
         ],
     );
     assert_sigkilled(victim.wait(), "the leaker");
@@ -174,7 +184,7 @@ pub fn leak_is_a_leak(env: &Env) {
     let growth = &record["memory"]["growth"];
     assert_eq!(growth["kind"], "leak", "{record}");
     let slope = growth["slope_bytes_per_s"].as_f64().expect("slope") / MIB as f64;
-    let rate = RATE_MIB as f64;
+    let rate = rate_mib as f64;
     assert!(
         slope > rate / 2.0 && slope < rate * 2.0,
         "slope {slope:.1} MiB/s for a {rate} MiB/s leak: {record}"
@@ -192,7 +202,7 @@ pub fn leak_is_a_leak(env: &Env) {
     let age = number(&record["memory"]["stat"]["age_ms"], "age", &record);
     // The sample was `age` ms before the kill: the leak added about
     // rate × age since (and the rounding of a paced step).
-    let grown = RATE_MIB * MIB * (age + 500) / 1000 + SLACK;
+    let grown = rate_mib * MIB * (age + 500) / 1000 + SLACK;
     assert_victim_stat(
         &record,
         &cg,

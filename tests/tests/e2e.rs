@@ -2,8 +2,8 @@
 //! (root; one at a time: `--test-threads=1`).
 
 use oomtrace_tests::{
-    Env, attribution, faults, fired_limit, memcg_counters, memory, messages, operations, paths,
-    readme, scenarios, signals,
+    Env, attribution, faults, fired_limit, memcg_counters, memory, memory_edges, messages,
+    operations, paths, readme, scenarios, signals,
 };
 
 fn env() -> Env {
@@ -80,6 +80,9 @@ scenario! {
     messages::check_json_is_a_start_record,
     messages::check_promises_hold,
     memory::leak_is_a_leak,
+    memory::slow_leak_is_a_leak,
+    memory_edges::steady_victim_of_a_neighbours_spike,
+    memory_edges::page_cache_is_reclaimed_not_killed,
     memory::spike_after_idling_is_a_spike,
     memory::tmpfs_fill_is_shmem,
     memory::born_and_killed_between_samples_is_unknown,

@@ -316,4 +316,13 @@ pub struct Counters {
     /// `container_exit` records written.
     #[serde(default)]
     pub container_exits: u64,
+    /// Memcgs the memory sampler stopped following to make room for a new
+    /// one at its cap (see docs/schema.md, "memory"): their kills get no
+    /// history.
+    #[serde(default)]
+    pub sampler_evictions: u64,
+    /// Memcgs the sampler did not follow at all: its cap was full of memcgs
+    /// that all grew within the window.
+    #[serde(default)]
+    pub sampler_refusals: u64,
 }

@@ -271,6 +271,12 @@ impl Worker {
         let exits = self.containers.finish();
         self.write_container_exits(exits);
         self.report_loss();
+        if let Some(memory) = &self.memory {
+            (
+                self.counters.sampler_evictions,
+                self.counters.sampler_refusals,
+            ) = memory.cap_counts();
+        }
         let stop = convert::stop(&self.origin, reason, self.counters.clone());
         self.broadcast(&Record::Stop(Box::new(stop)));
         self.counters

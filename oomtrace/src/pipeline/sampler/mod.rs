@@ -108,6 +108,14 @@ pub struct MemoryView {
     window: Duration,
 }
 
+impl MemoryView {
+    /// (evictions, refusals) at the sampler's cap so far.
+    pub fn cap_counts(&self) -> (u64, u64) {
+        let store = lock(&self.store);
+        (store.evictions, store.refusals)
+    }
+}
+
 fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
     // A panic elsewhere with the lock held leaves the samples as they were:
     // still good to read.

@@ -24,11 +24,14 @@
 //!   often take ~2 s to exit after their kill; for oomtrace a kill counts as
 //!   joined if its record or its `late_exit` says 137;
 //! - latency: from the kill (and from the victim's exit) to the moment the
-//!   line reaches this benchmark.
+//!   line reaches this benchmark;
+//! - sampler cost: oomtrace's CPU and RSS with 500 idle memcgs, each
+//!   holding one sleeping process, with its memory sampler at the default
+//!   interval and with it off (sampler.rs); bpftrace has no such part.
 //!
 //! Usage: oomtrace-bench [--oomtrace PATH] [--workload PATH] [--bpftrace PATH]
 //!                       [--out FILE] [--quick] [--idle SECS]
-//!                       [--only ready|memory|overhead|signal|storm|pipeline-storm]...
+//!                       [--only ready|memory|overhead|signal|storm|pipeline-storm|sampler]...
 //!        oomtrace-bench fork-storm N   (the exit-path load: N × fork()+_exit(0);
 //!                                       prints the nanoseconds it took)
 //!        oomtrace-bench signal-storm N (the signal-path load: N × kill(2) of a
@@ -41,6 +44,7 @@
 )]
 
 mod report;
+mod sampler;
 mod signal;
 mod storm_capture;
 mod tool;
@@ -84,7 +88,7 @@ pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const USAGE: &str = "\
 Usage: oomtrace-bench [--oomtrace PATH] [--workload PATH] [--bpftrace PATH]
                       [--out FILE] [--quick] [--idle SECS]
-                      [--only ready|memory|overhead|signal|storm|pipeline-storm]...
+                      [--only ready|memory|overhead|signal|storm|pipeline-storm|sampler]...
        oomtrace-bench fork-storm N
        oomtrace-bench signal-storm N
 Runs oomtrace and bpftrace in alternation (root), prints a table and writes every
@@ -160,7 +164,9 @@ fn main() {
     if cfg.wants("pipeline-storm") {
         pipeline_storm_capture(&cfg, &mut report);
     }
-    report.row("sampler cost", "n/a (no sampler yet)", "", "", "", None);
+    if cfg.wants("sampler") {
+        sampler::sampler_cost(&cfg, &mut report);
+    }
     report.finish(&cfg.out);
 }
 
@@ -193,13 +199,14 @@ fn parse(args: Vec<String>) -> Config {
             }
         }
     }
-    const FIGURES: [&str; 6] = [
+    const FIGURES: [&str; 7] = [
         "ready",
         "memory",
         "overhead",
         "signal",
         "storm",
         "pipeline-storm",
+        "sampler",
     ];
     if let Some(unknown) = only.iter().find(|f| !FIGURES.contains(&f.as_str())) {
         panic!("--only {unknown}: not one of {FIGURES:?}");

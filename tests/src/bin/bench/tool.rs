@@ -75,10 +75,15 @@ pub(crate) struct Running {
 impl Running {
     /// Spawns the tool and waits until it is attached.
     pub(crate) fn start(tool: Tool, cfg: &Config) -> Self {
+        Self::start_with(tool, cfg, &[])
+    }
+
+    /// As [`Running::start`], with `oomtrace_args` after `oomtrace run`.
+    pub(crate) fn start_with(tool: Tool, cfg: &Config, oomtrace_args: &[&str]) -> Self {
         let mut cmd = match tool {
             Tool::Oomtrace => {
                 let mut cmd = Command::new(&cfg.env.oomtrace);
-                cmd.arg("run");
+                cmd.arg("run").args(oomtrace_args);
                 cmd
             }
             Tool::Bpftrace => {
