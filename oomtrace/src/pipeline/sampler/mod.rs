@@ -269,7 +269,11 @@ impl Rounds {
         let mount = &self.config.mount;
         let version = self.config.version;
         // Walk a little past the cap: admission decides who is kept.
-        let found = scan::memcgs_with_processes(mount, version, self.limits.max_cgroups * 2);
+        let files = &self.files;
+        let found =
+            scan::memcgs_with_processes(mount, version, self.limits.max_cgroups * 2, &|path| {
+                files.contains_key(path)
+            });
         let now = boot_ns();
         let gone: Vec<String> = self
             .files

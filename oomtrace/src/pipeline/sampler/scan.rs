@@ -15,51 +15,72 @@ const MAX_DEPTH: usize = 32;
 /// paths from the hierarchy's root (`/a/b`, as `memcg.path` has them).
 /// Stops adding at `max` paths (deepest first would be as arbitrary; a
 /// node with more memcgs than the budget loses some either way).
-pub fn memcgs_with_processes(mount: &Path, version: Version, max: usize) -> BTreeSet<String> {
+///
+/// A memcg for which `tracked` is true counts as holding processes without
+/// its `cgroup.procs` (v1) or `cgroup.events` (v2) being read: the sampler
+/// keeps a memcg it follows until its directory goes (or the cap evicts
+/// it), and reading those files for every followed memcg at every walk was
+/// most of the sampler's cost (on v1 the kernel builds the pid list of
+/// each one).
+pub fn memcgs_with_processes(
+    mount: &Path,
+    version: Version,
+    max: usize,
+    tracked: &dyn Fn(&str) -> bool,
+) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
-    walk(mount, "", version, 0, max, &mut found);
+    let walk_state = Walk {
+        version,
+        max,
+        tracked,
+    };
+    walk_state.walk(mount, "", 0, &mut found);
     found
 }
 
-/// Walks `dir` (at `path`); true when it or a descendant holds processes.
-fn walk(
-    dir: &Path,
-    path: &str,
+/// What every step of the walk needs.
+struct Walk<'a> {
     version: Version,
-    depth: usize,
     max: usize,
-    found: &mut BTreeSet<String>,
-) -> bool {
-    let mut populated = holds_processes(dir, version);
-    // On v2 `populated` already counts descendants: a memcg without any
-    // has no descendant worth the walk.
-    let descend = depth < MAX_DEPTH && (version == Version::V1 || populated);
-    if descend && let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if found.len() >= max {
-                break;
+    tracked: &'a dyn Fn(&str) -> bool,
+}
+
+impl Walk<'_> {
+    /// Walks `dir` (at `path`); true when it or a descendant holds processes.
+    fn walk(&self, dir: &Path, path: &str, depth: usize, found: &mut BTreeSet<String>) -> bool {
+        let (version, max) = (self.version, self.max);
+        let mut populated =
+            (!path.is_empty() && (self.tracked)(path)) || holds_processes(dir, version);
+        // On v2 `populated` already counts descendants: a memcg without any
+        // has no descendant worth the walk.
+        let descend = depth < MAX_DEPTH && (version == Version::V1 || populated);
+        if descend && let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if found.len() >= max {
+                    break;
+                }
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else {
+                    // memcg.path carries such names with U+FFFD: they could
+                    // not be matched to a kill anyway.
+                    continue;
+                };
+                let child = format!("{path}/{name}");
+                populated |= self.walk(&entry.path(), &child, depth + 1, found);
             }
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else {
-                // memcg.path carries such names with U+FFFD: they could
-                // not be matched to a kill anyway.
-                continue;
-            };
-            let child = format!("{path}/{name}");
-            populated |= walk(&entry.path(), &child, version, depth + 1, max, found);
         }
+        // The root is left out; on v2 a memcg without the memory controller
+        // (its parent does not delegate it) has no memory files.
+        let sampled =
+            !path.is_empty() && (version == Version::V1 || dir.join(version.usage_file()).exists());
+        if populated && sampled && found.len() < max {
+            found.insert(path.to_string());
+        }
+        populated
     }
-    // The root is left out; on v2 a memcg without the memory controller
-    // (its parent does not delegate it) has no memory files.
-    let sampled =
-        !path.is_empty() && (version == Version::V1 || dir.join(version.usage_file()).exists());
-    if populated && sampled && found.len() < max {
-        found.insert(path.to_string());
-    }
-    populated
 }
 
 /// v2: `populated 1` in `cgroup.events` (this cgroup or a descendant).
@@ -103,16 +124,23 @@ mod tests {
         std::fs::write(root.join("cgroup.procs"), "1\n").expect("root procs");
         std::fs::write(root.join("pod/a/cgroup.procs"), "42\n").expect("procs");
         std::fs::write(root.join("pod/b/cgroup.procs"), "").expect("procs");
-        let found = memcgs_with_processes(&root, Version::V1, 100);
+        let found = memcgs_with_processes(&root, Version::V1, 100, &|_| false);
         assert_eq!(
             found.into_iter().collect::<Vec<_>>(),
             ["/pod", "/pod/a"],
             "the root, empty and idle memcgs are left out"
         );
         assert_eq!(
-            memcgs_with_processes(&root, Version::V1, 1).len(),
+            memcgs_with_processes(&root, Version::V1, 1, &|_| false).len(),
             1,
             "the cap"
+        );
+        // One the sampler follows stays, processes or not (its
+        // cgroup.procs is not read), with its ancestors.
+        let found = memcgs_with_processes(&root, Version::V1, 100, &|p| p == "/idle/c");
+        assert_eq!(
+            found.into_iter().collect::<Vec<_>>(),
+            ["/idle", "/idle/c", "/pod", "/pod/a"],
         );
         std::fs::remove_dir_all(&root).expect("clean");
     }
@@ -141,7 +169,7 @@ mod tests {
         for dir in ["kubepods", "kubepods/pod1", "kubepods/pod1/ctr", "empty"] {
             std::fs::write(root.join(dir).join("memory.current"), "0\n").expect("current");
         }
-        let found = memcgs_with_processes(&root, Version::V2, 100);
+        let found = memcgs_with_processes(&root, Version::V2, 100, &|_| false);
         assert_eq!(
             found.into_iter().collect::<Vec<_>>(),
             ["/kubepods", "/kubepods/pod1", "/kubepods/pod1/ctr"]
