@@ -491,5 +491,7 @@ pub fn oom_group_takes_the_container(env: &Env) {
 
 mod exits;
 mod host_pid;
-pub use exits::{container_drained_after_a_child_oom, container_stop_timeout};
+pub use exits::{
+    assert_exit_not_oom_after, container_drained_after_a_child_oom, container_stop_timeout,
+};
 pub use host_pid::{host_pid_container_child_killed, host_pid_container_main_killed};

@@ -66,13 +66,7 @@ fn assert_exit_after_child_kill(
 ) {
     let exit = collector.container_exit_of(c.pid, KILL_TIMEOUT);
     assert_exit(&exit, engine, c, running, code);
-    assert_eq!(exit["cause"], "exit", "not an OOM kill: {exit}");
-    assert!(exit["cause_seq"].is_null(), "{exit}");
-    assert_eq!(exit["other_oom_kills"]["count"], 1, "{exit}");
-    assert_eq!(
-        exit["other_oom_kills"]["seqs"][0], child_kill["seq"],
-        "{exit}"
-    );
+    crate::attribution::assert_exit_not_oom_after(&exit, child_kill);
 }
 
 /// The OOM kill of a child of `c`'s PID 1 (the one workload allocating).
