@@ -153,12 +153,37 @@ impl MemCgroup {
     }
 
     /// Sets this cgroup's limit (v1 `memory.limit_in_bytes`, v2 `memory.max`).
+    /// On v1 with swap accounting the memory+swap limit follows, in the
+    /// order the kernel accepts: it may never be below the memory limit.
     pub fn set_limit(&self, bytes: u64) {
-        let file = match self.version {
-            Version::V1 => "memory.limit_in_bytes",
-            Version::V2 => "memory.max",
-        };
-        write(&self.dir.join(file), &bytes.to_string());
+        let value = bytes.to_string();
+        match self.version {
+            Version::V1 => {
+                let memory = self.dir.join("memory.limit_in_bytes");
+                let memsw = self.dir.join("memory.memsw.limit_in_bytes");
+                if !memsw.exists() {
+                    return write(&memory, &value);
+                }
+                let raising = bytes > self.limit_file("memory.limit_in_bytes");
+                let order = if raising {
+                    [&memsw, &memory]
+                } else {
+                    [&memory, &memsw]
+                };
+                for file in order {
+                    write(file, &value);
+                }
+            }
+            Version::V2 => write(&self.dir.join("memory.max"), &value),
+        }
+    }
+
+    fn limit_file(&self, name: &str) -> u64 {
+        let text = std::fs::read_to_string(self.dir.join(name))
+            .unwrap_or_else(|e| panic!("read {name}: {e}"));
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: {text:?}"))
     }
 
     /// The kernel's own count of OOM kills in this cgroup.

@@ -21,6 +21,7 @@ pub mod runtimes;
 pub mod scenarios;
 pub mod signals;
 pub mod signals_vm;
+pub mod stall;
 pub mod storm;
 pub mod workload;
 

@@ -28,6 +28,7 @@ mod sample;
 mod schema;
 mod session;
 mod signal;
+mod stall;
 pub mod text;
 
 use schemars::JsonSchema;
@@ -50,6 +51,7 @@ pub use signal::{
     SignalCode, SignalKill, SignalSource, SigtermBefore, USERSPACE_OOM_KILLERS,
     sender_kind_by_comm,
 };
+pub use stall::{OomStall, StallCause, StallPhase, StuckTask};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -62,6 +64,7 @@ pub enum Record {
     LateExit(Box<LateExit>),
     SignalKill(Box<SignalKill>),
     ContainerExit(Box<ContainerExit>),
+    OomStall(Box<OomStall>),
     Lost(Box<Lost>),
     Stop(Box<Stop>),
     /// A record type from a newer oomtrace (read, never written).
@@ -79,6 +82,7 @@ impl Record {
             Self::LateExit(_) => "late_exit",
             Self::SignalKill(_) => "signal_kill",
             Self::ContainerExit(_) => "container_exit",
+            Self::OomStall(_) => "oom_stall",
             Self::Lost(_) => "lost",
             Self::Stop(_) => "stop",
             Self::Unknown => "unknown",
@@ -92,6 +96,7 @@ impl Record {
             Self::LateExit(r) => Some(&r.origin),
             Self::SignalKill(r) => Some(&r.origin),
             Self::ContainerExit(r) => Some(&r.origin),
+            Self::OomStall(r) => Some(&r.origin),
             Self::Lost(r) => Some(&r.origin),
             Self::Stop(r) => Some(&r.origin),
             Self::Unknown => None,

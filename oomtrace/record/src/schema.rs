@@ -367,6 +367,7 @@ mod tests {
                 "late_exit",
                 "signal_kill",
                 "container_exit",
+                "oom_stall",
                 "lost",
                 "stop"
             ]
@@ -402,6 +403,13 @@ mod tests {
             "| `other_oom_kills.seqs` | array of integer | yes |",
         ] {
             assert!(exit.contains(row), "{row} not in:\n{exit}");
+        }
+        let stall = &tables[5].1;
+        for row in [
+            "| `phase` | `\"start\"` \\| `\"end\"` | yes |",
+            "| `tasks[].state` | string or null | yes |",
+        ] {
+            assert!(stall.contains(row), "{row} not in:\n{stall}");
         }
         assert!(
             tables[0].1.contains("| `probes[].name` |"),

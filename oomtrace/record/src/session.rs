@@ -325,4 +325,7 @@ pub struct Counters {
     /// that all grew within the window.
     #[serde(default)]
     pub sampler_refusals: u64,
+    /// `oom_stall` records written with `phase: start`.
+    #[serde(default)]
+    pub oom_stalls: u64,
 }

@@ -13,7 +13,9 @@
 
 use std::fmt::Write as _;
 
-use crate::{Container, ContainerExit, Exit, K8s, Memcg, OomKill, Record, SignalKill};
+use crate::{
+    Container, ContainerExit, Exit, K8s, Memcg, OomKill, OomStall, Record, SignalKill, StallPhase,
+};
 
 /// The record as one line, without its newline.
 pub fn line(record: &Record) -> String {
@@ -47,6 +49,7 @@ pub fn line(record: &Record) -> String {
         ),
         Record::SignalKill(s) => signal_kill_line(s),
         Record::ContainerExit(c) => container_exit_line(c),
+        Record::OomStall(s) => stall_line(s),
         Record::Lost(l) => format!(
             "{} LOST {} kill records and {} exit records (ring buffer full); {} signal kill \
              records (ring buffer past its share for them); {} victims untracked; {} kernel \
@@ -380,6 +383,45 @@ fn container_exit_line(c: &ContainerExit) -> String {
         let _ = write!(line, " ({})", seqs.join(" "));
     }
     let _ = write!(line, " since {}", plain(&others.since));
+    line
+}
+
+fn stall_line(s: &OomStall) -> String {
+    let what = match s.phase {
+        StallPhase::Start => "OOM stall: nobody killed".to_string(),
+        StallPhase::End => format!("OOM stall over after {} ms", opt(s.duration_ms)),
+        StallPhase::Unknown => "OOM stall".to_string(),
+    };
+    let mut line = format!(
+        "{} {what}: memcg {} ({}) usage {} limit {}",
+        s.time,
+        plain(&s.path),
+        spelled(s.cause),
+        opt_bytes(s.usage_bytes),
+        opt_bytes(s.limit_bytes),
+    );
+    line.push_str(&place_text(
+        s.k8s.as_ref(),
+        s.container.as_ref(),
+        s.systemd_unit.as_deref(),
+    ));
+    if let Some(ooms) = s.ooms {
+        let _ = write!(line, " ooms {ooms}");
+    }
+    let tasks: Vec<String> = s
+        .tasks
+        .iter()
+        .map(|t| {
+            format!(
+                "{} {} {} adj {}",
+                t.pid,
+                quoted(t.comm.as_deref()),
+                opt_plain(t.state.as_deref()),
+                opt(t.oom_score_adj)
+            )
+        })
+        .collect();
+    let _ = write!(line, " tasks {}: {}", s.tasks_total, tasks.join(", "));
     line
 }
 

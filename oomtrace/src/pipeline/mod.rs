@@ -33,7 +33,9 @@ use std::{
 };
 
 use oomtrace_ebpf::{SOURCE_CONTAINER_EXIT, SOURCE_SIGNAL};
-use oomtrace_record::{ContainerExit, Counters, KernelLog, Origin, Record, Start, StopReason};
+use oomtrace_record::{
+    ContainerExit, Counters, KernelLog, Origin, Record, StallPhase, Start, StopReason,
+};
 
 use self::{
     attribution::{Attributor, HostView},
@@ -253,6 +255,7 @@ impl Worker {
                 self.carry_out(outcomes);
                 let exits = self.containers.tick(now);
                 self.write_container_exits(exits);
+                self.write_stalls();
                 self.report_loss();
                 next_tick = now + TICK;
             }
@@ -270,6 +273,7 @@ impl Worker {
         self.carry_out(outcomes);
         let exits = self.containers.finish();
         self.write_container_exits(exits);
+        self.write_stalls();
         self.report_loss();
         if let Some(memory) = &self.memory {
             (
@@ -335,6 +339,21 @@ impl Worker {
         for exit in exits {
             self.counters.container_exits += 1;
             self.broadcast(&Record::ContainerExit(Box::new(exit)));
+        }
+    }
+
+    /// Writes the `oom_stall` records the sampler made since the last tick.
+    fn write_stalls(&mut self) {
+        let Some(memory) = &self.memory else {
+            return;
+        };
+        for mut stall in memory.take_stalls() {
+            stall.origin = self.origin.clone();
+            self.attributor.attribute_stall(&mut stall);
+            if stall.phase == StallPhase::Start {
+                self.counters.oom_stalls += 1;
+            }
+            self.broadcast(&Record::OomStall(Box::new(stall)));
         }
     }
 

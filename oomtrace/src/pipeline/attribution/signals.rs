@@ -3,7 +3,9 @@
 
 use std::{ffi::CString, os::unix::fs::MetadataExt, path::Path};
 
-use oomtrace_record::{ContainerExit, KindEvidence, Sender, SenderKind, SignalKill, text_fields};
+use oomtrace_record::{
+    ContainerExit, KindEvidence, OomStall, Sender, SenderKind, SignalKill, text_fields,
+};
 
 use super::{Attributor, attribute::container_path};
 
@@ -77,6 +79,14 @@ impl Attributor {
         exit.container = names.container;
         exit.k8s = names.k8s;
         exit.systemd_unit = names.systemd_unit;
+    }
+
+    /// Names the container, pod and unit of a stalled memcg.
+    pub fn attribute_stall(&mut self, stall: &mut OomStall) {
+        let names = self.names(&stall.path);
+        stall.container = names.container;
+        stall.k8s = names.k8s;
+        stall.systemd_unit = names.systemd_unit;
     }
 
     /// The sender's cgroup path, from /proc/PID/cgroup, kept only when

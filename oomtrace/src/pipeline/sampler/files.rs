@@ -26,11 +26,12 @@ impl Version {
         }
     }
 
-    /// Files held open per memcg: usage and stat, and on v2 its pressure.
+    /// Files held open per memcg: usage and stat, and on v2 its pressure
+    /// and `memory.max` (v1's limit is in `memory.stat`).
     pub fn files_per_cgroup(self) -> usize {
         match self {
             Self::V1 => 2,
-            Self::V2 => 3,
+            Self::V2 => 4,
         }
     }
 }
@@ -157,6 +158,11 @@ pub struct CgroupFiles {
     stat: File,
     /// v2 only: the memcg's own `memory.pressure` (absent without PSI).
     pressure: Option<File>,
+    /// v2 only: `memory.max`, read at every walk ([`Self::refresh_limit`]),
+    /// not at every sample: limits change seldom.
+    max: Option<File>,
+    /// v2: the last `memory.max` read (None for `max`).
+    limit: Option<u64>,
     version: Version,
 }
 
@@ -166,6 +172,32 @@ pub struct Reading {
     pub usage: u64,
     pub stat: StatFigures,
     pub pressure: Option<Psi>,
+    /// The limit in force: v1 `hierarchical_memory_limit` (the lowest of
+    /// the memcg's and its ancestors'), v2 its own `memory.max` as last
+    /// read (an ancestor's limit is its ancestor's, sampled on its own).
+    /// None for no limit.
+    pub limit: Option<u64>,
+}
+
+/// Above this a v1 limit means "no limit" (the kernel prints
+/// PAGE_COUNTER_MAX in bytes, 0x7ffffffffffff000 with 4 KiB pages).
+const NO_LIMIT: u64 = 1 << 62;
+
+/// v1 `hierarchical_memory_limit` from `memory.stat`; None when absent or
+/// unlimited.
+pub fn parse_v1_limit(stat: &str) -> Option<u64> {
+    stat.lines()
+        .find_map(|line| line.strip_prefix("hierarchical_memory_limit "))
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .filter(|&limit| limit < NO_LIMIT)
+}
+
+/// v2 `memory.max`: bytes, or `max` (None).
+pub fn parse_v2_max(text: &str) -> Option<u64> {
+    text.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|&limit| limit < NO_LIMIT)
 }
 
 impl CgroupFiles {
@@ -182,8 +214,27 @@ impl CgroupFiles {
                 Version::V2 => open("memory.pressure").ok(),
                 Version::V1 => None,
             },
+            max: match version {
+                Version::V2 => open("memory.max").ok(),
+                Version::V1 => None,
+            },
+            limit: None,
             version,
         })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// v2: re-reads `memory.max`. A read error leaves the limit unknown.
+    pub fn refresh_limit(&mut self, buffer: &mut Buffer) {
+        if let Some(file) = &self.max {
+            self.limit = buffer
+                .pread(file, &self.dir.join("memory.max"))
+                .ok()
+                .and_then(parse_v2_max);
+        }
     }
 
     pub fn read(&self, buffer: &mut Buffer) -> Result<Reading, ReadError> {
@@ -193,10 +244,12 @@ impl CgroupFiles {
             path: usage_path(),
             text: text.trim().to_string(),
         })?;
-        let stat = parse_stat(
-            buffer.pread(&self.stat, &self.dir.join("memory.stat"))?,
-            self.version,
-        );
+        let stat_text = buffer.pread(&self.stat, &self.dir.join("memory.stat"))?;
+        let stat = parse_stat(stat_text, self.version);
+        let limit = match self.version {
+            Version::V1 => parse_v1_limit(stat_text),
+            Version::V2 => self.limit,
+        };
         let pressure = match &self.pressure {
             Some(file) => parse_psi(buffer.pread(file, &self.dir.join("memory.pressure"))?),
             None => None,
@@ -205,6 +258,7 @@ impl CgroupFiles {
             usage,
             stat,
             pressure,
+            limit,
         })
     }
 }
@@ -251,6 +305,17 @@ mod tests {
             parse_stat("anon x\nfile\n\n", Version::V2),
             StatFigures::default()
         );
+    }
+
+    #[test]
+    fn limits() {
+        assert_eq!(parse_v1_limit(V1_STAT), None, "unlimited");
+        assert_eq!(
+            parse_v1_limit("cache 0\nhierarchical_memory_limit 67108864\n"),
+            Some(64 << 20)
+        );
+        assert_eq!(parse_v2_max("max\n"), None);
+        assert_eq!(parse_v2_max("33554432\n"), Some(32 << 20));
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod files;
 mod growth;
 mod record;
 mod scan;
+mod stall;
 mod store;
 
 use std::{
@@ -29,11 +30,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use oomtrace_record::{Memory, OomKill};
+use oomtrace_record::{Memory, OomKill, OomStall};
 
 pub use self::files::Version;
 use self::{
     files::{Buffer, CgroupFiles, parse_psi},
+    stall::Stalls,
     store::{Limits, Point, Store, bytes_per_cgroup},
 };
 use crate::kernel::clock::boot_ns;
@@ -104,6 +106,9 @@ pub struct Sampler {
 #[derive(Clone)]
 pub struct MemoryView {
     store: Arc<Mutex<Store>>,
+    /// `oom_stall` records made by the sampler, for the pipeline to
+    /// attribute and write.
+    stalls: Arc<Mutex<Vec<OomStall>>>,
     version: Version,
     window: Duration,
 }
@@ -116,7 +121,7 @@ impl MemoryView {
     }
 }
 
-fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
+fn lock<T>(store: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere with the lock held leaves the samples as they were:
     // still good to read.
     store
@@ -131,6 +136,11 @@ impl MemoryView {
         let store = lock(&self.store);
         record::memory_of(&store, kill, self.version, self.window)
     }
+
+    /// The `oom_stall` records made since the last call, oldest first.
+    pub fn take_stalls(&self) -> Vec<OomStall> {
+        std::mem::take(&mut *lock(&self.stalls))
+    }
 }
 
 impl Sampler {
@@ -144,15 +154,17 @@ impl Sampler {
             limits.points
         );
         let store = Arc::new(Mutex::new(Store::new(limits)));
+        let stalls = Arc::new(Mutex::new(Vec::new()));
         let (stop, stopped) = channel();
         let view = MemoryView {
             store: Arc::clone(&store),
+            stalls: Arc::clone(&stalls),
             version: config.version,
             window: config.window,
         };
         let thread = std::thread::Builder::new()
             .name("sampler".into())
-            .spawn(move || Rounds::new(config, limits, store).run(&stopped))?;
+            .spawn(move || Rounds::new(config, limits, store, stalls).run(&stopped))?;
         Ok(Self { view, stop, thread })
     }
 
@@ -185,22 +197,29 @@ struct Rounds {
     files: HashMap<String, CgroupFiles>,
     system_psi: Option<File>,
     buffer: Buffer,
+    stalls: Stalls,
 }
 
 impl Rounds {
-    fn new(config: SamplerConfig, limits: Limits, store: Arc<Mutex<Store>>) -> Self {
+    fn new(
+        config: SamplerConfig,
+        limits: Limits,
+        store: Arc<Mutex<Store>>,
+        stalls: Arc<Mutex<Vec<OomStall>>>,
+    ) -> Self {
         // v2 memcgs have their own; v1 ones have none, so the system's.
         let system_psi = match config.version {
             Version::V1 => File::open(SYSTEM_PSI).ok(),
             Version::V2 => None,
         };
         Self {
-            config,
             limits,
             store,
             files: HashMap::new(),
             system_psi,
             buffer: Buffer::default(),
+            stalls: Stalls::new(config.version, stalls),
+            config,
         }
     }
 
@@ -231,7 +250,7 @@ impl Rounds {
         for (path, files) in &self.files {
             let at = boot_ns();
             match files.read(&mut self.buffer) {
-                Ok(reading) => points.push((path, Point::new(at, &reading))),
+                Ok(reading) => points.push((path, Sampled::new(at, &reading))),
                 Err(error) => {
                     let cause = std::error::Error::source(&error)
                         .map(|cause| format!(": {cause}"))
@@ -247,9 +266,12 @@ impl Rounds {
             parse_psi(text).map(|psi| (at, psi))
         });
         let now = boot_ns();
+        // Before the store's lock: it may open a file per memcg near its
+        // limit.
+        self.stalls.check(&points, &self.files, &gone, now);
         let mut store = lock(&self.store);
         for (path, point) in points {
-            store.push(path, point);
+            store.push(path, point.point);
         }
         if let Some((at, psi)) = system {
             store.push_system_pressure(at, psi);
@@ -266,6 +288,9 @@ impl Rounds {
 
     /// Walks the hierarchy: memcgs gone are marked so, new ones admitted.
     fn rescan(&mut self) {
+        for files in self.files.values_mut() {
+            files.refresh_limit(&mut self.buffer);
+        }
         let mount = &self.config.mount;
         let version = self.config.version;
         // Walk a little past the cap: admission decides who is kept.
@@ -312,8 +337,25 @@ impl Rounds {
                 for path in evicted {
                     self.files.remove(&path);
                 }
+                let mut files = files;
+                files.refresh_limit(&mut self.buffer);
                 self.files.insert(path, files);
             }
+        }
+    }
+}
+
+/// One memcg's sample, with what the stall check needs beyond the point.
+pub struct Sampled {
+    point: Point,
+    limit: Option<u64>,
+}
+
+impl Sampled {
+    fn new(at: u64, reading: &files::Reading) -> Self {
+        Self {
+            point: Point::new(at, reading),
+            limit: reading.limit,
         }
     }
 }

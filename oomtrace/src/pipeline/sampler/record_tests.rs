@@ -64,6 +64,7 @@ fn reading(usage: u64) -> Reading {
             some_avg10: 0.03,
             full_avg10: 1.0,
         }),
+        limit: None,
     }
 }
 

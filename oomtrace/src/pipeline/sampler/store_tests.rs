@@ -51,6 +51,7 @@ fn absent_fields_stay_absent() {
             ..StatFigures::default()
         },
         pressure: None,
+        limit: None,
     };
     let p = Point::new(1, &reading);
     assert_eq!(p.stat(), reading.stat);
