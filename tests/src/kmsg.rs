@@ -39,6 +39,9 @@ pub struct OomKillLine {
     /// The victim's memcg.
     pub task_memcg: Option<String>,
     pub pid: u32,
+    /// The `Memory cgroup stats for PATH:` block printed just before this
+    /// line in the same report: (PATH, its `name value` lines).
+    pub stat: Option<(String, Vec<(String, u64)>)>,
 }
 
 pub struct Kmsg {
@@ -47,6 +50,10 @@ pub struct Kmsg {
     /// logged in either order.
     seen: Vec<KilledProcess>,
     contexts: Vec<OomKillLine>,
+    /// The latest `Memory cgroup stats for` block, and whether its lines
+    /// are still being read.
+    stat: Option<(String, Vec<(String, u64)>)>,
+    in_stat: bool,
     /// How often the kernel overwrote records before they were read (EPIPE).
     overruns: u32,
 }
@@ -66,6 +73,8 @@ impl Kmsg {
             file,
             seen: Vec::new(),
             contexts: Vec::new(),
+            stat: None,
+            in_stat: false,
             overruns: 0,
         }
     }
@@ -116,7 +125,24 @@ impl Kmsg {
                 // "PRIO,SEQ,TIME,FLAGS;MESSAGE\n"
                 if let Some((_, message)) = record.split_once(';') {
                     let line = message.lines().next().unwrap_or("");
-                    if let Some(context) = parse_oom_kill_line(line) {
+                    if let Some(path) = line
+                        .strip_prefix("Memory cgroup stats for ")
+                        .and_then(|p| p.strip_suffix(':'))
+                    {
+                        self.stat = Some((path.to_string(), Vec::new()));
+                        self.in_stat = true;
+                        return true;
+                    }
+                    if self.in_stat
+                        && let Some(fields) = stat_fields(line)
+                        && let Some((_, kept)) = &mut self.stat
+                    {
+                        kept.extend(fields);
+                        return true;
+                    }
+                    self.in_stat = false;
+                    if let Some(mut context) = parse_oom_kill_line(line) {
+                        context.stat = self.stat.take();
                         self.contexts.push(context);
                     } else if let Some(mut killed) = parse_killed(line) {
                         killed.context = self
@@ -139,6 +165,22 @@ impl Kmsg {
             Err(e) => panic!("reading /dev/kmsg: {e}"),
         }
     }
+}
+
+/// `name value` lines (one, or several joined by an escaped newline, as
+/// kernels before 6.4 print `memory.stat` in one record); None for any
+/// other text.
+fn stat_fields(line: &str) -> Option<Vec<(String, u64)>> {
+    let text = String::from_utf8(unescape(line)).ok()?;
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            (plain && !name.is_empty()).then_some(())?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Undoes /dev/kmsg's escaping of unprintable bytes as `\xNN`.
@@ -220,6 +262,7 @@ pub fn parse_oom_kill_line(message: &str) -> Option<OomKillLine> {
         oom_memcg: value("oom_memcg"),
         task_memcg: value("task_memcg"),
         pid: pid.trim().parse().ok()?,
+        stat: None,
     })
 }
 

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::{
     Env, attribution, cgroup, fired_limit, memcg_counters, messages, operations, paths, scenarios,
-    signals, signals_vm,
+    signals, signals_vm, stall,
 };
 
 type Scenario = (&'static str, fn(&Env));
@@ -58,8 +58,15 @@ const KILLS: &[Scenario] = &[
 ];
 
 /// The memcg counters read by the raw mark_victim walk, the same in every
-/// raw mode: one per kernel.
-const COUNTERS: &[Scenario] = &[("counters_at_the_kill", memcg_counters::counters_at_the_kill)];
+/// raw mode, and the sampler's OOM stalls (v2: every task at adj -1000),
+/// which no hook sees: one run per kernel.
+const COUNTERS: &[Scenario] = &[
+    ("counters_at_the_kill", memcg_counters::counters_at_the_kill),
+    (
+        "stall_is_reported_from_start_to_end",
+        stall::stall_is_reported_from_start_to_end,
+    ),
+];
 
 /// Victims whose threads and pids move under the exit join (see
 /// `scenarios.rs`). The exit path does not depend on how oom_kill_process

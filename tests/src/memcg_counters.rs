@@ -2,12 +2,15 @@
 //! failcnt`, `peak_bytes`, `events`), checked against the files the kernel
 //! shows for the same cgroups right after: `memory.failcnt`,
 //! `memory.max_usage_in_bytes` and `memory.oom_control` on cgroup v1,
-//! `memory.peak` and `memory.events` on v2.
+//! `memory.peak` and `memory.events` on v2; and `oom.kernel_stat`, checked
+//! against the kernel's own `Memory cgroup stats for` block in /dev/kmsg.
+
+use serde_json::Value;
 
 use crate::{
     cgroup::{MemCgroup, Version, oom_kill_count},
     collector::{Collector, Env},
-    kmsg::Kmsg,
+    kmsg::{KilledProcess, Kmsg},
     scenarios::{KILL_TIMEOUT, LIMIT, Workload, assert_matches_kernel, assert_sigkilled},
 };
 
@@ -43,6 +46,7 @@ pub fn counters_at_the_kill(env: &Env) {
         let kernel = kmsg.killed(victim.pid(), KILL_TIMEOUT);
         let record = collector.kill_of(victim.pid(), KILL_TIMEOUT);
         assert_matches_kernel(&record, &kernel);
+        assert_kernel_stat(&record, &kernel, &child_path);
         let files = CounterFiles::read(&child_dir, version);
         let levels = &record["memcg"]["levels"];
         let (child, above) = (&levels[0], &levels[1]);
@@ -117,6 +121,34 @@ pub fn counters_at_the_kill(env: &Env) {
     }
     let _ = collector.stop_with(libc::SIGTERM);
     parent.remove();
+}
+
+/// `oom.kernel_stat` is the block the kernel printed before this kill's
+/// `oom-kill:` line, field for field; null when it printed none (its report
+/// is ratelimited).
+fn assert_kernel_stat(record: &Value, kernel: &KilledProcess, fired: &str) {
+    let stat = &record["oom"]["kernel_stat"];
+    let Some((path, fields)) = kernel.context.as_ref().and_then(|c| c.stat.as_ref()) else {
+        assert!(stat.is_null(), "the kernel printed no stats: {record}");
+        return;
+    };
+    assert_eq!(path, fired, "the kernel printed the fired memcg's stats");
+    assert_eq!(stat["path"], fired, "{record}");
+    let printed: serde_json::Map<String, Value> = fields
+        .iter()
+        .map(|(name, value)| (name.clone(), Value::from(*value)))
+        .collect();
+    eprintln!(
+        "kernel_stat of {path}: {} fields, as printed",
+        printed.len()
+    );
+    assert!(printed.len() >= 10, "a whole memory.stat: {printed:?}");
+    assert_eq!(stat["fields"], Value::Object(printed), "{record}");
+    let anon = ["anon", "total_rss"]
+        .iter()
+        .find_map(|name| stat["fields"][name].as_u64())
+        .expect("anon or total_rss");
+    assert!(anon >= LIMIT / 2, "the allocator's memory: {record}");
 }
 
 /// Whether this machine has no swap device or file in use.

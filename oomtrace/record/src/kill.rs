@@ -232,6 +232,13 @@ pub struct Oom {
     /// where a level's `oom_group`, or the memcg that fired, is unknown.
     #[serde(default)]
     pub group_kill: Option<bool>,
+    /// The `memory.stat` of the memcg whose limit fired, as the kernel
+    /// printed it at this kill (see [`KernelStat`]). Null when the kernel
+    /// printed none for it: its OOM report is ratelimited (10 per 5 s with
+    /// `oom-kill:`), off for global OOMs, and not read with
+    /// `--kernel-log off`.
+    #[serde(default)]
+    pub kernel_stat: Option<crate::KernelStat>,
 }
 
 /// `enum oom_constraint` (include/linux/oom.h).

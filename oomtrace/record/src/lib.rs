@@ -39,7 +39,7 @@ pub use kill::{
     MemcgSource, MemcgUnknown, Oom, OomKill, Qos, Rss, Runtime, Trigger, Victim, comm_fields,
     text_fields,
 };
-pub use memory::{Memcg, MemcgEvents, MemcgLevel};
+pub use memory::{KernelStat, Memcg, MemcgEvents, MemcgLevel};
 pub use sample::{Growth, GrowthKind, Memory, MemoryStat, Pressure, PressureSource};
 pub use schema::{field_tables, fill_field_tables, json_schema};
 pub use session::{

@@ -82,3 +82,22 @@ pub struct MemcgEvents {
     /// Kills of a whole group (`memory.oom.group`); 5.16+.
     pub oom_group_kill: Option<u64>,
 }
+
+/// A memcg's `memory.stat` as the kernel printed it in its OOM report
+/// (mem_cgroup_print_oom_meminfo(): `Memory cgroup stats for PATH:` and one
+/// `name value` line per field), read from /dev/kmsg at the kill. Exact at
+/// the kill, even for a cgroup born and killed between two samples, and
+/// for fields the sampler does not keep.
+///
+/// The fields are the kernel's own, by name: on cgroup v2 those of
+/// `memory.stat` (`anon`, `file`, `kernel`, `shmem`, `active_file`,
+/// `pgfault`, … in bytes or event counts), on cgroup v1 those of v1's
+/// `memory.stat` (`cache`, `rss`, … and the hierarchical `total_*`).
+/// Kernels before 6.4 print the v2 fields on v1 too.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct KernelStat {
+    /// The memcg the kernel printed the stats for (`oom.memcg_path`).
+    pub path: String,
+    /// Every `name value` line, by name (`jq .oom.kernel_stat.fields.anon`).
+    pub fields: std::collections::BTreeMap<String, u64>,
+}

@@ -32,7 +32,12 @@ pub struct OomStall {
     /// its descendants too; they are not reported on their own).
     pub path: String,
     /// The first sample that found it stalled, in CLOCK_BOOTTIME
-    /// nanoseconds: the stall began at most one sample interval before.
+    /// nanoseconds. The stall began at most one sample interval before when
+    /// the sampler already followed the memcg and (v2) had read its
+    /// `memory.events` near the limit in the sample before; a memcg is
+    /// followed from the first walk after it got a process (walks are every
+    /// 3 samples), so a memcg that stalls at once is seen up to 5 intervals
+    /// late.
     pub since_boot_ns: u64,
     /// `end` only: from `since_boot_ns` to this record's `boot_ns`, in ms
     /// (exact to one sample interval). Null in `start`.

@@ -13,6 +13,14 @@
 //!    `<reason>: Killed process TID (COMM) total-vm:…`, where TID is the
 //!    marked task (`task_pid_nr(victim)`), the very task `mark_victim` saw.
 //!
+//! Before the summary, in the same ratelimited report (dump_header()), a
+//! memcg OOM prints mem_cgroup_print_oom_meminfo(): `Memory cgroup stats
+//! for PATH:` and then the memcg's `memory.stat`, one `name value` line per
+//! record since 6.4 (seq_buf_do_printk()), all in one record with newlines
+//! before. That block is kept only when the summary follows it: the block
+//! of an OOM that killed nobody (`Out of memory and no killable
+//! processes...`) has none, and must not be taken for the next kill's.
+//!
 //! So a `Killed process` line closes the question for its victim: a summary
 //! read before it is this kill's (to be checked against the record: see
 //! [`OomSummary::fired_memcg`]); none means the kernel printed none. Other
@@ -38,7 +46,21 @@ pub struct KilledLine {
     pub tid: u32,
     /// The `oom-kill:` summary printed since the previous kill's line.
     pub summary: Option<OomSummary>,
+    /// The `Memory cgroup stats for` block printed just before that
+    /// summary; None without a summary.
+    pub memcg_stat: Option<MemcgStatBlock>,
 }
+
+/// A `Memory cgroup stats for PATH:` block: the path as printed (raw
+/// bytes) and its `name value` lines.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemcgStatBlock {
+    pub path: Vec<u8>,
+    pub fields: Vec<(String, u64)>,
+}
+
+/// The most fields one block keeps (a v2 `memory.stat` has about 60).
+const MAX_STAT_FIELDS: usize = 256;
 
 /// A parsed `oom-kill:` summary line (unescaped).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,6 +138,12 @@ fn is_ancestor_or_self(a: &[u8], b: &[u8]) -> bool {
 #[derive(Debug, Default)]
 pub struct LineParser {
     summary: Option<OomSummary>,
+    /// The stats block that came with `summary`.
+    summary_stat: Option<MemcgStatBlock>,
+    /// A stats block being read, or read and not yet followed by a summary.
+    stat: Option<MemcgStatBlock>,
+    /// Whether the lines read now still belong to `stat`.
+    in_stat: bool,
 }
 
 impl LineParser {
@@ -125,21 +153,72 @@ impl LineParser {
         let text = &record[start..];
         let text = &text[..text.iter().position(|&b| b == b'\n').unwrap_or(text.len())];
         let text = unescape(text);
+        if let Some(path) = text
+            .strip_prefix(b"Memory cgroup stats for ")
+            .and_then(|rest| rest.strip_suffix(b":"))
+        {
+            self.stat = Some(MemcgStatBlock {
+                path: path.to_vec(),
+                fields: Vec::new(),
+            });
+            self.in_stat = true;
+            return None;
+        }
+        if self.in_stat && self.stat_lines(&text) {
+            return None;
+        }
+        self.in_stat = false;
         if let Some(body) = text.strip_prefix(b"oom-kill:") {
             self.summary = parse_summary(body);
+            self.summary_stat = self.stat.take().filter(|_| self.summary.is_some());
             return None;
         }
         let tid = killed_process_tid(&text)?;
+        // A block not followed by a summary was not this kill's.
+        self.stat = None;
+        let summary = self.summary.take();
+        let memcg_stat = self.summary_stat.take().filter(|_| summary.is_some());
         Some(KilledLine {
             tid,
-            summary: self.summary.take(),
+            summary,
+            memcg_stat,
         })
+    }
+
+    /// Takes `name value` lines (one, or several in one record) into the
+    /// block being read; false when the text is not such lines.
+    fn stat_lines(&mut self, text: &[u8]) -> bool {
+        let Some(block) = &mut self.stat else {
+            return false;
+        };
+        let Ok(text) = std::str::from_utf8(text) else {
+            return false;
+        };
+        let mut parsed = Vec::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let field = line.split_once(' ').and_then(|(name, value)| {
+                let plain = !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                plain.then_some(())?;
+                Some((name.to_string(), value.trim().parse::<u64>().ok()?))
+            });
+            match field {
+                Some(field) => parsed.push(field),
+                None => return false,
+            }
+        }
+        let room = MAX_STAT_FIELDS.saturating_sub(block.fields.len());
+        block.fields.extend(parsed.into_iter().take(room));
+        true
     }
 
     /// Records were lost (the kernel's buffer overran this reader): a
     /// summary held now may belong to a kill whose line was lost.
     pub fn overrun(&mut self) {
         self.summary = None;
+        self.summary_stat = None;
+        self.stat = None;
+        self.in_stat = false;
     }
 }
 
@@ -410,5 +489,56 @@ mod tests {
     fn unescapes_kmsg() {
         assert_eq!(unescape(br"a\x5cb\xffc\x"), b"a\\b\xffc\\x".to_vec());
         assert_eq!(unescape(br"\xzz"), br"\xzz".to_vec());
+    }
+
+    const KILLED: &str =
+        "Memory cgroup out of memory: Killed process 4321 (hog) total-vm:1kB, anon-rss:0kB";
+
+    #[test]
+    fn a_stats_block_before_the_summary_is_the_kills() {
+        let mut p = LineParser::default();
+        for text in [
+            "memory: usage 65536kB, limit 65536kB, failcnt 0",
+            "Memory cgroup stats for /P:",
+            "anon 66969600",
+            "file 0",
+            "Tasks state (memory values in pages):",
+            SUMMARY,
+        ] {
+            assert_eq!(p.record(&kmsg(text)), None);
+        }
+        let line = p.record(&kmsg(KILLED)).expect("a killed line");
+        let block = line.memcg_stat.expect("the block");
+        assert_eq!(block.path, b"/P");
+        assert_eq!(
+            block.fields,
+            [("anon".to_string(), 66_969_600), ("file".to_string(), 0)]
+        );
+    }
+
+    #[test]
+    fn one_record_with_every_line_before_6_4() {
+        let mut p = LineParser::default();
+        p.record(&kmsg("Memory cgroup stats for /a b:"));
+        p.record(&kmsg("anon 4096\\x0afile 8192\\x0ashmem 0\\x0a"));
+        p.record(&kmsg(SUMMARY));
+        let block = p
+            .record(&kmsg(KILLED))
+            .and_then(|l| l.memcg_stat)
+            .expect("the block");
+        assert_eq!(block.path, b"/a b");
+        assert_eq!(block.fields.len(), 3);
+    }
+
+    #[test]
+    fn a_block_without_a_summary_is_nobodys() {
+        let mut p = LineParser::default();
+        // An OOM that found nobody to kill, then a kill whose report was
+        // ratelimited away.
+        p.record(&kmsg("Memory cgroup stats for /stalled:"));
+        p.record(&kmsg("anon 1"));
+        p.record(&kmsg("Out of memory and no killable processes..."));
+        let line = p.record(&kmsg(KILLED)).expect("a killed line");
+        assert_eq!((line.summary, line.memcg_stat), (None, None));
     }
 }

@@ -1,6 +1,8 @@
 //! Reads the kernel's own log lines about a kill (kernel/kmsg.rs) into its
-//! record: `oom.kernel_log`, and, unless `oom_kill_process` was hooked,
-//! `oom.constraint` and `oom.memcg_path` from the `oom-kill:` summary.
+//! record: `oom.kernel_log`, `oom.kernel_stat` (the fired memcg's
+//! `memory.stat` as the kernel printed it), and, unless `oom_kill_process`
+//! was hooked, `oom.constraint` and `oom.memcg_path` from the `oom-kill:`
+//! summary.
 //!
 //! A kill's `Killed process` line and its ring buffer record reach the
 //! pipeline by different threads, in either order. A line that comes first
@@ -12,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use oomtrace_record::{Constraint, KernelLog, MemcgSource, OomKill, text_fields};
+use oomtrace_record::{Constraint, KernelLog, KernelStat, MemcgSource, OomKill, text_fields};
 
 use crate::kernel::kmsg::{KilledLine, Mismatch};
 
@@ -101,6 +103,16 @@ pub fn settle(kill: &mut OomKill, line: &KilledLine) {
     match fired {
         Ok(fired) => {
             kill.oom.kernel_log = Some(KernelLog::Matched);
+            // The block is the fired memcg's (oc->memcg), printed in the
+            // same report as the summary that matched this victim.
+            kill.oom.kernel_stat = line
+                .memcg_stat
+                .as_ref()
+                .filter(|block| fired.as_deref() == Some(block.path.as_slice()))
+                .map(|block| KernelStat {
+                    path: text_fields(&block.path).0,
+                    fields: block.fields.iter().cloned().collect(),
+                });
             if kill.oom.memcg_source == Some(MemcgSource::OomKillProcess) {
                 return;
             }

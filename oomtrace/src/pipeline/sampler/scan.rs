@@ -52,8 +52,10 @@ impl Walk<'_> {
         let mut populated =
             (!path.is_empty() && (self.tracked)(path)) || holds_processes(dir, version);
         // On v2 `populated` already counts descendants: a memcg without any
-        // has no descendant worth the walk.
-        let descend = depth < MAX_DEPTH && (version == Version::V1 || populated);
+        // has no descendant worth the walk. The root has no `cgroup.events`
+        // (kernel/cgroup/cgroup.c gives it to non-root cgroups only), so
+        // the walk always enters it.
+        let descend = depth < MAX_DEPTH && (version == Version::V1 || populated || path.is_empty());
         if descend && let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
                 if found.len() >= max {
@@ -151,13 +153,8 @@ mod tests {
         for dir in ["kubepods/pod1/ctr", "nomem", "empty"] {
             std::fs::create_dir_all(root.join(dir)).expect("dir");
         }
-        let populated = [
-            "",
-            "kubepods",
-            "kubepods/pod1",
-            "kubepods/pod1/ctr",
-            "nomem",
-        ];
+        // As the kernel has it: the root has no cgroup.events.
+        let populated = ["kubepods", "kubepods/pod1", "kubepods/pod1/ctr", "nomem"];
         for dir in populated {
             std::fs::write(
                 root.join(dir).join("cgroup.events"),
