@@ -110,7 +110,11 @@ pub(crate) fn history(record: &Value) -> Vec<(u64, u64)> {
 /// The victim's stat: its memcg, an age within an interval or two, the
 /// working set as usage − inactive_file of the same sample, and its anon
 /// within `anon` (bytes).
-fn assert_victim_stat(record: &Value, cg: &MemCgroup, anon: std::ops::RangeInclusive<u64>) {
+pub(crate) fn assert_victim_stat(
+    record: &Value,
+    cg: &MemCgroup,
+    anon: std::ops::RangeInclusive<u64>,
+) {
     let stat = &record["memory"]["stat"];
     assert_eq!(stat["path"], cg.path.as_str(), "memory.stat.path: {record}");
     let age = number(&stat["age_ms"], "age_ms", record);

@@ -2,8 +2,8 @@
 //! (root; one at a time: `--test-threads=1`).
 
 use oomtrace_tests::{
-    Env, attribution, faults, fired_limit, memcg_counters, memory, memory_edges, messages,
-    operations, paths, readme, scenarios, signals,
+    Env, attribution, faults, fired_limit, memcg_counters, memory, memory_edges, memory_scale,
+    messages, operations, paths, readme, scenarios, signals,
 };
 
 fn env() -> Env {
@@ -88,6 +88,7 @@ scenario! {
     memory::born_and_killed_between_samples_is_unknown,
     memory::sampling_off_leaves_memory_null,
     memory::pod_limit_leak_shows_the_pods_memory,
+    memory_scale::sampler_within_its_cap_among_2000_memcgs,
 }
 
 /// Causes the kills whose records README.md shows, and saves them for
