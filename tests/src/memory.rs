@@ -161,6 +161,16 @@ pub fn slow_leak_is_a_leak(env: &Env) {
     assert_leak(env, 4, LIMIT, "slowleak");
 }
 
+/// A fast leak, 1 MiB every 25 ms (4 MiB per 100 ms, 40 MiB/s), into
+/// 384 MiB at the default 1 s interval: about 9.6 s to the limit. The walk
+/// that finds the cgroup comes within 3 intervals of its first process,
+/// which leaves 6 or so samples, past the 4 a leak's fit needs (growth.rs,
+/// `LEAK_MIN_POINTS`); no 3 of them lie within 5% of the limit of each
+/// other (40 MiB apart), so it is no spike's flat stretch.
+pub fn fast_leak_is_a_leak(env: &Env) {
+    assert_leak(env, 40, 384 * MIB, "fastleak");
+}
+
 /// A leak of `rate_mib` MiB/s into `limit` in a cgroup named after `hint`:
 /// `leak`, a slope within a factor of 2 of the rate, an increasing history,
 /// and the victim's sampled anon where the leak had it.

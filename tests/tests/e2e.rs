@@ -81,6 +81,7 @@ scenario! {
     messages::check_promises_hold,
     memory::leak_is_a_leak,
     memory::slow_leak_is_a_leak,
+    memory::fast_leak_is_a_leak,
     memory_edges::steady_victim_of_a_neighbours_spike,
     memory_edges::page_cache_is_reclaimed_not_killed,
     memory::spike_after_idling_is_a_spike,
