@@ -52,8 +52,9 @@ impl Walk<'_> {
         let mut populated =
             (!path.is_empty() && (self.tracked)(path)) || holds_processes(dir, version);
         // On v2 `populated` already counts descendants: a memcg without any
-        // has no descendant worth the walk.
-        let descend = depth < MAX_DEPTH && (version == Version::V1 || populated);
+        // has no descendant worth the walk. The root has no `cgroup.events`
+        // (the kernel leaves it out there): it is always walked.
+        let descend = depth < MAX_DEPTH && (version == Version::V1 || populated || path.is_empty());
         if descend && let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
                 if found.len() >= max {
@@ -151,13 +152,9 @@ mod tests {
         for dir in ["kubepods/pod1/ctr", "nomem", "empty"] {
             std::fs::create_dir_all(root.join(dir)).expect("dir");
         }
-        let populated = [
-            "",
-            "kubepods",
-            "kubepods/pod1",
-            "kubepods/pod1/ctr",
-            "nomem",
-        ];
+        // As the kernel has it: every cgroup but the root has a
+        // `cgroup.events`.
+        let populated = ["kubepods", "kubepods/pod1", "kubepods/pod1/ctr", "nomem"];
         for dir in populated {
             std::fs::write(
                 root.join(dir).join("cgroup.events"),
