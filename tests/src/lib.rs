@@ -13,6 +13,7 @@ pub mod matrix;
 pub mod memcg_counters;
 pub mod memory;
 pub mod memory_edges;
+pub mod memory_scale;
 pub mod messages;
 pub mod operations;
 pub mod paths;

@@ -11,8 +11,8 @@ use std::{panic::AssertUnwindSafe, process::Command, time::Instant};
 use serde_json::Value;
 
 use crate::{
-    Env, attribution, cgroup, fired_limit, memcg_counters, messages, operations, paths, scenarios,
-    signals, signals_vm, stall,
+    Env, attribution, cgroup, fired_limit, memcg_counters, memory, memory_edges, messages,
+    operations, paths, scenarios, signals, signals_vm, stall,
 };
 
 type Scenario = (&'static str, fn(&Env));
@@ -58,15 +58,8 @@ const KILLS: &[Scenario] = &[
 ];
 
 /// The memcg counters read by the raw mark_victim walk, the same in every
-/// raw mode, and the sampler's OOM stalls (v2: every task at adj -1000),
-/// which no hook sees: one run per kernel.
-const COUNTERS: &[Scenario] = &[
-    ("counters_at_the_kill", memcg_counters::counters_at_the_kill),
-    (
-        "stall_is_reported_from_start_to_end",
-        stall::stall_is_reported_from_start_to_end,
-    ),
-];
+/// raw mode: one per kernel.
+const COUNTERS: &[Scenario] = &[("counters_at_the_kill", memcg_counters::counters_at_the_kill)];
 
 /// Victims whose threads and pids move under the exit join (see
 /// `scenarios.rs`). The exit path does not depend on how oom_kill_process
@@ -121,6 +114,43 @@ const SIGNALS: &[Scenario] = &[
     ),
 ];
 
+/// The memory sampler against real kills (see `memory.rs`,
+/// `memory_edges.rs`): its cgroup files, `memory.stat` fields and PSI differ
+/// between cgroup v1 and v2 and between kernels, not between attach modes,
+/// so one raw mode per kernel runs them. A pod's memcg holds no process
+/// itself: on v2 it is found by `populated` in `cgroup.events`, on v1 by
+/// its child's `cgroup.procs`. The other memory scenarios (the slow and
+/// fast leaks, sampling off) add rates, not kernel differences: host only.
+const MEMORY: &[Scenario] = &[
+    ("leak_is_a_leak", memory::leak_is_a_leak),
+    (
+        "spike_after_idling_is_a_spike",
+        memory::spike_after_idling_is_a_spike,
+    ),
+    ("tmpfs_fill_is_shmem", memory::tmpfs_fill_is_shmem),
+    (
+        "page_cache_is_reclaimed_not_killed",
+        memory_edges::page_cache_is_reclaimed_not_killed,
+    ),
+    (
+        "born_and_killed_between_samples_is_unknown",
+        memory::born_and_killed_between_samples_is_unknown,
+    ),
+    (
+        "pod_limit_leak_shows_the_pods_memory",
+        memory::pod_limit_leak_shows_the_pods_memory,
+    ),
+    (
+        "steady_victim_of_a_neighbours_spike",
+        memory_edges::steady_victim_of_a_neighbours_spike,
+    ),
+    // v1: oom_kill_disable 1; v2 (no such switch): its task at adj -1000.
+    (
+        "stall_is_reported_from_start_to_end",
+        stall::stall_is_reported_from_start_to_end,
+    ),
+];
+
 /// Cgroup paths at the limits of the kernel's walks (see `paths.rs`). The
 /// walks are the same in every raw mode; `oom.memcg_path` is not (the
 /// hook's `oc->memcg`, or derived from the levels), so they run with
@@ -164,6 +194,12 @@ const V2_ONLY: &[&str] = &[
 /// whole machine is theirs: n/a on the host.
 const VM_ONLY: &[&str] = &["userspace_oom_killer_is_named"];
 
+/// Scenarios that need a file on a disk (n/a in the VMs): there every file
+/// system is in RAM (the initramfs, tmpfs), whose pages are not page cache
+/// a reader is charged for and reclaim can drop.
+const NEEDS_DISK: &[&str] = &["page_cache_is_reclaimed_not_killed"];
+const NEEDS_DISK_WHY: &str = "needs a file on a disk; the VM's file systems are all in RAM";
+
 /// Scenarios that need cgroup v1 (n/a on a v2 machine): the v1 freezer
 /// holds a task that got SIGKILL, v2's lets it die.
 const V1_ONLY: &[&str] = &["marked_while_dying_is_not_an_oom_kill"];
@@ -201,7 +237,7 @@ pub const MODES: &[Mode] = &[
         name: "raw+off",
         flags: &["--victim-probe", "raw", "--oom-kill-probe", "off"],
         requires: &[("mark_victim", "raw_tracepoint")],
-        scenarios: &[KILLS, EXIT_PATHS, PATHS, SIGNALS, COUNTERS],
+        scenarios: &[KILLS, EXIT_PATHS, PATHS, SIGNALS, COUNTERS, MEMORY],
     },
     Mode {
         // The scenario itself runs `--victim-probe tracepoint` (with
@@ -266,7 +302,7 @@ fn unavailable(env: &Env, mode: &Mode) -> Option<String> {
 }
 
 /// Runs the matrix and prints its lines: every mode, or `only` that one;
-/// every scenario, or only those named `scenario`.
+/// every scenario, or only those named in `scenario` (comma-separated).
 pub fn run(base: &Env, only: Option<&str>, scenario: Option<&str>) -> Totals {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
@@ -300,9 +336,15 @@ pub fn run(base: &Env, only: Option<&str>, scenario: Option<&str>) -> Totals {
             continue;
         }
         let chosen = mode.scenarios.iter().copied().flatten();
-        for (name, run) in chosen.filter(|(name, _)| scenario.is_none_or(|s| s == *name)) {
+        let wanted = |name: &str| scenario.is_none_or(|s| s.split(',').any(|s| s == name));
+        for (name, run) in chosen.filter(|(name, _)| wanted(name)) {
             if VM_ONLY.contains(name) && !signals_vm::in_vm() {
                 line(name, "n/a", 0.0, signals_vm::VM_ONLY_WHY);
+                totals.na += 1;
+                continue;
+            }
+            if NEEDS_DISK.contains(name) && signals_vm::in_vm() {
+                line(name, "n/a", 0.0, NEEDS_DISK_WHY);
                 totals.na += 1;
                 continue;
             }

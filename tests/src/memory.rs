@@ -110,7 +110,11 @@ pub(crate) fn history(record: &Value) -> Vec<(u64, u64)> {
 /// The victim's stat: its memcg, an age within an interval or two, the
 /// working set as usage − inactive_file of the same sample, and its anon
 /// within `anon` (bytes).
-fn assert_victim_stat(record: &Value, cg: &MemCgroup, anon: std::ops::RangeInclusive<u64>) {
+pub(crate) fn assert_victim_stat(
+    record: &Value,
+    cg: &MemCgroup,
+    anon: std::ops::RangeInclusive<u64>,
+) {
     let stat = &record["memory"]["stat"];
     assert_eq!(stat["path"], cg.path.as_str(), "memory.stat.path: {record}");
     let age = number(&stat["age_ms"], "age_ms", record);
@@ -155,6 +159,16 @@ pub fn leak_is_a_leak(env: &Env) {
 /// A slow leak, 4 MiB/s into 64 MiB, at the default interval: the same.
 pub fn slow_leak_is_a_leak(env: &Env) {
     assert_leak(env, 4, LIMIT, "slowleak");
+}
+
+/// A fast leak, 1 MiB every 25 ms (4 MiB per 100 ms, 40 MiB/s), into
+/// 384 MiB at the default 1 s interval: about 9.6 s to the limit. The walk
+/// that finds the cgroup comes within 3 intervals of its first process,
+/// which leaves 6 or so samples, past the 4 a leak's fit needs (growth.rs,
+/// `LEAK_MIN_POINTS`); no 3 of them lie within 5% of the limit of each
+/// other (40 MiB apart), so it is no spike's flat stretch.
+pub fn fast_leak_is_a_leak(env: &Env) {
+    assert_leak(env, 40, 384 * MIB, "fastleak");
 }
 
 /// A leak of `rate_mib` MiB/s into `limit` in a cgroup named after `hint`:

@@ -2,8 +2,8 @@
 //! (root; one at a time: `--test-threads=1`).
 
 use oomtrace_tests::{
-    Env, attribution, faults, fired_limit, memcg_counters, memory, memory_edges, messages,
-    operations, paths, readme, scenarios, signals, stall,
+    Env, attribution, faults, fired_limit, memcg_counters, memory, memory_edges, memory_scale,
+    messages, operations, paths, readme, scenarios, signals, stall,
 };
 
 fn env() -> Env {
@@ -81,6 +81,7 @@ scenario! {
     messages::check_promises_hold,
     memory::leak_is_a_leak,
     memory::slow_leak_is_a_leak,
+    memory::fast_leak_is_a_leak,
     memory_edges::steady_victim_of_a_neighbours_spike,
     memory_edges::page_cache_is_reclaimed_not_killed,
     memory::spike_after_idling_is_a_spike,
@@ -89,6 +90,7 @@ scenario! {
     memory::sampling_off_leaves_memory_null,
     memory::pod_limit_leak_shows_the_pods_memory,
     stall::stall_is_reported_from_start_to_end,
+    memory_scale::sampler_within_its_cap_among_2000_memcgs,
 }
 
 /// Causes the kills whose records README.md shows, and saves them for

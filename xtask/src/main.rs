@@ -223,8 +223,9 @@ enum Cmd {
         /// Run only this attach mode, e.g. `raw+kprobe` (see oomtrace-matrix --help).
         #[arg(long, value_name = "MODE")]
         mode: Option<String>,
-        /// Run only this scenario, e.g. `hostile_comm` (the names in the
-        /// matrix lines; with --mode, one that mode runs).
+        /// Run only this scenario, e.g. `hostile_comm`, or these,
+        /// comma-separated (the names in the matrix lines; with --mode,
+        /// ones that mode runs).
         #[arg(long, value_name = "NAME")]
         scenario: Option<String>,
     },

@@ -2,9 +2,9 @@
 //! kernel: on the host, or as the payload of a VM's /init.
 //!
 //! Usage: oomtrace-matrix [--oomtrace PATH] [--workload PATH] [--mode NAME]
-//! [--scenario NAME] (the binaries default to siblings of this one;
-//! --mode and --scenario run only that one). Exits 1 if any scenario
-//! failed.
+//! [--scenario NAME[,NAME...]] (the binaries default to siblings of this
+//! one; --mode runs only that one, --scenario only those). Exits 1 if any
+//! scenario failed.
 #![allow(
     clippy::unwrap_used,
     reason = "a test runner: failing loudly is the point"

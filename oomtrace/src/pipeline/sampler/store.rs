@@ -224,6 +224,15 @@ impl Store {
         if series.points.len() >= self.limits.points {
             series.points.pop_front();
         }
+        if series.points.len() == series.points.capacity() {
+            // Doubling, as push_back would, but never past the cap: its own
+            // doubling would take up to twice `points` (1,024 samples for a
+            // 600-sample window), past what `bytes_per_cgroup` counts.
+            let want = (series.points.capacity() * 2)
+                .max(4)
+                .min(self.limits.points.max(1));
+            series.points.reserve_exact(want - series.points.len());
+        }
         series.points.push_back(point);
     }
 

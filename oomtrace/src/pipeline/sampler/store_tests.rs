@@ -41,6 +41,29 @@ fn history_is_bounded_oldest_dropped() {
     assert!(store.get("/b").is_none());
 }
 
+/// A history never holds room for more samples than its cap, whatever the
+/// cap: `bytes_per_cgroup`, and with it the 32 MiB cap, counts `points`.
+#[test]
+fn history_room_stays_within_the_cap() {
+    for points in [1, 4, 5, 60, 600, 3600] {
+        let mut store = Store::new(Limits {
+            points,
+            ..limits(1)
+        });
+        store.admit("/a", 0).expect("room");
+        for i in 0..points as u64 * 2 + 3 {
+            store.push("/a", point(i, i));
+            let series = store.get("/a").expect("a");
+            assert!(
+                series.points.capacity() <= points,
+                "{points} samples kept in room for {}",
+                series.points.capacity()
+            );
+        }
+        assert_eq!(store.get("/a").expect("a").points.len(), points);
+    }
+}
+
 #[test]
 fn absent_fields_stay_absent() {
     let reading = Reading {
