@@ -153,7 +153,12 @@ fn anon_at_kill(record: &Value, kernel: &KilledProcess) -> u64 {
 /// A steady leak at 16 MiB/s into a 160 MiB limit: `leak`, a slope within
 /// a factor of 2 of the rate, an increasing history.
 pub fn leak_is_a_leak(env: &Env) {
-    assert_leak(env, 16, 160 * MIB, "leak");
+    leak_record(env);
+}
+
+/// [`leak_is_a_leak`]'s checked record (README's example).
+pub fn leak_record(env: &Env) -> Value {
+    assert_leak(env, 16, 160 * MIB, "leak")
 }
 
 /// A slow leak, 4 MiB/s into 64 MiB, at the default interval: the same.
@@ -174,7 +179,7 @@ pub fn fast_leak_is_a_leak(env: &Env) {
 /// A leak of `rate_mib` MiB/s into `limit` in a cgroup named after `hint`:
 /// `leak`, a slope within a factor of 2 of the rate, an increasing history,
 /// and the victim's sampled anon where the leak had it.
-fn assert_leak(env: &Env, rate_mib: u64, limit: u64, hint: &str) {
+fn assert_leak(env: &Env, rate_mib: u64, limit: u64, hint: &str) -> Value {
     let cg = MemCgroup::create(hint, Some(limit));
     let mut collector = Collector::start(env, &[]);
     let mut kmsg = Kmsg::open();
@@ -227,10 +232,16 @@ fn assert_leak(env: &Env, rate_mib: u64, limit: u64, hint: &str) {
         cg.path.as_str(),
         "{record}"
     );
+    record
 }
 
 /// 24 MiB held flat for 7 s, then everything at once: `spike`.
 pub fn spike_after_idling_is_a_spike(env: &Env) {
+    spike_record(env);
+}
+
+/// [`spike_after_idling_is_a_spike`]'s checked record.
+pub fn spike_record(env: &Env) -> Value {
     let cg = MemCgroup::create("spike", Some(LIMIT * 2));
     let mut collector = Collector::start(env, &[]);
     let mut kmsg = Kmsg::open();
@@ -258,11 +269,17 @@ pub fn spike_after_idling_is_a_spike(env: &Env) {
     assert!(at_kill > LIMIT, "the spike took it to the limit: {record}");
     // The last sample saw the flat stretch: the 24 MiB held.
     assert_victim_stat(&record, &cg, 24 * MIB..=24 * MIB + SLACK);
+    record
 }
 
 /// A tmpfs filled at 12 MiB/s into a 96 MiB limit: `shmem`, and the
 /// victim's own anon (dmesg) and its cgroup's are both small.
 pub fn tmpfs_fill_is_shmem(env: &Env) {
+    tmpfs_record(env);
+}
+
+/// [`tmpfs_fill_is_shmem`]'s checked record.
+pub fn tmpfs_record(env: &Env) -> Value {
     let limit = 96 * MIB;
     let cg = MemCgroup::create("tmpfs", Some(limit));
     // Dropped before the cgroup: the unmount frees the shmem charged to it.
@@ -296,6 +313,7 @@ pub fn tmpfs_fill_is_shmem(env: &Env) {
     let usage = number(&stat["usage_bytes"], "usage", &record);
     assert!(shmem * 2 >= usage, "shmem {shmem} of {usage}: {record}");
     drop(tmpfs);
+    record
 }
 
 /// A cgroup created after the collector's first walk and killed at once,

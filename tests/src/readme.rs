@@ -73,6 +73,12 @@ pub fn capture(env: &Env) {
     save("stop_timeout_exit.json", &exit.to_string());
     save("drained_exit.json", &drained(env).to_string());
     save("docker.json", &docker(env).to_string());
+    save("leak.json", &crate::memory::leak_record(env).to_string());
+    save("spike.json", &crate::memory::spike_record(env).to_string());
+    save("shmem.json", &crate::memory::tmpfs_record(env).to_string());
+    let (start, end) = crate::stall::stall_records(env);
+    save("stall_start.json", &start.to_string());
+    save("stall_end.json", &end.to_string());
 }
 
 /// A real Docker container whose PID 1 allocates past `--memory 32m`.

@@ -90,6 +90,11 @@ fn kernel_says_stalled(cg: &MemCgroup) -> bool {
 /// task; an `end` after the test raised the limit, with a duration that
 /// covers the stall; no `oom_kill`, and the kernel's count of kills 0.
 pub fn stall_is_reported_from_start_to_end(env: &Env) {
+    stall_records(env);
+}
+
+/// [`stall_is_reported_from_start_to_end`]'s checked start and end records.
+pub fn stall_records(env: &Env) -> (Value, Value) {
     let cg = MemCgroup::create("stall", Some(LIMIT));
     let switch = KillSwitch::disable(&cg);
     let mut collector = Collector::start(env, &[]);
@@ -185,6 +190,7 @@ pub fn stall_is_reported_from_start_to_end(env: &Env) {
         "{}",
         collector.stop_record()
     );
+    (start, end)
 }
 
 /// The stuck task is listed with its comm and adj; on v1 it is parked in

@@ -6,7 +6,8 @@
 //!   NDJSON line rather than pretty-printed JSON). `--capture` (root) causes
 //!   the real OOM kills behind them (tests/src/readme.rs) and writes the
 //!   records in. A `<!-- text-of:NAME -->` block is always rewritten as
-//!   `--format text` renders example NAME, and a `<!-- kmsg:NAME -->`
+//!   `--format text` renders example NAME, a `<!-- memory-of:NAME -->`
+//!   block gets its `memory` object alone, and a `<!-- kmsg:NAME -->`
 //!   block gets the kernel's own line captured with it.
 //!
 //! The record crate's tests (tests/docs_examples.rs) fail when an example
@@ -165,6 +166,18 @@ pub fn fill_examples(
                     .with_context(|| format!("example {name} is not a record"))?;
                 Some(oomtrace_record::text::line(&record))
             }
+            "memory-of" => {
+                let json = examples
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, json)| json)
+                    .with_context(|| format!("no example {name} before its memory-of"))?;
+                let record: serde_json::Value = serde_json::from_str(json)
+                    .with_context(|| format!("example {name} is not JSON"))?;
+                Some(compact_scalar_arrays(&serde_json::to_string_pretty(
+                    &record["memory"],
+                )?))
+            }
             "kmsg" => captured(&format!("{name}.kmsg"))?.map(|l| l.trim().to_string()),
             _ => {
                 out.push(line.to_string());
@@ -191,6 +204,36 @@ pub fn fill_examples(
         filled.push('\n');
     }
     Ok(filled)
+}
+
+/// Pretty JSON with every array of plain values on one line: a memory
+/// history reads as one sample per line.
+fn compact_scalar_arrays(pretty: &str) -> String {
+    let lines: Vec<&str> = pretty.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        if line.trim_end().ends_with('[') {
+            let items: Vec<&str> = lines[i + 1..]
+                .iter()
+                .take_while(|l| !l.trim_start().starts_with(']'))
+                .map(|l| l.trim().trim_end_matches(','))
+                .collect();
+            let close = i + 1 + items.len();
+            let plain = items
+                .iter()
+                .all(|item| !item.is_empty() && !item.ends_with(['[', '{']));
+            if plain && let Some(end) = lines.get(close) {
+                out.push(format!("{}{}{}", line, items.join(", "), end.trim_start()));
+                i = close + 1;
+                continue;
+            }
+        }
+        out.push(line.to_string());
+        i += 1;
+    }
+    out.join("\n")
 }
 
 /// A record as the README shows it: pretty, or on one line as written.
@@ -240,6 +283,19 @@ mod tests {
         // Without captures, only the text follows the examples there.
         let again = fill_examples(&filled, |_| Ok(None)).expect("fills");
         assert_eq!(again, filled);
+    }
+
+    #[test]
+    fn scalar_arrays_go_on_one_line() {
+        let pretty = serde_json::to_string_pretty(
+            &serde_json::json!({"h": [[1, 2], [3, 4]], "e": [], "o": [{"a": 1}]}),
+        )
+        .expect("json");
+        let compact = compact_scalar_arrays(&pretty);
+        assert!(compact.contains("    [1, 2],\n    [3, 4]\n"), "{compact}");
+        assert!(compact.contains("\"o\": [\n    {"), "{compact}");
+        let back: serde_json::Value = serde_json::from_str(&compact).expect("still JSON");
+        assert_eq!(back["h"][1][0], 3);
     }
 
     #[test]
