@@ -27,6 +27,7 @@ pub fn docs(capture: bool) -> Result<()> {
     if capture {
         capture_examples(&examples)?;
     }
+    commit_schema(&root)?;
     rewrite(&root.join("docs/schema.md"), |doc| {
         oomtrace_record::fill_field_tables(doc).map_err(|e| anyhow::anyhow!(e))
     })?;
@@ -45,6 +46,42 @@ pub fn docs(capture: bool) -> Result<()> {
              xtask docs --capture`"
         );
     }
+    Ok(())
+}
+
+/// Writes the schema of this version to its committed copy, unless the
+/// change would break readers of records of the same version (a field
+/// removed, renamed or retyped): then `SCHEMA_VERSION` must be bumped.
+fn commit_schema(root: &Path) -> Result<()> {
+    let version = oomtrace_record::SCHEMA_VERSION;
+    let path = root.join(oomtrace_record::committed_schema_path(version));
+    let current = oomtrace_record::json_schema();
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let committed: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let broken = oomtrace_record::breaking_changes(&committed, &current);
+        if !broken.is_empty() {
+            bail!(
+                "the record types break schema {version}, which readers rely on:\n  {}\n\
+                 keep the fields, or bump SCHEMA_VERSION (a new {} is then written)",
+                broken.join("\n  "),
+                oomtrace_record::committed_schema_path(version + 1)
+            );
+        }
+        if committed == current {
+            println!("ok: {} is current", path.display());
+            return Ok(());
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut text = serde_json::to_string_pretty(&current)?;
+    text.push('\n');
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    println!("updated: {}", path.display());
     Ok(())
 }
 

@@ -41,7 +41,9 @@ pub use kill::{
 };
 pub use memory::{KernelStat, Memcg, MemcgEvents, MemcgLevel};
 pub use sample::{Growth, GrowthKind, Memory, MemoryStat, Pressure, PressureSource};
-pub use schema::{field_tables, fill_field_tables, json_schema};
+pub use schema::{
+    breaking_changes, committed_schema_path, field_tables, fill_field_tables, json_schema,
+};
 pub use session::{
     AttachAttempt, AttachMode, CgroupMode, CollectorStatus, Counters, Hook, HostFacts,
     KernelLogStatus, Lost, MemoryController, ProbeStatus, SelfSetting, Start, Stop, StopReason,

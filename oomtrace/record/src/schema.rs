@@ -43,7 +43,11 @@ pub fn json_schema() -> Value {
 /// meaning (the doc comment of the Rust field). docs/schema.md embeds them
 /// between `<!-- fields:TYPE -->` and `<!-- /fields -->`.
 pub fn field_tables() -> Vec<(String, String)> {
-    let schema = json_schema();
+    field_tables_of(&json_schema())
+}
+
+/// [`field_tables`] of any version of the schema (a committed copy).
+fn field_tables_of(schema: &Value) -> Vec<(String, String)> {
     let defs = schema
         .get("$defs")
         .and_then(Value::as_object)
@@ -71,6 +75,68 @@ pub fn field_tables() -> Vec<(String, String)> {
         tables.push((name.to_string(), rows));
     }
     tables
+}
+
+/// Where the schema of each version is committed, relative to the
+/// workspace: `cargo xtask docs` keeps it equal to [`json_schema`] as long
+/// as fields are only added, and a test compares the two.
+pub fn committed_schema_path(version: u32) -> String {
+    format!("oomtrace/record/schema/v{version}.json")
+}
+
+/// What a schema change breaks for readers of records of the same version:
+/// every field of `committed` that `current` lacks (removed or renamed),
+/// and every field whose type changed other than by new enum values, as
+/// `TYPE.path: why`. Empty when the change only adds.
+pub fn breaking_changes(committed: &Value, current: &Value) -> Vec<String> {
+    let fields = |schema: &Value| -> std::collections::BTreeMap<String, String> {
+        field_tables_of(schema)
+            .into_iter()
+            .flat_map(|(record, rows)| {
+                rows.lines()
+                    .skip(2)
+                    .filter_map(|row| {
+                        let mut cells = row.split(" | ");
+                        let path = cells
+                            .next()?
+                            .trim_start_matches("| `")
+                            .trim_end_matches('`');
+                        let kind = cells.next()?.to_string();
+                        Some((format!("{record}.{path}"), kind))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let (before, now) = (fields(committed), fields(current));
+    let mut broken = Vec::new();
+    for (path, kind) in &before {
+        match now.get(path) {
+            None => broken.push(format!("{path}: removed or renamed")),
+            Some(new) if new != kind && !only_values_added(kind, new) => {
+                broken.push(format!("{path}: {kind} became {new}"))
+            }
+            Some(_) => {}
+        }
+    }
+    broken
+}
+
+/// Whether type `new` is `old` with enum values added (`"a" \| "b"` to
+/// `"a" \| "b" \| "c"`, nullability unchanged).
+fn only_values_added(old: &str, new: &str) -> bool {
+    let split = |t: &str| {
+        let (values, null) = match t.strip_suffix(" or null") {
+            Some(values) => (values, true),
+            None => (t, false),
+        };
+        let values: Vec<String> = values.split(" \\| ").map(str::to_string).collect();
+        (values, null)
+    };
+    let ((old, old_null), (new, new_null)) = (split(old), split(new));
+    old_null == new_null
+        && old.iter().all(|v| v.starts_with('"'))
+        && old.iter().all(|v| new.contains(v))
 }
 
 /// `doc` with every `<!-- fields:TYPE -->` … `<!-- /fields -->` region
