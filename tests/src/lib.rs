@@ -17,6 +17,7 @@ pub mod messages;
 pub mod operations;
 pub mod paths;
 pub mod readme;
+pub mod report;
 pub mod runtimes;
 pub mod scenarios;
 pub mod signals;

@@ -3,7 +3,7 @@
 
 use oomtrace_tests::{
     Env, attribution, faults, fired_limit, memcg_counters, memory, memory_edges, messages,
-    operations, paths, readme, scenarios, signals,
+    operations, paths, readme, report, scenarios, signals,
 };
 
 fn env() -> Env {
@@ -88,6 +88,7 @@ scenario! {
     memory::born_and_killed_between_samples_is_unknown,
     memory::sampling_off_leaves_memory_null,
     memory::pod_limit_leak_shows_the_pods_memory,
+    report::real_kills_plain_and_docker_json_file,
 }
 
 /// Causes the kills whose records README.md shows, and saves them for

@@ -1,0 +1,193 @@
+//! `oomtrace report` over records of real kills: three in one cgroup (a
+//! crash loop at the default 3 in 10 minutes) and one in another, read
+//! as the collector wrote them and as a real dockerd's json-file log
+//! driver kept them (a container that prints them twice, one record padded
+//! past Docker's 16 KiB split).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+use crate::{
+    cgroup::MemCgroup,
+    collector::{Collector, Env},
+    runtimes::{Engine, Kind},
+    scenarios::{LIMIT, assert_sigkilled},
+    workload::Workload,
+};
+
+const KILL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A private directory for the test's files, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("oomtrace-report-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `oomtrace report ARGS`: its exit status, stdout and stderr.
+fn report(env: &Env, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(&env.oomtrace)
+        .arg("report")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {} report: {e}", env.oomtrace.display()));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn report_json(env: &Env, input: &Path) -> Value {
+    let path = input.to_str().expect("utf-8");
+    let (code, out, err) = report(env, &["--json", path]);
+    assert_eq!(code, 0, "report --json {path}: {err}");
+    assert_eq!(err, "", "no bad lines in {path}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("--json is not JSON ({e}): {out}"))
+}
+
+fn subject<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["subjects"]
+        .as_array()
+        .expect("subjects")
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no subject {name}: {report:#}"))
+}
+
+/// What the report must say of these kills, whatever the wrapping.
+fn assert_story(report: &Value, looped: &str, single: &str, records: usize) {
+    let s = subject(report, looped);
+    assert_eq!(s["kind"], "cgroup", "{s:#}");
+    assert_eq!(s["kills"], 3, "{s:#}");
+    assert_eq!(s["causes"]["kernel_oom_memcg"], 3, "{s:#}");
+    assert_eq!(s["victims"], json!(["oomtrace-worklo"]), "{s:#}");
+    assert_eq!(s["limit_bytes"], LIMIT, "{s:#}");
+    assert_eq!(s["limit_scope"], "cgroup", "{s:#}");
+    let l = &s["crash_loop"];
+    assert_eq!(l["kills"], 3, "{s:#}");
+    assert_eq!(l["intervals_s"].as_array().map(Vec::len), Some(2), "{s:#}");
+    let one = subject(report, single);
+    assert_eq!(one["kills"], 1, "{one:#}");
+    assert_eq!(one["crash_loop"], Value::Null, "{one:#}");
+    assert!(
+        one["advice"]["text"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{one:#}"
+    );
+    assert_eq!(report["subjects"][0]["name"], looped, "the loop first");
+    let nodes = report["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 1, "{report:#}");
+    assert_eq!(nodes[0]["runs"], 1, "{report:#}");
+    assert_eq!(nodes[0]["runs_without_stop"], 0, "{report:#}");
+    assert_eq!(nodes[0]["gaps"], json!([]), "{report:#}");
+    let input = &report["input"];
+    let kept: u64 = input["by_type"]
+        .as_object()
+        .expect("by_type")
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
+    assert_eq!(kept, records as u64, "{input}");
+    assert_eq!(input["malformed"], 0, "{input}");
+}
+
+/// Three kills in one cgroup and one in another, recorded by a real
+/// collector, then reported from its NDJSON and from a real Docker
+/// json-file log of it.
+pub fn real_kills_plain_and_docker_json_file(env: &Env) {
+    let looped = MemCgroup::create("report-loop", Some(LIMIT));
+    let single = MemCgroup::create("report-one", Some(LIMIT));
+    let mut collector = Collector::start(env, &[]);
+    for cg in [&looped, &looped, &looped, &single] {
+        let mut victim = Workload::spawn(env, "alloc", &["--cgroup", cg.dir_str()]);
+        assert_sigkilled(victim.wait(), "the allocator");
+        collector.kill_of(victim.pid(), KILL_TIMEOUT);
+    }
+    let status = collector.stop_with(libc::SIGTERM);
+    assert!(status.success(), "collector: {status}");
+    collector.assert_nothing_lost();
+    let mut records = collector.records.clone();
+    // One record past Docker's 16 KiB: an unknown field, which the report
+    // reads through.
+    let first_kill = records
+        .iter()
+        .position(|r| r["type"] == "oom_kill")
+        .expect("a kill");
+    records[first_kill]["padding_from_a_newer_oomtrace"] = json!("x".repeat(40_000));
+    let ndjson: String = records.iter().map(|r| format!("{r}\n")).collect();
+    let dir = TempDir::new("plain");
+    let plain = dir.0.join("oomtrace.ndjson");
+    std::fs::write(&plain, &ndjson).expect("write the records");
+
+    let report_plain = report_json(env, &plain);
+    assert_story(&report_plain, &looped.path, &single.path, records.len());
+    assert_eq!(report_plain["input"]["duplicates"], 0);
+
+    let (code, text, err) = report(env, &[plain.to_str().expect("utf-8")]);
+    assert_eq!((code, err.as_str()), (0, ""), "{text}");
+    let screen: Vec<&str> = text.lines().take(24).collect();
+    let screen = screen.join("\n");
+    eprintln!("{screen}");
+    assert!(
+        screen.contains(&format!("! {}: 3 kills, CRASH LOOP: 3 in", looped.path)),
+        "{screen}"
+    );
+    assert!(
+        screen.contains(&format!("* {}: 1 kill", single.path)),
+        "{screen}"
+    );
+
+    // The same records through a real dockerd's json-file log driver:
+    // a container prints them twice.
+    let mut engine = Engine::start(Kind::Docker);
+    let c = engine.run(
+        "report-cat",
+        &[],
+        &["cat", "/gate/oomtrace.ndjson", "/gate/oomtrace.ndjson"],
+    );
+    std::fs::write(c.gate.join("oomtrace.ndjson"), &ndjson).expect("records into the gate");
+    c.release();
+    assert_eq!(engine.wait(&c), 0, "cat exits 0");
+    let state = engine.inspect(&c.name);
+    let log = PathBuf::from(state["LogPath"].as_str().expect("LogPath"));
+    let kept =
+        std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("read {}: {e}", log.display()));
+    let pieces: Vec<Value> = kept
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json-file lines are JSON"))
+        .collect();
+    assert!(
+        pieces
+            .iter()
+            .any(|p| p["log"].as_str().is_some_and(|l| !l.ends_with('\n'))),
+        "dockerd split the long record into pieces"
+    );
+    assert!(pieces.len() > 2 * records.len(), "pieces: {}", pieces.len());
+    let report_docker = report_json(env, &log);
+    assert_story(&report_docker, &looped.path, &single.path, records.len());
+    assert_eq!(report_docker["input"]["duplicates"], records.len());
+    assert_eq!(
+        report_docker["subjects"], report_plain["subjects"],
+        "the same story from Docker's log"
+    );
+    drop(engine);
+}
