@@ -191,3 +191,41 @@ pub fn real_kills_plain_and_docker_json_file(env: &Env) {
     );
     drop(engine);
 }
+
+/// `--heartbeat-interval 1s`: a `heartbeat` a second with the counters,
+/// valid against the schema (the harness checks every line); `0`: none.
+/// The report reads them: no gap while they come.
+pub fn heartbeats_at_the_interval(env: &Env) {
+    let cg = MemCgroup::create("report-beat", Some(LIMIT));
+    let mut collector = Collector::start(env, &["--heartbeat-interval", "1s"]);
+    let mut victim = Workload::spawn(env, "alloc", &["--cgroup", cg.dir_str()]);
+    assert_sigkilled(victim.wait(), "the allocator");
+    collector.kill_of(victim.pid(), KILL_TIMEOUT);
+    let beats = |records: &[Value]| records.iter().filter(|r| r["type"] == "heartbeat").count();
+    assert!(
+        collector.wait_until(Duration::from_secs(10), |r| beats(r) >= 3),
+        "three heartbeats within 10 s: {:?}",
+        collector.records
+    );
+    collector.stop_with(libc::SIGTERM);
+    let all: Vec<&Value> = collector.of_type("heartbeat").collect();
+    let last = all.last().expect("a heartbeat");
+    assert_eq!(last["interval_ms"], 1000, "{last}");
+    assert_eq!(last["counters"]["kills"], 1, "counters so far: {last}");
+    assert_eq!(
+        all[0]["counters"]["kills"].as_u64().map(|k| k <= 1),
+        Some(true)
+    );
+    let ndjson: String = collector.records.iter().map(|r| format!("{r}\n")).collect();
+    let dir = TempDir::new("beats");
+    let file = dir.0.join("oomtrace.ndjson");
+    std::fs::write(&file, ndjson).expect("write the records");
+    let r = report_json(env, &file);
+    assert_eq!(r["nodes"][0]["heartbeats"], all.len(), "{r:#}");
+    assert_eq!(r["nodes"][0]["gaps"], json!([]), "{r:#}");
+
+    let mut quiet = Collector::start(env, &["--heartbeat-interval", "0"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    quiet.stop_with(libc::SIGTERM);
+    assert_eq!(quiet.of_type("heartbeat").count(), 0, "{:?}", quiet.records);
+}

@@ -89,6 +89,7 @@ scenario! {
     memory::sampling_off_leaves_memory_null,
     memory::pod_limit_leak_shows_the_pods_memory,
     report::real_kills_plain_and_docker_json_file,
+    report::heartbeats_at_the_interval,
 }
 
 /// Causes the kills whose records README.md shows, and saves them for

@@ -42,7 +42,7 @@ pub use memory::{Memcg, MemcgEvents, MemcgLevel};
 pub use sample::{Growth, GrowthKind, Memory, MemoryStat, Pressure, PressureSource};
 pub use schema::{field_tables, fill_field_tables, json_schema};
 pub use session::{
-    AttachAttempt, AttachMode, CgroupMode, CollectorStatus, Counters, Hook, HostFacts,
+    AttachAttempt, AttachMode, CgroupMode, CollectorStatus, Counters, Heartbeat, Hook, HostFacts,
     KernelLogStatus, Lost, MemoryController, ProbeStatus, SelfSetting, Start, Stop, StopReason,
 };
 pub use signal::{
@@ -63,6 +63,7 @@ pub enum Record {
     SignalKill(Box<SignalKill>),
     ContainerExit(Box<ContainerExit>),
     Lost(Box<Lost>),
+    Heartbeat(Box<Heartbeat>),
     Stop(Box<Stop>),
     /// A record type from a newer oomtrace (read, never written).
     #[serde(other)]
@@ -80,6 +81,7 @@ impl Record {
             Self::SignalKill(_) => "signal_kill",
             Self::ContainerExit(_) => "container_exit",
             Self::Lost(_) => "lost",
+            Self::Heartbeat(_) => "heartbeat",
             Self::Stop(_) => "stop",
             Self::Unknown => "unknown",
         }
@@ -93,6 +95,7 @@ impl Record {
             Self::SignalKill(r) => Some(&r.origin),
             Self::ContainerExit(r) => Some(&r.origin),
             Self::Lost(r) => Some(&r.origin),
+            Self::Heartbeat(r) => Some(&r.origin),
             Self::Stop(r) => Some(&r.origin),
             Self::Unknown => None,
         }

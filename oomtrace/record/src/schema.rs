@@ -270,6 +270,7 @@ mod tests {
             "signal_kill",
             "container_exit",
             "lost",
+            "heartbeat",
             "stop",
         ] {
             assert!(text.contains(&format!("\"{t}\"")), "{t} missing");
@@ -368,6 +369,7 @@ mod tests {
                 "signal_kill",
                 "container_exit",
                 "lost",
+                "heartbeat",
                 "stop"
             ]
         );

@@ -111,6 +111,12 @@ impl Analysis {
                         + r.signal_kills;
                 }
             }
+            Record::Heartbeat(r) => {
+                let t = self.period(&r.time);
+                if let Some(n) = self.node(&r.origin) {
+                    n.heartbeat(&r.origin, t, &r.time, r.interval_ms);
+                }
+            }
             Record::LateExit(r) => {
                 let t = self.period(&r.time);
                 if let Some(n) = self.node(&r.origin) {
@@ -305,10 +311,14 @@ impl Analysis {
                 .then(a.name.cmp(&b.name))
         });
         report.subjects = subjects;
+        let end = report
+            .last
+            .as_deref()
+            .and_then(|l| seconds(l).map(|t| (t, l)));
         let mut nodes: Vec<Node> = self
             .nodes
             .into_iter()
-            .map(|(name, state)| state.finish(name))
+            .map(|(name, state)| state.finish(name, end))
             .collect();
         nodes.sort_by(|a, b| a.hostname.cmp(&b.hostname));
         report.nodes = nodes;

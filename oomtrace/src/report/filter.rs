@@ -83,6 +83,7 @@ fn facts(record: &Record) -> Facts<'_> {
         Record::Start(r) => f.time = Some(&r.time),
         Record::Stop(r) => f.time = Some(&r.time),
         Record::Lost(r) => f.time = Some(&r.time),
+        Record::Heartbeat(r) => f.time = Some(&r.time),
         Record::LateExit(r) => f.time = Some(&r.time),
         Record::Unknown => {}
     }
@@ -175,6 +176,7 @@ impl Dedupe {
             Record::Start(r) => (None, &r.time, r.boot_ns),
             Record::Stop(r) => (None, &r.time, r.boot_ns),
             Record::Lost(r) => (None, &r.time, r.boot_ns),
+            Record::Heartbeat(r) => (None, &r.time, r.boot_ns),
             Record::Unknown => return true,
         };
         let mut h = DefaultHasher::new();

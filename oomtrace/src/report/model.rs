@@ -230,6 +230,10 @@ pub struct Node {
     pub boots: u64,
     /// Collector runs seen (`run_id`s).
     pub runs: u64,
+    /// `heartbeat` records: 0 when the collectors wrote none (older, or
+    /// `--heartbeat-interval 0`), and then silence cannot be told from
+    /// health between other records.
+    pub heartbeats: u64,
     /// Runs with no `stop` record: the collector was killed, crashed, or
     /// its last records were not kept.
     pub runs_without_stop: u64,

@@ -11,6 +11,10 @@ use super::model::{Gap, Node};
 const MAX_RUNS: usize = 4_096;
 /// A stretch shorter than this between runs is a restart, not a gap.
 const MIN_GAP_S: f64 = 1.0;
+/// Heartbeat times kept per run (68 hours at the default 60 s).
+const MAX_BEATS: usize = 4_096;
+/// Silence longer than this many heartbeat intervals is a gap.
+const SILENT_INTERVALS: f64 = 2.0;
 
 #[derive(Default)]
 pub struct Run {
@@ -18,6 +22,44 @@ pub struct Run {
     pub stop: Option<(f64, String)>,
     pub first: Option<(f64, String)>,
     pub last: Option<(f64, String)>,
+    /// The heartbeat interval, seconds, once a heartbeat was seen.
+    pub interval: Option<f64>,
+    /// Heartbeats, start and stop: the times the run said it was alive.
+    pub beats: Vec<(f64, String)>,
+}
+
+impl Run {
+    fn beat(&mut self, t: f64, text: &str) {
+        if self.beats.len() < MAX_BEATS {
+            self.beats.push((t, text.to_string()));
+        }
+    }
+
+    /// Stretches longer than the heartbeat allows without a sign of life;
+    /// up to `end` (the report's last record) when the run did not stop.
+    fn silences(&mut self, end: Option<(f64, &str)>, gaps: &mut Vec<Gap>) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        let most = interval * SILENT_INTERVALS;
+        self.beats.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut silent = |from: &(f64, String), to: (f64, &str)| {
+            if to.0 - from.0 > most {
+                gaps.push(Gap {
+                    from: from.1.clone(),
+                    to: to.1.to_string(),
+                    seconds: ((to.0 - from.0) * 10.0).round() / 10.0,
+                    kind: "silent".to_string(),
+                });
+            }
+        };
+        for pair in self.beats.windows(2) {
+            silent(&pair[0], (pair[1].0, &pair[1].1));
+        }
+        if let (None, Some(last), Some(end)) = (&self.stop, self.beats.last(), end) {
+            silent(last, end);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -30,6 +72,7 @@ pub struct NodeState {
     pub lost_other: u64,
     pub late_exits: u64,
     pub exits_unobserved: u64,
+    heartbeats: u64,
 }
 
 fn earlier(slot: &mut Option<(f64, String)>, t: f64, text: &str) {
@@ -71,6 +114,7 @@ impl NodeState {
         self.seen(origin, t, text);
         if let (Some(t), Some(run)) = (t, self.run(origin)) {
             earlier(&mut run.start, t, text);
+            run.beat(t, text);
         }
     }
 
@@ -78,10 +122,20 @@ impl NodeState {
         self.seen(origin, t, text);
         if let (Some(t), Some(run)) = (t, self.run(origin)) {
             later(&mut run.stop, t, text);
+            run.beat(t, text);
         }
     }
 
-    pub fn finish(self, hostname: String) -> Node {
+    pub fn heartbeat(&mut self, origin: &Origin, t: Option<f64>, text: &str, interval_ms: u64) {
+        self.seen(origin, t, text);
+        if let (Some(t), Some(run)) = (t, self.run(origin)) {
+            run.interval = Some(interval_ms as f64 / 1000.0);
+            run.beat(t, text);
+            self.heartbeats += 1;
+        }
+    }
+
+    pub fn finish(self, hostname: String, end: Option<(f64, &str)>) -> Node {
         let mut runs: Vec<Run> = self.runs.into_values().collect();
         runs.sort_by(|a, b| {
             let at = |r: &Run| r.start.as_ref().or(r.first.as_ref()).map_or(0.0, |s| s.0);
@@ -108,8 +162,13 @@ impl NodeState {
                 });
             }
         }
+        for run in &mut runs {
+            run.silences(end, &mut gaps);
+        }
+        gaps.sort_by(|a, b| a.from.cmp(&b.from));
         Node {
             hostname,
+            heartbeats: self.heartbeats,
             boots: self.boots.len() as u64,
             runs: runs.len() as u64,
             runs_without_stop: runs.iter().filter(|r| r.stop.is_none()).count() as u64,

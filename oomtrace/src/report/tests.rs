@@ -501,3 +501,43 @@ fn the_json_document_matches_its_schema_names() {
         assert!(props.get(key).is_some(), "{key} in {schema}");
     }
 }
+
+fn heartbeat(host: &str, run: &str, minute: u32) -> Value {
+    let mut v = json!({"type": "heartbeat", "schema": 1, "time": time(minute), "boot_ns": minute,
+        "interval_ms": 60_000, "counters": fixture("stop")["counters"].clone()});
+    origin(&mut v, host, run);
+    v
+}
+
+#[test]
+fn silence_between_heartbeats_is_a_gap() {
+    let mut records = vec![session("start", "node-c", "run-c1", 0)];
+    for minute in [1, 2, 3, 10, 11] {
+        records.push(heartbeat("node-c", "run-c1", minute));
+    }
+    // Another node's records go on to minute 30; node-c's stop none.
+    records.push(session("start", "node-d", "run-d1", 0));
+    for minute in 1..=30 {
+        records.push(heartbeat("node-d", "run-d1", minute));
+    }
+    let dir = temp_dir("beats");
+    let file = dir.join("a.ndjson");
+    std::fs::write(&file, ndjson(&records)).expect("write");
+    let (r, warnings) = report_of(&options(vec![file]));
+    assert_eq!(warnings, "");
+    let c = &r.nodes[0];
+    assert_eq!((c.hostname.as_str(), c.heartbeats), ("node-c", 5));
+    let gaps: Vec<(f64, &str)> = c
+        .gaps
+        .iter()
+        .map(|g| (g.seconds, g.kind.as_str()))
+        .collect();
+    assert_eq!(gaps, [(420.0, "silent"), (1140.0, "silent")]);
+    assert!(r.nodes[1].gaps.is_empty(), "{:?}", r.nodes[1].gaps);
+    let text = text::render(&r);
+    assert!(
+        text.contains("node node-c: 2 unwatched gaps (26m00s)"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
