@@ -156,6 +156,18 @@ pub fn real_kills_plain_and_docker_json_file(env: &Env) {
         "{screen}"
     );
 
+    let chart = dir.0.join("chart.svg");
+    let (code, _, err) = report(
+        env,
+        &[
+            "--svg",
+            chart.to_str().expect("utf-8"),
+            plain.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_chart(&chart, 4);
+
     // The same records through a real dockerd's json-file log driver:
     // a container prints them twice.
     let mut engine = Engine::start(Kind::Docker);
@@ -228,4 +240,119 @@ pub fn heartbeats_at_the_interval(env: &Env) {
     std::thread::sleep(Duration::from_millis(2500));
     quiet.stop_with(libc::SIGTERM);
     assert_eq!(quiet.of_type("heartbeat").count(), 0, "{:?}", quiet.records);
+}
+
+/// The chart has one kill marker per kill: in its SVG text, and in what
+/// Chromium renders of it (blobs of the cgroup-limit marker colour).
+pub fn assert_chart(svg: &Path, kills: usize) {
+    let text = std::fs::read_to_string(svg).expect("read the chart");
+    assert!(text.starts_with("<svg "), "{text}");
+    assert_eq!(text.matches(r#"class="kill""#).count(), kills, "{text}");
+    let height: u32 = text
+        .split("height=\"")
+        .nth(1)
+        .and_then(|h| h.split('"').next())
+        .and_then(|h| h.parse::<f64>().ok())
+        .expect("the chart's height") as u32;
+    let png = svg.with_extension("png");
+    let out = Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=1",
+            &format!("--window-size=1000,{height}"),
+            &format!("--screenshot={}", png.display()),
+        ])
+        .arg(format!("file://{}", svg.display()))
+        .output()
+        .unwrap_or_else(|e| panic!("{CHROMIUM} ({e}): `cargo xtask setup` installs it"));
+    assert!(
+        png.exists(),
+        "chromium wrote no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (width, height, pixels) = decode(&png);
+    let distinct: std::collections::HashSet<&[u8]> = pixels.chunks(3).collect();
+    assert!(
+        distinct.len() > 10,
+        "a blank rendering ({} colours)",
+        distinct.len()
+    );
+    if let Some(keep) = std::env::var_os("OOMTRACE_REPORT_CHART_DIR") {
+        // For docs/: the chart of real kills, and Chromium's rendering.
+        let keep = PathBuf::from(keep);
+        let _ = std::fs::copy(svg, keep.join("report-chart.svg"));
+        let _ = std::fs::copy(&png, keep.join("report-chart.png"));
+    }
+    // Below the legend (whose sample marker is one too).
+    let blobs = blobs_of(&pixels, width, height, [0xd6, 0x27, 0x28], 70);
+    assert_eq!(
+        blobs,
+        kills,
+        "kill markers in the rendering of {}",
+        svg.display()
+    );
+}
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// RGB pixels of a PNG.
+fn decode(path: &Path) -> (usize, usize, Vec<u8>) {
+    let file = std::fs::File::open(path).expect("open the PNG");
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut buf = vec![0; reader.output_buffer_size().expect("size")];
+    let info = reader.next_frame(&mut buf).expect("a frame");
+    let channels = info.color_type.samples();
+    let rgb: Vec<u8> = buf[..info.buffer_size()]
+        .chunks(channels)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect();
+    (info.width as usize, info.height as usize, rgb)
+}
+
+/// Connected areas (4-neighbours, 10 pixels or more) of exactly `color`,
+/// at or below row `min_y`.
+fn blobs_of(rgb: &[u8], width: usize, height: usize, color: [u8; 3], min_y: usize) -> usize {
+    let hit = |i: usize| i / width >= min_y && rgb[i * 3..i * 3 + 3] == color;
+    let mut seen = vec![false; width * height];
+    let mut count = 0;
+    for start in 0..width * height {
+        if seen[start] || !hit(start) {
+            continue;
+        }
+        let mut stack = vec![start];
+        seen[start] = true;
+        let mut size = 0;
+        while let Some(i) = stack.pop() {
+            size += 1;
+            let (x, y) = (i % width, i / width);
+            let mut near = Vec::with_capacity(4);
+            if x > 0 {
+                near.push(i - 1);
+            }
+            if x + 1 < width {
+                near.push(i + 1);
+            }
+            if y > 0 {
+                near.push(i - width);
+            }
+            if y + 1 < height {
+                near.push(i + width);
+            }
+            for j in near {
+                if !seen[j] && hit(j) {
+                    seen[j] = true;
+                    stack.push(j);
+                }
+            }
+        }
+        if size >= 10 {
+            count += 1;
+        }
+    }
+    count
 }

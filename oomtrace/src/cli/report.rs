@@ -21,6 +21,11 @@ pub struct ReportArgs {
     /// One JSON document instead of text (see --json-schema).
     #[arg(long)]
     pub json: bool,
+    /// Also write a chart to FILE (SVG): per subject, its kills on a time
+    /// axis, coloured by cause, and the memory history of its latest kills
+    /// against the limit.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
     /// Print the JSON Schema of --json's document and exit.
     #[arg(long)]
     pub json_schema: bool,
@@ -77,6 +82,10 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let outcome = report::run(&options, &mut std::io::stderr()).context("reading the records")?;
+    if let Some(path) = &args.svg {
+        std::fs::write(path, report::svg::render(&outcome.report))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let text = if args.json {
         serde_json::to_string_pretty(&outcome.report)?
     } else {

@@ -21,6 +21,37 @@ pub const MAX_SUBJECTS: usize = 20_000;
 const MAX_NODES: usize = 10_000;
 /// Entries kept in `child_kills` and `node_ooms`.
 const MAX_LISTED: usize = 1_000;
+/// Memory history points kept in all (32 bytes each: 32 MiB).
+const MAX_HISTORY_POINTS: usize = 1 << 20;
+
+/// The subject's state, made on its first record; None past the cap
+/// (counted in `dropped`).
+fn subject<'a>(
+    subjects: &'a mut HashMap<String, (Who, SubjectState)>,
+    dropped: &mut u64,
+    w: Who,
+) -> Option<&'a mut SubjectState> {
+    if !subjects.contains_key(&w.key) && subjects.len() >= MAX_SUBJECTS {
+        *dropped += 1;
+        return None;
+    }
+    let entry = subjects
+        .entry(w.key.clone())
+        .or_insert_with(|| (w, SubjectState::default()));
+    Some(&mut entry.1)
+}
+
+/// The limit of the memcg that fired (else the victim's own).
+fn fired_limit(kill: &OomKill) -> Option<u64> {
+    let fired = &kill.oom.memcg_path;
+    kill.memcg.as_ref().and_then(|m| {
+        m.levels
+            .iter()
+            .find(|l| l.path.is_some() && l.path == *fired)
+            .and_then(|l| l.limit_bytes)
+            .or(m.limit_bytes)
+    })
+}
 
 /// Seconds since the epoch of an RFC 3339 time.
 pub fn seconds(time: &str) -> Option<f64> {
@@ -36,6 +67,8 @@ pub struct Analysis {
     loop_window: f64,
     first: Option<(f64, String)>,
     last: Option<(f64, String)>,
+    /// History points the report may still keep (for the chart).
+    history_budget: usize,
 }
 
 impl Analysis {
@@ -48,6 +81,7 @@ impl Analysis {
             loop_window: loop_window_s,
             first: None,
             last: None,
+            history_budget: MAX_HISTORY_POINTS,
         }
     }
 
@@ -57,18 +91,6 @@ impl Analysis {
             return None;
         }
         Some(self.nodes.entry(name).or_default())
-    }
-
-    fn subject(&mut self, w: Who) -> Option<&mut SubjectState> {
-        if !self.subjects.contains_key(&w.key) && self.subjects.len() >= MAX_SUBJECTS {
-            self.report.subjects_dropped += 1;
-            return None;
-        }
-        let entry = self
-            .subjects
-            .entry(w.key.clone())
-            .or_insert_with(|| (w, SubjectState::default()));
-        Some(&mut entry.1)
     }
 
     fn period(&mut self, time: &str) -> Option<f64> {
@@ -185,7 +207,9 @@ impl Analysis {
                 comm: kill.victim.comm.clone(),
             });
         }
-        let Some(s) = self.subject(w) else { return };
+        let Some(s) = subject(&mut self.subjects, &mut self.report.subjects_dropped, w) else {
+            return;
+        };
         s.describe(
             &kill.origin,
             kill.container.as_ref(),
@@ -198,7 +222,20 @@ impl Analysis {
         } else {
             s.causes.kernel_oom_memcg += 1;
         }
-        s.death(t, &kill.time);
+        let history = kill.memory.as_ref().map_or(&[][..], |m| &m.history[..]);
+        let (cause, limit) = if node_wide {
+            ("kernel_oom_node", None)
+        } else {
+            ("kernel_oom_memcg", fired_limit(kill))
+        };
+        s.death(
+            t,
+            &kill.time,
+            cause,
+            limit,
+            history,
+            &mut self.history_budget,
+        );
         add_name(&mut s.victims, kill.victim.comm.as_deref());
         add_name(&mut s.triggers, kill.trigger.comm.as_deref());
         match kill.container_survives {
@@ -209,13 +246,7 @@ impl Analysis {
         let tk = t.unwrap_or(f64::MIN);
         if s.limit.as_ref().is_none_or(|l| tk >= l.0) {
             let fired = kill.oom.memcg_path.clone();
-            let limit = kill.memcg.as_ref().and_then(|m| {
-                m.levels
-                    .iter()
-                    .find(|l| l.path.is_some() && l.path == fired)
-                    .and_then(|l| l.limit_bytes)
-                    .or(m.limit_bytes)
-            });
+            let limit = fired_limit(kill);
             // A node OOM enforced no cgroup's limit.
             let limit = limit.filter(|_| !node_wide);
             s.limit = Some(LimitSeen(
@@ -264,7 +295,9 @@ impl Analysis {
             kill.systemd_unit.as_deref(),
             kill.target.cgroup.path.as_deref(),
         );
-        let Some(s) = self.subject(w) else { return };
+        let Some(s) = subject(&mut self.subjects, &mut self.report.subjects_dropped, w) else {
+            return;
+        };
         s.describe(
             &kill.origin,
             kill.container.as_ref(),
@@ -275,7 +308,9 @@ impl Analysis {
             SenderKind::UserspaceOomKiller => {
                 s.causes.userspace_oom_killer += 1;
                 add_name(&mut s.killers, kill.sender.comm.as_deref());
-                s.death(t, &kill.time);
+                let limit = kill.memcg.as_ref().and_then(|m| m.limit_bytes);
+                let budget = &mut self.history_budget;
+                s.death(t, &kill.time, "userspace_oom_killer", limit, &[], budget);
                 add_name(&mut s.victims, kill.target.comm.as_deref());
             }
             SenderKind::ContainerRuntime => s.causes.runtime_stop += 1,

@@ -14,6 +14,7 @@ mod input;
 pub mod model;
 mod nodes;
 mod subject;
+pub mod svg;
 pub mod text;
 mod text_details;
 mod unwrap;

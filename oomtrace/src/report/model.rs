@@ -155,10 +155,25 @@ pub struct Subject {
     pub child_killed: u64,
     pub crash_loop: Option<CrashLoop>,
     pub advice: Advice,
-    /// Kill times kept for the loop check and the chart, oldest first, at
-    /// most 1,024 (`kill_times_dropped` says how many more).
-    pub kill_times: Vec<String>,
-    pub kill_times_dropped: u64,
+    /// Its kills (kernel OOM and userspace OOM killer), oldest first, at
+    /// most 1,024 (`timeline_dropped` says how many more): for the crash
+    /// loop check and the chart.
+    pub timeline: Vec<KillMark>,
+    pub timeline_dropped: u64,
+}
+
+/// One kill on a subject's timeline.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct KillMark {
+    pub time: String,
+    /// `kernel_oom_memcg`, `kernel_oom_node` or `userspace_oom_killer`.
+    pub cause: String,
+    /// The limit that fired (null for a node OOM).
+    pub limit_bytes: Option<u64>,
+    /// The record's `memory.history` (`[ms_before_kill, usage, anon,
+    /// file]`, oldest first), kept for the first 8 kills of a subject that
+    /// have one; empty for the others.
+    pub history: Vec<[u64; 4]>,
 }
 
 /// The same subject killed `kills` times within `window_s`.

@@ -5,10 +5,13 @@ use std::collections::HashMap;
 
 use oomtrace_record::{Container, GrowthKind, K8s, Origin, text::spelled as spelled_name};
 
-use super::model::{Causes, CrashLoop, Subject, SubjectKind};
+use super::model::{Causes, CrashLoop, KillMark, Subject, SubjectKind};
 
 /// Kill times kept per subject.
 pub const MAX_TIMES: usize = 1024;
+/// Kills per subject whose memory history is kept, and points per history.
+const MAX_HISTORIES: usize = 8;
+const MAX_POINTS: usize = 600;
 /// Distinct victim / trigger names kept per subject.
 const MAX_NAMES: usize = 32;
 const MAX_IDS: usize = 16;
@@ -112,6 +115,9 @@ pub struct SubjectState {
     /// Userspace OOM killers by name.
     pub killers: HashMap<String, u64>,
     pub times: Vec<(f64, String)>,
+    /// The same kills, as the chart shows them.
+    pub marks: Vec<(f64, KillMark)>,
+    histories: usize,
     pub times_dropped: u64,
 }
 
@@ -163,8 +169,18 @@ impl SubjectState {
         }
     }
 
-    /// A death at `time` (seconds since the epoch; `text` as written).
-    pub fn death(&mut self, time: Option<f64>, text: &str) {
+    /// A death at `time` (seconds since the epoch; `text` as written), of
+    /// `cause`, with the limit and the memory history of its record.
+    /// `budget`: history points the whole report may still keep.
+    pub fn death(
+        &mut self,
+        time: Option<f64>,
+        text: &str,
+        cause: &str,
+        limit: Option<u64>,
+        history: &[[u64; 4]],
+        budget: &mut usize,
+    ) {
         let Some(t) = time else { return };
         if self.first.as_ref().is_none_or(|(f, _)| t < *f) {
             self.first = Some((t, text.to_string()));
@@ -174,6 +190,24 @@ impl SubjectState {
         }
         if self.times.len() < MAX_TIMES {
             self.times.push((t, text.to_string()));
+            let keep = !history.is_empty()
+                && self.histories < MAX_HISTORIES
+                && history.len() <= MAX_POINTS
+                && history.len() <= *budget;
+            let history = if keep {
+                self.histories += 1;
+                *budget -= history.len();
+                history.to_vec()
+            } else {
+                Vec::new()
+            };
+            let mark = KillMark {
+                time: text.to_string(),
+                cause: cause.to_string(),
+                limit_bytes: limit,
+                history,
+            };
+            self.marks.push((t, mark));
         } else {
             self.times_dropped += 1;
         }
@@ -189,6 +223,7 @@ impl SubjectState {
         loop_window: f64,
     ) -> (Subject, Self) {
         self.times.sort_by(|a, b| a.0.total_cmp(&b.0));
+        self.marks.sort_by(|a, b| a.0.total_cmp(&b.0));
         let crash_loop = crash_loop(&self.times, loop_count, loop_window);
         let (limit_bytes, limit_scope, limit_memcg) = self
             .limit
@@ -226,8 +261,8 @@ impl SubjectState {
             child_killed: self.child_killed,
             crash_loop,
             advice: super::advice::placeholder(),
-            kill_times: self.times.iter().map(|t| t.1.clone()).collect(),
-            kill_times_dropped: self.times_dropped,
+            timeline: self.marks.iter().map(|m| m.1.clone()).collect(),
+            timeline_dropped: self.times_dropped,
         };
         (subject, self)
     }
