@@ -117,7 +117,7 @@ pub fn advise(s: &Subject, state: &SubjectState) -> Advice {
         _ if s.kills > 0 => advice(
             Action::Investigate,
             format!(
-                "no memory history for a verdict (collector's sampler off or too slow): hit {}{}",
+                "no memory history for a verdict (sampling off, or the cgroup died before its first sample): hit {}{}",
                 limit_text(s),
                 s.max_rss_bytes
                     .map(|r| format!(", victim RSS {}", human_bytes(r)))

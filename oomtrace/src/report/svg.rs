@@ -147,8 +147,15 @@ fn axis(out: &mut String, t0: f64, t1: f64, x_of: &dyn Fn(f64) -> f64, height: f
             t0 + (t1 - t0) * k as f64 / (ticks - 1) as f64
         };
         let x = x_of(t);
-        let label = chrono::DateTime::from_timestamp(t as i64, 0)
-            .map(|d| d.format("%m-%d %H:%M:%S").to_string())
+        // Milliseconds when the whole period is shorter than a minute.
+        let format = if t1 - t0 < 60.0 {
+            "%H:%M:%S%.3f"
+        } else {
+            "%m-%d %H:%M:%S"
+        };
+        let nanos = ((t - t.floor()) * 1e9) as u32;
+        let label = chrono::DateTime::from_timestamp(t.floor() as i64, nanos)
+            .map(|d| d.format(format).to_string())
             .unwrap_or_default();
         // The last label ends at the axis' end, within the picture.
         let anchor = if ticks > 1 && k == ticks - 1 {
@@ -348,5 +355,9 @@ mod tests {
         assert!(svg.contains("a&lt;b&gt;&amp;c"));
         assert!(!svg.contains("a<b>"));
         assert_eq!(svg.matches("<polyline").count(), 9, "three lines per chart");
+        assert!(svg.contains(">12-05 01:00:00</text>"), "the axis' end");
+        r.last = Some("2026-12-05T00:00:10Z".into());
+        let svg = render(&r);
+        assert!(svg.contains(">00:00:10.000</text>"), "ms when short: {svg}");
     }
 }
