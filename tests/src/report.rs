@@ -1,5 +1,6 @@
 //! `oomtrace report` over records of real kills: three in one cgroup (a
-//! crash loop at the default 3 in 10 minutes) and one in another, read
+//! crash loop at the default 3 in 10 minutes), one in another, and a
+//! Docker container's child (the container kept running), read
 //! as the collector wrote them and as a real dockerd's json-file log
 //! driver kept them (a container that prints them twice, one record padded
 //! past Docker's 16 KiB split).
@@ -116,12 +117,20 @@ fn assert_story(report: &Value, looped: &str, single: &str, records: usize) {
 pub fn real_kills_plain_and_docker_json_file(env: &Env) {
     let looped = MemCgroup::create("report-loop", Some(LIMIT));
     let single = MemCgroup::create("report-one", Some(LIMIT));
-    let mut collector = Collector::start(env, &[]);
+    let mut engine = Engine::start(Kind::Docker);
+    let mut collector = crate::runtimes::collector(env, &engine);
     for cg in [&looped, &looped, &looped, &single] {
         let mut victim = Workload::spawn(env, "alloc", &["--cgroup", cg.dir_str()]);
         assert_sigkilled(victim.wait(), "the allocator");
         collector.kill_of(victim.pid(), KILL_TIMEOUT);
     }
+    // A Docker container whose child is killed while PID 1 runs on.
+    let parent = engine.run("report-child", &[], &["/oomtrace-workload", "parent"]);
+    parent.release();
+    let id = parent.id.clone();
+    collector.kill_matching(|r| r["container"]["id"] == id.as_str(), KILL_TIMEOUT);
+    assert_eq!(engine.wait(&parent), 0, "PID 1 lived on and exited 0");
+    collector.container_exit_of(parent.pid, KILL_TIMEOUT);
     let status = collector.stop_with(libc::SIGTERM);
     assert!(status.success(), "collector: {status}");
     collector.assert_nothing_lost();
@@ -141,6 +150,23 @@ pub fn real_kills_plain_and_docker_json_file(env: &Env) {
     let report_plain = report_json(env, &plain);
     assert_story(&report_plain, &looped.path, &single.path, records.len());
     assert_eq!(report_plain["input"]["duplicates"], 0);
+    let child = subject(&report_plain, &parent.name);
+    assert_eq!(child["kind"], "container", "{child:#}");
+    assert_eq!(child["container_ids"], json!([parent.id]), "{child:#}");
+    assert_eq!(
+        (
+            &child["kills"],
+            &child["child_killed"],
+            &child["container_died"]
+        ),
+        (&json!(1), &json!(1), &json!(0)),
+        "{child:#}"
+    );
+    assert_eq!(
+        report_plain["child_kills"][0]["subject"],
+        parent.name.as_str(),
+        "listed on its own"
+    );
 
     let (code, text, err) = report(env, &[plain.to_str().expect("utf-8")]);
     assert_eq!((code, err.as_str()), (0, ""), "{text}");
@@ -155,6 +181,13 @@ pub fn real_kills_plain_and_docker_json_file(env: &Env) {
         screen.contains(&format!("* {}: 1 kill", single.path)),
         "{screen}"
     );
+    assert!(
+        screen.contains(&format!(
+            "* {}: 1 kill, child killed, container kept running",
+            parent.name
+        )),
+        "{screen}"
+    );
 
     let chart = dir.0.join("chart.svg");
     let (code, _, err) = report(
@@ -166,11 +199,10 @@ pub fn real_kills_plain_and_docker_json_file(env: &Env) {
         ],
     );
     assert_eq!((code, err.as_str()), (0, ""));
-    assert_chart(&chart, 4);
+    assert_chart(&chart, 5);
 
     // The same records through a real dockerd's json-file log driver:
     // a container prints them twice.
-    let mut engine = Engine::start(Kind::Docker);
     let c = engine.run(
         "report-cat",
         &[],
