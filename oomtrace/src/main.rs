@@ -7,6 +7,7 @@
 //! - `pipeline/`: kernel events in, records out: convert, attribute
 //!   (container, pod, limit), join each kill with its victim's exit;
 //! - `output/`: encoding and the writer behind a bounded queue;
+//! - `report/`: `oomtrace report`, the post-mortem over stored records;
 //! - `cli/`: the subcommands, which parse arguments and wire the parts.
 //!
 //! The records themselves are the `oomtrace-record` crate (`record/`).
@@ -15,6 +16,7 @@ mod cli;
 mod kernel;
 mod output;
 mod pipeline;
+mod report;
 
 fn main() -> std::process::ExitCode {
     cli::main()

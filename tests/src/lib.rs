@@ -18,6 +18,7 @@ pub mod messages;
 pub mod operations;
 pub mod paths;
 pub mod readme;
+pub mod report;
 pub mod runtimes;
 pub mod scenarios;
 pub mod signals;

@@ -3,7 +3,7 @@
 
 use oomtrace_tests::{
     Env, attribution, faults, fired_limit, memcg_counters, memory, memory_edges, memory_scale,
-    messages, operations, paths, readme, scenarios, signals, stall,
+    messages, operations, paths, readme, report, scenarios, signals, stall,
 };
 
 fn env() -> Env {
@@ -91,6 +91,8 @@ scenario! {
     memory::pod_limit_leak_shows_the_pods_memory,
     stall::stall_is_reported_from_start_to_end,
     memory_scale::sampler_within_its_cap_among_2000_memcgs,
+    report::real_kills_plain_and_docker_json_file,
+    report::heartbeats_at_the_interval,
 }
 
 /// Causes the kills whose records README.md shows, and saves them for

@@ -23,11 +23,13 @@ const LLVM_PACKAGES: [&str; 2] = ["llvm-22-dev", "libpolly-22-dev"];
 /// The real container runtimes the host tests run (tests/src/runtimes):
 /// (package, a file it installs). docker.io brings containerd and `ctr`;
 /// Podman needs runc here, because crun rejects this hybrid cgroup layout.
-const RUNTIME_PACKAGES: [(&str, &str); 4] = [
+/// Debian's Chromium renders `oomtrace report --svg` headless in a test.
+const RUNTIME_PACKAGES: [(&str, &str); 5] = [
     ("docker.io", "/usr/sbin/dockerd"),
     ("containerd", "/usr/bin/ctr"),
     ("podman", "/usr/bin/podman"),
     ("runc", "/usr/sbin/runc"),
+    ("chromium", "/usr/bin/chromium"),
 ];
 
 /// The runtime packages not installed yet.
@@ -62,7 +64,10 @@ fn apt_packages() -> Result<()> {
     }
     let runtimes = missing_runtime_packages();
     if runtimes.is_empty() {
-        println!("ok: the container runtimes the tests run (docker.io, containerd, podman, runc)");
+        println!(
+            "ok: the container runtimes the tests run (docker.io, containerd, podman, runc) \
+             and chromium"
+        );
     }
     let packages: Vec<&str> = llvm.iter().chain(&vm).chain(&runtimes).copied().collect();
     if packages.is_empty() {

@@ -45,7 +45,7 @@ pub use schema::{
     breaking_changes, committed_schema_path, field_tables, fill_field_tables, json_schema,
 };
 pub use session::{
-    AttachAttempt, AttachMode, CgroupMode, CollectorStatus, Counters, Hook, HostFacts,
+    AttachAttempt, AttachMode, CgroupMode, CollectorStatus, Counters, Heartbeat, Hook, HostFacts,
     KernelLogStatus, Lost, MemoryController, ProbeStatus, SelfSetting, Start, Stop, StopReason,
 };
 pub use signal::{
@@ -68,6 +68,7 @@ pub enum Record {
     ContainerExit(Box<ContainerExit>),
     OomStall(Box<OomStall>),
     Lost(Box<Lost>),
+    Heartbeat(Box<Heartbeat>),
     Stop(Box<Stop>),
     /// A record type from a newer oomtrace (read, never written).
     #[serde(other)]
@@ -86,6 +87,7 @@ impl Record {
             Self::ContainerExit(_) => "container_exit",
             Self::OomStall(_) => "oom_stall",
             Self::Lost(_) => "lost",
+            Self::Heartbeat(_) => "heartbeat",
             Self::Stop(_) => "stop",
             Self::Unknown => "unknown",
         }
@@ -100,6 +102,7 @@ impl Record {
             Self::ContainerExit(r) => Some(&r.origin),
             Self::OomStall(r) => Some(&r.origin),
             Self::Lost(r) => Some(&r.origin),
+            Self::Heartbeat(r) => Some(&r.origin),
             Self::Stop(r) => Some(&r.origin),
             Self::Unknown => None,
         }

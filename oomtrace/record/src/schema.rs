@@ -336,6 +336,7 @@ mod tests {
             "signal_kill",
             "container_exit",
             "lost",
+            "heartbeat",
             "stop",
         ] {
             assert!(text.contains(&format!("\"{t}\"")), "{t} missing");
@@ -435,6 +436,7 @@ mod tests {
                 "container_exit",
                 "oom_stall",
                 "lost",
+                "heartbeat",
                 "stop"
             ]
         );

@@ -244,6 +244,28 @@ pub struct Stop {
     pub counters: Counters,
 }
 
+/// Written every `--heartbeat-interval` (default 60 s) while the
+/// collector runs: it is alive and watching, with its counters so far. A
+/// stretch longer than the interval without one (or any record) means the
+/// collector was not running, or its records were not kept: silence is
+/// not health.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Heartbeat {
+    /// Always 1 in this version of the format.
+    pub schema: u32,
+    #[serde(flatten)]
+    pub origin: Origin,
+    /// When it was written, RFC 3339 UTC with nanoseconds.
+    pub time: String,
+    /// The same instant in CLOCK_BOOTTIME nanoseconds.
+    pub boot_ns: u64,
+    /// The interval between heartbeats, milliseconds: the next one is due
+    /// this long after this one.
+    pub interval_ms: u64,
+    /// Totals since start, as `stop` will give them.
+    pub counters: Counters,
+}
+
 /// Why the collector stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum StopReason {

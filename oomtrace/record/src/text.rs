@@ -62,6 +62,13 @@ pub fn line(record: &Record) -> String {
             l.events_dropped,
             l.records_dropped
         ),
+        Record::Heartbeat(h) => format!(
+            "{} oomtrace alive: {} kills, {} kills lost, next heartbeat in {}s",
+            h.time,
+            h.counters.kills,
+            h.counters.lost_kills,
+            h.interval_ms / 1000
+        ),
         Record::Stop(s) => format!(
             "{} oomtrace stopped ({}): {} kills, {} exits observed, {} late exits, {} kills lost",
             s.time,

@@ -3,6 +3,7 @@
 //! and `output`.
 
 mod check;
+mod report;
 mod run;
 mod schema;
 
@@ -64,6 +65,21 @@ enum Command {
     Check(check::CheckArgs),
     /// Print the JSON Schema of the output records.
     Schema,
+    /// The post-mortem: what happened and what to do, from records as a log
+    /// pipeline kept them.
+    ///
+    /// Reads records from files, directories, gzip and stdin, plain or
+    /// wrapped (Docker json-file with its 16 KiB pieces joined, CRI logs,
+    /// journalctl -o json, --field PATH), drops duplicates (same host, boot,
+    /// run and seq), and tells per container, pod or cgroup: kills by
+    /// cause, crash loops, children killed in running containers, node-wide
+    /// OOMs, the collector's gaps and losses, and one piece of advice each.
+    /// Lines of other programs are skipped; a malformed line is named on
+    /// stderr (`file:line: reason`) and skipped. Exit 2 with --strict on a
+    /// bad line.
+    ///
+    /// Example: oomtrace report /var/log/oomtrace/ --since 6h
+    Report(report::ReportArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -80,6 +96,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Check(args) => check::check(args),
         Command::Schema => schema::schema().map(|()| ExitCode::SUCCESS),
+        Command::Report(args) => report::report(args),
     };
     match result {
         Ok(code) => code,

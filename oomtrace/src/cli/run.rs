@@ -133,6 +133,12 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION",
           allow_hyphen_values = true)]
     pub sample_window: Duration,
+    /// How often a `heartbeat` record (alive, with the counters so far) is
+    /// written, so that a reader can tell silence from health. `0` turns it
+    /// off.
+    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION",
+          allow_hyphen_values = true)]
+    pub heartbeat_interval: Duration,
     /// How many kills may wait for their exits at once; beyond it the oldest
     /// is written without its exit (and still watched for a late exit).
     #[arg(long, hide = true, default_value_t = 4096,
@@ -358,6 +364,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         signal_hook,
         memory: sampler.as_ref().map(Sampler::view),
+        heartbeat: Some(args.heartbeat_interval).filter(|h| !h.is_zero()),
     };
     let pipeline = Pipeline::spawn(
         settings,

@@ -13,9 +13,9 @@ use oomtrace_ebpf::{
     memcg_counter,
 };
 use oomtrace_record::{
-    CgroupRef, CollectorStatus, Constraint, Counters, Exit, HostFacts, KillSource, Lost, Memcg,
-    MemcgEvents, MemcgLevel, Oom, OomKill, Origin, ProbeStatus, Rss, SCHEMA_VERSION, Start, Stop,
-    StopReason, Trigger, Victim, comm_fields, text_fields,
+    CgroupRef, CollectorStatus, Constraint, Counters, Exit, Heartbeat, HostFacts, KillSource, Lost,
+    Memcg, MemcgEvents, MemcgLevel, Oom, OomKill, Origin, ProbeStatus, Rss, SCHEMA_VERSION, Start,
+    Stop, StopReason, Trigger, Victim, comm_fields, text_fields,
 };
 
 pub use chain::CgroupChain;
@@ -391,6 +391,19 @@ pub fn stop(origin: &Origin, reason: StopReason, counters: Counters) -> Stop {
         time: clock::rfc3339_from_boot_ns(boot_ns),
         boot_ns,
         reason,
+        counters,
+    }
+}
+
+/// The `heartbeat` record: alive, with the counters so far.
+pub fn heartbeat(origin: &Origin, interval: std::time::Duration, counters: Counters) -> Heartbeat {
+    let boot_ns = clock::boot_ns();
+    Heartbeat {
+        schema: SCHEMA_VERSION,
+        origin: origin.clone(),
+        time: clock::rfc3339_from_boot_ns(boot_ns),
+        boot_ns,
+        interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
         counters,
     }
 }

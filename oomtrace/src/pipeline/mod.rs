@@ -93,6 +93,8 @@ pub struct Settings {
     /// The memory sampler's samples, for `oom_kill.memory`; None when
     /// sampling is off.
     pub memory: Option<MemoryView>,
+    /// How often a `heartbeat` record is written; None: never.
+    pub heartbeat: Option<Duration>,
 }
 
 /// The sending end of the pipeline's queue, for the ring-draining thread.
@@ -155,6 +157,7 @@ impl Pipeline {
             host,
             signal_hook,
             memory,
+            heartbeat,
         } = settings;
         let line_wait = LINE_WAIT.min(limits.exit_wait);
         let host_pid_ns = host.pid_ns;
@@ -166,6 +169,8 @@ impl Pipeline {
             host_pid_ns,
             signal_hook,
             memory,
+            heartbeat,
+            next_heartbeat: heartbeat.map(|h| Instant::now() + h),
             line_wait,
             origin,
             page_size,
@@ -224,6 +229,8 @@ struct Worker {
     host_pid_ns: Option<u64>,
     signal_hook: bool,
     memory: Option<MemoryView>,
+    heartbeat: Option<Duration>,
+    next_heartbeat: Option<Instant>,
     /// How long a kill waits for its kernel log line.
     line_wait: Duration,
     victims: VictimsMap,
@@ -257,6 +264,7 @@ impl Worker {
                 self.write_container_exits(exits);
                 self.write_stalls();
                 self.report_loss();
+                self.heartbeat(now);
                 next_tick = now + TICK;
             }
             self.waiting.store(self.joiner.waiting(), Ordering::Relaxed);
@@ -410,6 +418,25 @@ impl Worker {
             taken &= listener.record(record) == Delivery::Taken;
         }
         taken
+    }
+
+    /// Writes a `heartbeat` record when one is due.
+    fn heartbeat(&mut self, now: Instant) {
+        let (Some(interval), Some(due)) = (self.heartbeat, self.next_heartbeat) else {
+            return;
+        };
+        if now < due {
+            return;
+        }
+        self.next_heartbeat = Some(now + interval);
+        if let Some(memory) = &self.memory {
+            (
+                self.counters.sampler_evictions,
+                self.counters.sampler_refusals,
+            ) = memory.cap_counts();
+        }
+        let beat = convert::heartbeat(&self.origin, interval, self.counters.clone());
+        self.broadcast(&Record::Heartbeat(Box::new(beat)));
     }
 
     /// Writes a `lost` record when any loss counter moved since the last one

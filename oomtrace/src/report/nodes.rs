@@ -1,0 +1,186 @@
+//! One node's collectors: its runs (`run_id`), when each started, was
+//! last heard of and stopped, and the stretches no collector watched.
+
+use std::collections::{HashMap, HashSet};
+
+use oomtrace_record::Origin;
+
+use super::model::{Gap, Node};
+
+/// Runs kept per node.
+const MAX_RUNS: usize = 4_096;
+/// A stretch shorter than this between runs is a restart, not a gap.
+const MIN_GAP_S: f64 = 1.0;
+/// Heartbeat times kept per run (68 hours at the default 60 s).
+const MAX_BEATS: usize = 4_096;
+/// Silence longer than this many heartbeat intervals is a gap.
+const SILENT_INTERVALS: f64 = 2.0;
+
+#[derive(Default)]
+pub struct Run {
+    pub start: Option<(f64, String)>,
+    pub stop: Option<(f64, String)>,
+    pub first: Option<(f64, String)>,
+    pub last: Option<(f64, String)>,
+    /// The heartbeat interval, seconds, once a heartbeat was seen.
+    pub interval: Option<f64>,
+    /// Heartbeats, start and stop: the times the run said it was alive.
+    pub beats: Vec<(f64, String)>,
+}
+
+impl Run {
+    fn beat(&mut self, t: f64, text: &str) {
+        if self.beats.len() < MAX_BEATS {
+            self.beats.push((t, text.to_string()));
+        }
+    }
+
+    /// Stretches longer than the heartbeat allows without a sign of life;
+    /// up to `end` (the report's last record) when the run did not stop.
+    fn silences(&mut self, end: Option<(f64, &str)>, gaps: &mut Vec<Gap>) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        let most = interval * SILENT_INTERVALS;
+        self.beats.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut silent = |from: &(f64, String), to: (f64, &str)| {
+            if to.0 - from.0 > most {
+                gaps.push(Gap {
+                    from: from.1.clone(),
+                    to: to.1.to_string(),
+                    seconds: ((to.0 - from.0) * 10.0).round() / 10.0,
+                    kind: "silent".to_string(),
+                });
+            }
+        };
+        for pair in self.beats.windows(2) {
+            silent(&pair[0], (pair[1].0, &pair[1].1));
+        }
+        if let (None, Some(last), Some(end)) = (&self.stop, self.beats.last(), end) {
+            silent(last, end);
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct NodeState {
+    boots: HashSet<String>,
+    runs: HashMap<String, Run>,
+    pub oom_kills: u64,
+    pub node_ooms: u64,
+    pub lost_kills: u64,
+    pub lost_other: u64,
+    pub late_exits: u64,
+    pub exits_unobserved: u64,
+    pub oom_stalls: u64,
+    heartbeats: u64,
+}
+
+fn earlier(slot: &mut Option<(f64, String)>, t: f64, text: &str) {
+    if slot.as_ref().is_none_or(|(s, _)| t < *s) {
+        *slot = Some((t, text.to_string()));
+    }
+}
+
+fn later(slot: &mut Option<(f64, String)>, t: f64, text: &str) {
+    if slot.as_ref().is_none_or(|(s, _)| t > *s) {
+        *slot = Some((t, text.to_string()));
+    }
+}
+
+impl NodeState {
+    fn run(&mut self, origin: &Origin) -> Option<&mut Run> {
+        if let Some(boot) = &origin.boot_id
+            && self.boots.len() < MAX_RUNS
+        {
+            self.boots.insert(boot.clone());
+        }
+        let id = origin.run_id.clone()?;
+        if !self.runs.contains_key(&id) && self.runs.len() >= MAX_RUNS {
+            return None;
+        }
+        Some(self.runs.entry(id).or_default())
+    }
+
+    /// Any record of this node at `t`.
+    pub fn seen(&mut self, origin: &Origin, t: Option<f64>, text: &str) {
+        let Some(t) = t else { return };
+        if let Some(run) = self.run(origin) {
+            earlier(&mut run.first, t, text);
+            later(&mut run.last, t, text);
+        }
+    }
+
+    pub fn start(&mut self, origin: &Origin, t: Option<f64>, text: &str) {
+        self.seen(origin, t, text);
+        if let (Some(t), Some(run)) = (t, self.run(origin)) {
+            earlier(&mut run.start, t, text);
+            run.beat(t, text);
+        }
+    }
+
+    pub fn stop(&mut self, origin: &Origin, t: Option<f64>, text: &str) {
+        self.seen(origin, t, text);
+        if let (Some(t), Some(run)) = (t, self.run(origin)) {
+            later(&mut run.stop, t, text);
+            run.beat(t, text);
+        }
+    }
+
+    pub fn heartbeat(&mut self, origin: &Origin, t: Option<f64>, text: &str, interval_ms: u64) {
+        self.seen(origin, t, text);
+        if let (Some(t), Some(run)) = (t, self.run(origin)) {
+            run.interval = Some(interval_ms as f64 / 1000.0);
+            run.beat(t, text);
+            self.heartbeats += 1;
+        }
+    }
+
+    pub fn finish(self, hostname: String, end: Option<(f64, &str)>) -> Node {
+        let mut runs: Vec<Run> = self.runs.into_values().collect();
+        runs.sort_by(|a, b| {
+            let at = |r: &Run| r.start.as_ref().or(r.first.as_ref()).map_or(0.0, |s| s.0);
+            at(a).total_cmp(&at(b))
+        });
+        let mut gaps = Vec::new();
+        for pair in runs.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            let Some(next) = b.start.as_ref().or(b.first.as_ref()) else {
+                continue;
+            };
+            let (from, kind) = match (&a.stop, &a.last) {
+                (Some(stop), _) => (stop, "stopped"),
+                (None, Some(last)) => (last, "no_stop"),
+                (None, None) => continue,
+            };
+            let seconds = next.0 - from.0;
+            if seconds >= MIN_GAP_S || kind == "no_stop" {
+                gaps.push(Gap {
+                    from: from.1.clone(),
+                    to: next.1.clone(),
+                    seconds: (seconds.max(0.0) * 10.0).round() / 10.0,
+                    kind: kind.to_string(),
+                });
+            }
+        }
+        for run in &mut runs {
+            run.silences(end, &mut gaps);
+        }
+        gaps.sort_by(|a, b| a.from.cmp(&b.from));
+        Node {
+            hostname,
+            heartbeats: self.heartbeats,
+            boots: self.boots.len() as u64,
+            runs: runs.len() as u64,
+            runs_without_stop: runs.iter().filter(|r| r.stop.is_none()).count() as u64,
+            oom_kills: self.oom_kills,
+            node_ooms: self.node_ooms,
+            lost_kills: self.lost_kills,
+            lost_other: self.lost_other,
+            late_exits: self.late_exits,
+            oom_stalls: self.oom_stalls,
+            exits_unseen: self.exits_unobserved.saturating_sub(self.late_exits),
+            gaps,
+        }
+    }
+}
