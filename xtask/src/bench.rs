@@ -26,6 +26,7 @@ pub fn bench(opts: &BenchOpts) -> Result<()> {
     }
     let oomtrace = build()?;
     ensure_bpftrace()?;
+    ensure_jq()?;
     run(cargo_cmd()?.args([
         "build",
         "--release",
@@ -56,6 +57,19 @@ pub fn bench(opts: &BenchOpts) -> Result<()> {
         "the benchmark failed (see above); it stops every tool it started and removes its \
          cgroups on the way out",
     )
+}
+
+/// jq, which `oomtrace report` is measured against.
+fn ensure_jq() -> Result<()> {
+    if Path::new("/usr/bin/jq").exists() {
+        println!("ok: jq");
+        return Ok(());
+    }
+    if !is_debian_like() {
+        bail!("jq is missing: install it with your distribution's package manager");
+    }
+    println!("installing: jq");
+    apt_install(&["jq"]).context("installing jq failed (see above)")
 }
 
 /// bpftrace from the distribution, the tool oomtrace is measured against.

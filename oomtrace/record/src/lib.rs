@@ -93,6 +93,22 @@ impl Record {
         }
     }
 
+    /// The record's `schema`; None for a record of an unknown type.
+    pub fn schema(&self) -> Option<u32> {
+        match self {
+            Self::Start(r) => Some(r.schema),
+            Self::OomKill(r) => Some(r.schema),
+            Self::LateExit(r) => Some(r.schema),
+            Self::SignalKill(r) => Some(r.schema),
+            Self::ContainerExit(r) => Some(r.schema),
+            Self::OomStall(r) => Some(r.schema),
+            Self::Lost(r) => Some(r.schema),
+            Self::Heartbeat(r) => Some(r.schema),
+            Self::Stop(r) => Some(r.schema),
+            Self::Unknown => None,
+        }
+    }
+
     pub fn origin(&self) -> Option<&Origin> {
         match self {
             Self::Start(r) => Some(&r.origin),

@@ -336,23 +336,26 @@ impl Analysis {
         report.last = self.last.map(|l| l.1);
         let mut subjects: Vec<_> = self
             .subjects
-            .into_values()
-            .map(|(w, state)| {
+            .into_iter()
+            .map(|(key, (w, state))| {
                 let (mut subject, state) =
                     state.finish(w.kind, w.name, self.loop_count, self.loop_window);
                 subject.advice = advice::advise(&subject, &state);
-                subject
+                (key, subject)
             })
             .collect();
-        subjects.sort_by(|a, b| {
+        // The key last: the same input gives the same report, whatever
+        // order the map holds it in.
+        subjects.sort_by(|(ka, a), (kb, b)| {
             let deaths = |s: &super::model::Subject| s.causes.total();
             b.crash_loop
                 .is_some()
                 .cmp(&a.crash_loop.is_some())
                 .then(deaths(b).cmp(&deaths(a)))
                 .then(a.name.cmp(&b.name))
+                .then(ka.cmp(kb))
         });
-        report.subjects = subjects;
+        report.subjects = subjects.into_iter().map(|(_, s)| s).collect();
         let end = report
             .last
             .as_deref()

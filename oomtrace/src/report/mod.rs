@@ -144,6 +144,7 @@ impl Reader<'_> {
             };
             match unwrapper.line(text) {
                 Unwrapped::Record(text, value) => self.record(&name, number, &text, &value)?,
+                Unwrapped::Parsed(_, record) => self.parsed(&name, number, *record),
                 Unwrapped::Pending => {}
                 Unwrapped::Other => self.analysis.report.input.other_lines += 1,
                 Unwrapped::TooLong => {
@@ -174,23 +175,10 @@ impl Reader<'_> {
         text: &str,
         value: &serde_json::Value,
     ) -> Result<(), Strict> {
-        let input = &mut self.analysis.report.input;
-        input.records += 1;
+        self.analysis.report.input.records += 1;
         let kind = value["type"].as_str().unwrap_or("?").to_string();
-        let newer = value["schema"]
-            .as_u64()
-            .is_some_and(|s| s > u64::from(SCHEMA_VERSION));
-        if newer {
-            input.newer_schema += 1;
-            if !self.warned_newer {
-                self.warned_newer = true;
-                let reason = format!(
-                    "schema {} is newer than this oomtrace's ({SCHEMA_VERSION}): reading what it knows",
-                    value["schema"]
-                );
-                self.warn(name, number, &reason);
-            }
-        }
+        let schema = value["schema"].as_u64().unwrap_or(0);
+        self.note_schema(name, number, schema);
         let record = match parse_line(text) {
             Ok(record) => record,
             Err(error) => {
@@ -199,25 +187,58 @@ impl Reader<'_> {
                 return self.bad(name, number, &reason);
             }
         };
-        let input = &mut self.analysis.report.input;
         if let Record::Unknown = record {
-            *input.unknown_types.entry(kind).or_default() += 1;
+            *self
+                .analysis
+                .report
+                .input
+                .unknown_types
+                .entry(kind)
+                .or_default() += 1;
             return Ok(());
         }
+        self.known(record);
+        Ok(())
+    }
+
+    /// A record read straight into its type (see `Unwrapped::Parsed`).
+    fn parsed(&mut self, name: &str, number: u64, record: Record) {
+        self.analysis.report.input.records += 1;
+        self.note_schema(name, number, record.schema().map_or(0, u64::from));
+        self.known(record);
+    }
+
+    /// Counts a record of a newer schema version, warning at the first.
+    fn note_schema(&mut self, name: &str, number: u64, schema: u64) {
+        if schema <= u64::from(SCHEMA_VERSION) {
+            return;
+        }
+        self.analysis.report.input.newer_schema += 1;
+        if !self.warned_newer {
+            self.warned_newer = true;
+            let reason = format!(
+                "schema {schema} is newer than this oomtrace's ({SCHEMA_VERSION}): reading what it knows"
+            );
+            self.warn(name, number, &reason);
+        }
+    }
+
+    /// A record of a known type: deduplicated, filtered, analysed.
+    fn known(&mut self, record: Record) {
+        let input = &mut self.analysis.report.input;
         if !self.dedupe.first(&record) {
             input.duplicates += 1;
-            return Ok(());
+            return;
         }
         if !self.options.filters.pass(&record) {
             input.filtered_out += 1;
-            return Ok(());
+            return;
         }
         *input
             .by_type
             .entry(record.type_name().to_string())
             .or_default() += 1;
         self.analysis.add(&record);
-        Ok(())
     }
 }
 

@@ -541,3 +541,32 @@ fn silence_between_heartbeats_is_a_gap() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_same_input_gives_the_same_document() {
+    let dir = temp_dir("same");
+    let file = dir.join("a.ndjson");
+    // Subjects that tie on every sort key but their identity.
+    let mut records = day();
+    for i in 0..20u32 {
+        let id = format!("{i:064x}");
+        let mut k = kill(Kill {
+            host: "node-c",
+            run: "r9",
+            seq: 100 + u64::from(i),
+            minute: 50,
+            container: Some(&id),
+            ..Kill::default()
+        });
+        k["container"]["name"] = json!("same-name");
+        records.push(k);
+    }
+    std::fs::write(&file, ndjson(&records)).expect("write");
+    let documents: Vec<String> = (0..4)
+        .map(|_| {
+            let (r, _) = report_of(&options(vec![file.clone()]));
+            serde_json::to_string(&r).expect("json")
+        })
+        .collect();
+    assert!(documents.windows(2).all(|w| w[0] == w[1]));
+}

@@ -6,7 +6,7 @@ const RECORD: &str = r#"{"type":"lost","schema":1,"hostname":"n1","boot_id":"b",
 
 fn record_text(u: Unwrapped) -> String {
     match u {
-        Unwrapped::Record(text, _) => text,
+        Unwrapped::Record(text, _) | Unwrapped::Parsed(text, _) => text,
         other => panic!("not a record: {other:?}"),
     }
 }
