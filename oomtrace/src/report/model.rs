@@ -264,8 +264,12 @@ pub struct Node {
     pub exits_unseen: u64,
     /// OOMs that killed nobody (`oom_stall` starts): tasks hung at a limit.
     pub oom_stalls: u64,
-    /// Stretches in which no collector watched, or none is known to have.
+    /// Stretches in which no collector watched, or none is known to have:
+    /// the 64 longest, in time order.
     pub gaps: Vec<Gap>,
+    /// How many gaps there were in all, and their total length in seconds.
+    pub gaps_total: u64,
+    pub gap_seconds: f64,
 }
 
 /// A stretch without a watching collector.

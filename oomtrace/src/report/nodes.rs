@@ -13,6 +13,8 @@ const MAX_RUNS: usize = 4_096;
 const MIN_GAP_S: f64 = 1.0;
 /// Heartbeat times kept per run (68 hours at the default 60 s).
 const MAX_BEATS: usize = 4_096;
+/// Gaps listed per node (the longest); the rest are only counted.
+const MAX_GAPS: usize = 64;
 /// Silence longer than this many heartbeat intervals is a gap.
 const SILENT_INTERVALS: f64 = 2.0;
 
@@ -24,14 +26,15 @@ pub struct Run {
     pub last: Option<(f64, String)>,
     /// The heartbeat interval, seconds, once a heartbeat was seen.
     pub interval: Option<f64>,
-    /// Heartbeats, start and stop: the times the run said it was alive.
-    pub beats: Vec<(f64, String)>,
+    /// Heartbeats, start and stop: the times the run said it was alive,
+    /// as seconds only (8 bytes each: a fleet's day has millions).
+    pub beats: Vec<f64>,
 }
 
 impl Run {
-    fn beat(&mut self, t: f64, text: &str) {
+    fn beat(&mut self, t: f64) {
         if self.beats.len() < MAX_BEATS {
-            self.beats.push((t, text.to_string()));
+            self.beats.push(t);
         }
     }
 
@@ -42,22 +45,24 @@ impl Run {
             return;
         };
         let most = interval * SILENT_INTERVALS;
-        self.beats.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let mut silent = |from: &(f64, String), to: (f64, &str)| {
-            if to.0 - from.0 > most {
-                gaps.push(Gap {
-                    from: from.1.clone(),
-                    to: to.1.to_string(),
-                    seconds: ((to.0 - from.0) * 10.0).round() / 10.0,
-                    kind: "silent".to_string(),
-                });
-            }
+        self.beats.sort_by(f64::total_cmp);
+        let mut silent = |from: f64, to: f64, to_text: String| {
+            gaps.push(Gap {
+                from: rfc3339(from),
+                to: to_text,
+                seconds: ((to - from) * 10.0).round() / 10.0,
+                kind: "silent".to_string(),
+            });
         };
         for pair in self.beats.windows(2) {
-            silent(&pair[0], (pair[1].0, &pair[1].1));
+            if pair[1] - pair[0] > most {
+                silent(pair[0], pair[1], rfc3339(pair[1]));
+            }
         }
-        if let (None, Some(last), Some(end)) = (&self.stop, self.beats.last(), end) {
-            silent(last, end);
+        if let (None, Some(&last), Some((end, text))) = (&self.stop, self.beats.last(), end)
+            && end - last > most
+        {
+            silent(last, end, text.to_string());
         }
     }
 }
@@ -80,6 +85,13 @@ fn earlier(slot: &mut Option<(f64, String)>, t: f64, text: &str) {
     if slot.as_ref().is_none_or(|(s, _)| t < *s) {
         *slot = Some((t, text.to_string()));
     }
+}
+
+/// Seconds since the epoch as RFC 3339 UTC (to the microsecond: an f64
+/// of today's epoch seconds holds no more).
+fn rfc3339(t: f64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(t.max(0.0));
+    humantime::format_rfc3339_micros(at).to_string()
 }
 
 fn later(slot: &mut Option<(f64, String)>, t: f64, text: &str) {
@@ -115,7 +127,7 @@ impl NodeState {
         self.seen(origin, t, text);
         if let (Some(t), Some(run)) = (t, self.run(origin)) {
             earlier(&mut run.start, t, text);
-            run.beat(t, text);
+            run.beat(t);
         }
     }
 
@@ -123,7 +135,7 @@ impl NodeState {
         self.seen(origin, t, text);
         if let (Some(t), Some(run)) = (t, self.run(origin)) {
             later(&mut run.stop, t, text);
-            run.beat(t, text);
+            run.beat(t);
         }
     }
 
@@ -131,7 +143,7 @@ impl NodeState {
         self.seen(origin, t, text);
         if let (Some(t), Some(run)) = (t, self.run(origin)) {
             run.interval = Some(interval_ms as f64 / 1000.0);
-            run.beat(t, text);
+            run.beat(t);
             self.heartbeats += 1;
         }
     }
@@ -166,6 +178,14 @@ impl NodeState {
         for run in &mut runs {
             run.silences(end, &mut gaps);
         }
+        // A flapping collector can leave a gap per heartbeat: the longest
+        // are listed, all are counted.
+        let gaps_total = gaps.len() as u64;
+        let gap_seconds = gaps.iter().map(|g| g.seconds).sum::<f64>();
+        if gaps.len() > MAX_GAPS {
+            gaps.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+            gaps.truncate(MAX_GAPS);
+        }
         gaps.sort_by(|a, b| a.from.cmp(&b.from));
         Node {
             hostname,
@@ -181,6 +201,8 @@ impl NodeState {
             oom_stalls: self.oom_stalls,
             exits_unseen: self.exits_unobserved.saturating_sub(self.late_exits),
             gaps,
+            gaps_total,
+            gap_seconds: (gap_seconds * 10.0).round() / 10.0,
         }
     }
 }

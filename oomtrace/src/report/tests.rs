@@ -570,3 +570,17 @@ fn the_same_input_gives_the_same_document() {
         .collect();
     assert!(documents.windows(2).all(|w| w[0] == w[1]));
 }
+
+#[test]
+fn a_flapping_collector_lists_its_longest_gaps_and_counts_all() {
+    let dir = temp_dir("flapping");
+    let file = dir.join("a.ndjson");
+    // A heartbeat every 5 minutes at a 60 s interval: every pair is a gap.
+    let records: Vec<Value> = (0..100).map(|i| heartbeat("node-f", "r1", i * 5)).collect();
+    std::fs::write(&file, ndjson(&records)).expect("write");
+    let (r, _) = report_of(&options(vec![file]));
+    let node = &r.nodes[0];
+    assert_eq!(node.gaps.len(), 64, "the longest listed");
+    assert!(node.gaps_total >= 99, "{}", node.gaps_total);
+    assert!(node.gap_seconds >= 99.0 * 240.0, "{}", node.gap_seconds);
+}

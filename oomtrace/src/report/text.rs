@@ -140,12 +140,11 @@ fn watch_out(r: &Report) -> Vec<String> {
     let mut out = Vec::new();
     for n in &r.nodes {
         let mut parts = Vec::new();
-        let gap_s: f64 = n.gaps.iter().map(|g| g.seconds).sum();
-        if !n.gaps.is_empty() {
+        if n.gaps_total > 0 {
             parts.push(format!(
                 "{} ({})",
-                plural(n.gaps.len() as u64, "unwatched gap", "unwatched gaps"),
-                span(gap_s)
+                plural(n.gaps_total, "unwatched gap", "unwatched gaps"),
+                span(n.gap_seconds)
             ));
         }
         if n.lost_kills > 0 {
