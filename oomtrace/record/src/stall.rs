@@ -8,7 +8,12 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{Container, K8s, Origin};
+use std::fmt::Write as _;
+
+use crate::{
+    Container, K8s, Origin,
+    text::{opt, opt_bytes, opt_plain, place_text, plain, quoted, spelled},
+};
 
 /// An OOM that kills nobody, at its start or at its end.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
@@ -66,6 +71,49 @@ pub struct OomStall {
     pub k8s: Option<K8s>,
     /// The innermost systemd unit in the path, as in `oom_kill`.
     pub systemd_unit: Option<String>,
+}
+
+impl OomStall {
+    /// The `--format text` line.
+    pub fn text_line(&self) -> String {
+        let s = self;
+        let what = match s.phase {
+            StallPhase::Start => "OOM stall: nobody killed".to_string(),
+            StallPhase::End => format!("OOM stall over after {} ms", opt(s.duration_ms)),
+            StallPhase::Unknown => "OOM stall".to_string(),
+        };
+        let mut line = format!(
+            "{} {what}: memcg {} ({}) usage {} limit {}",
+            s.time,
+            plain(&s.path),
+            spelled(s.cause),
+            opt_bytes(s.usage_bytes),
+            opt_bytes(s.limit_bytes),
+        );
+        line.push_str(&place_text(
+            s.k8s.as_ref(),
+            s.container.as_ref(),
+            s.systemd_unit.as_deref(),
+        ));
+        if let Some(ooms) = s.ooms {
+            let _ = write!(line, " ooms {ooms}");
+        }
+        let tasks: Vec<String> = s
+            .tasks
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {} {} adj {}",
+                    t.pid,
+                    quoted(t.comm.as_deref()),
+                    opt_plain(t.state.as_deref()),
+                    opt(t.oom_score_adj)
+                )
+            })
+            .collect();
+        let _ = write!(line, " tasks {}: {}", s.tasks_total, tasks.join(", "));
+        line
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -13,9 +13,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{
-    Container, ContainerExit, Exit, K8s, Memcg, OomKill, OomStall, Record, SignalKill, StallPhase,
-};
+use crate::{Container, ContainerExit, Exit, K8s, Memcg, OomKill, Record, SignalKill};
 
 /// The record as one line, without its newline.
 pub fn line(record: &Record) -> String {
@@ -49,7 +47,7 @@ pub fn line(record: &Record) -> String {
         ),
         Record::SignalKill(s) => signal_kill_line(s),
         Record::ContainerExit(c) => container_exit_line(c),
-        Record::OomStall(s) => stall_line(s),
+        Record::OomStall(s) => s.text_line(),
         Record::Lost(l) => format!(
             "{} LOST {} kill records and {} exit records (ring buffer full); {} signal kill \
              records (ring buffer past its share for them); {} victims untracked; {} kernel \
@@ -98,23 +96,23 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
-fn opt<T: std::fmt::Display>(value: Option<T>) -> String {
+pub(crate) fn opt<T: std::fmt::Display>(value: Option<T>) -> String {
     value.map_or_else(|| "?".to_string(), |v| v.to_string())
 }
 
-fn opt_bytes(value: Option<u64>) -> String {
+pub(crate) fn opt_bytes(value: Option<u64>) -> String {
     value.map_or_else(|| "?".to_string(), human_bytes)
 }
 
 /// `"name"`, escaped (see the module docs); `?` when unknown.
-fn quoted(value: Option<&str>) -> String {
+pub(crate) fn quoted(value: Option<&str>) -> String {
     value.map_or_else(|| "?".to_string(), escaped)
 }
 
 /// The value as it is when it is plain printable ASCII without quotes or
 /// backslashes (a normal path or name), else quoted and escaped: a token
 /// that starts with `"` is always a quoted one.
-fn plain(value: &str) -> String {
+pub(crate) fn plain(value: &str) -> String {
     let bare = !value.is_empty()
         && value
             .bytes()
@@ -127,7 +125,7 @@ fn plain(value: &str) -> String {
 }
 
 /// `plain`, or `?` when unknown.
-fn opt_plain(value: Option<&str>) -> String {
+pub(crate) fn opt_plain(value: Option<&str>) -> String {
     value.map_or_else(|| "?".to_string(), plain)
 }
 
@@ -263,7 +261,11 @@ fn memcg_text(memcg: Option<&Memcg>) -> String {
 
 /// ` pod ns/name container c id 3f4e9a1c0b7d`, ` name web id 3f4e9a1c0b7d
 /// image nginx:1.27`, ` unit nginx.service`.
-fn place_text(k8s: Option<&K8s>, container: Option<&Container>, unit: Option<&str>) -> String {
+pub(crate) fn place_text(
+    k8s: Option<&K8s>,
+    container: Option<&Container>,
+    unit: Option<&str>,
+) -> String {
     let mut text = String::new();
     if let Some(k8s) = k8s {
         let _ = write!(
@@ -390,45 +392,6 @@ fn container_exit_line(c: &ContainerExit) -> String {
         let _ = write!(line, " ({})", seqs.join(" "));
     }
     let _ = write!(line, " since {}", plain(&others.since));
-    line
-}
-
-fn stall_line(s: &OomStall) -> String {
-    let what = match s.phase {
-        StallPhase::Start => "OOM stall: nobody killed".to_string(),
-        StallPhase::End => format!("OOM stall over after {} ms", opt(s.duration_ms)),
-        StallPhase::Unknown => "OOM stall".to_string(),
-    };
-    let mut line = format!(
-        "{} {what}: memcg {} ({}) usage {} limit {}",
-        s.time,
-        plain(&s.path),
-        spelled(s.cause),
-        opt_bytes(s.usage_bytes),
-        opt_bytes(s.limit_bytes),
-    );
-    line.push_str(&place_text(
-        s.k8s.as_ref(),
-        s.container.as_ref(),
-        s.systemd_unit.as_deref(),
-    ));
-    if let Some(ooms) = s.ooms {
-        let _ = write!(line, " ooms {ooms}");
-    }
-    let tasks: Vec<String> = s
-        .tasks
-        .iter()
-        .map(|t| {
-            format!(
-                "{} {} {} adj {}",
-                t.pid,
-                quoted(t.comm.as_deref()),
-                opt_plain(t.state.as_deref()),
-                opt(t.oom_score_adj)
-            )
-        })
-        .collect();
-    let _ = write!(line, " tasks {}: {}", s.tasks_total, tasks.join(", "));
     line
 }
 

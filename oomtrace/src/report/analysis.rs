@@ -104,27 +104,41 @@ impl Analysis {
         Some(t)
     }
 
+    /// The record's node, with the record's time counted in the period.
+    fn node_at(&mut self, origin: &Origin, time: &str) -> Option<(&mut NodeState, Option<f64>)> {
+        let t = self.period(time);
+        self.node(origin).map(|n| (n, t))
+    }
+
+    /// Notes a record of a node at `time`; returns the node for more.
+    fn seen(&mut self, origin: &Origin, time: &str) -> Option<&mut NodeState> {
+        let (n, t) = self.node_at(origin, time)?;
+        n.seen(origin, t, time);
+        Some(n)
+    }
+
     /// Takes one record (already deduplicated and filtered).
     pub fn add(&mut self, record: &Record) {
         match record {
             Record::OomKill(kill) => self.oom_kill(kill),
             Record::SignalKill(kill) => self.signal_kill(kill),
             Record::Start(r) => {
-                let t = self.period(&r.time);
-                if let Some(n) = self.node(&r.origin) {
+                if let Some((n, t)) = self.node_at(&r.origin, &r.time) {
                     n.start(&r.origin, t, &r.time);
                 }
             }
             Record::Stop(r) => {
-                let t = self.period(&r.time);
-                if let Some(n) = self.node(&r.origin) {
+                if let Some((n, t)) = self.node_at(&r.origin, &r.time) {
                     n.stop(&r.origin, t, &r.time);
                 }
             }
+            Record::Heartbeat(r) => {
+                if let Some((n, t)) = self.node_at(&r.origin, &r.time) {
+                    n.heartbeat(&r.origin, t, &r.time, r.interval_ms);
+                }
+            }
             Record::Lost(r) => {
-                let t = self.period(&r.time);
-                if let Some(n) = self.node(&r.origin) {
-                    n.seen(&r.origin, t, &r.time);
+                if let Some(n) = self.seen(&r.origin, &r.time) {
                     n.lost_kills += r.kills;
                     n.lost_other += r.exits
                         + r.untracked_victims
@@ -133,29 +147,16 @@ impl Analysis {
                         + r.signal_kills;
                 }
             }
-            Record::Heartbeat(r) => {
-                let t = self.period(&r.time);
-                if let Some(n) = self.node(&r.origin) {
-                    n.heartbeat(&r.origin, t, &r.time, r.interval_ms);
-                }
-            }
             Record::LateExit(r) => {
-                let t = self.period(&r.time);
-                if let Some(n) = self.node(&r.origin) {
-                    n.seen(&r.origin, t, &r.time);
+                if let Some(n) = self.seen(&r.origin, &r.time) {
                     n.late_exits += 1;
                 }
             }
             Record::ContainerExit(r) => {
-                let t = self.period(&r.time);
-                if let Some(n) = self.node(&r.origin) {
-                    n.seen(&r.origin, t, &r.time);
-                }
+                self.seen(&r.origin, &r.time);
             }
             Record::OomStall(r) => {
-                let t = self.period(&r.time);
-                if let Some(n) = self.node(&r.origin) {
-                    n.seen(&r.origin, t, &r.time);
+                if let Some(n) = self.seen(&r.origin, &r.time) {
                     n.oom_stalls += u64::from(r.phase == StallPhase::Start);
                 }
             }

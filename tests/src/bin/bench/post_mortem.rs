@@ -61,7 +61,8 @@ fn generate(path: &Path, kill: &Value, heartbeat: &Value) -> (u64, u64, u64) {
         i += 1;
         let node = i % NODES;
         let second = day_start + (i * 86_400 / (MIN_RECORDS + MIN_RECORDS / 9));
-        let time = format!("{}Z", chrono_like(second, i % 1_000_000_000));
+        let at = std::time::UNIX_EPOCH + Duration::new(second, (i % 1_000_000_000) as u32);
+        let time = humantime::format_rfc3339_nanos(at).to_string();
         let line = if i.is_multiple_of(10) {
             others += 1;
             format!("{time} level=info msg=\"shipper flushed batch {i}\" component=fluent-bit")
@@ -101,28 +102,6 @@ fn stamp(r: &mut Value, node: u64, time: &str) {
     r["boot_id"] = json!(format!("{node:08x}-0000-4000-8000-000000000000"));
     r["run_id"] = json!(format!("{node:032x}"));
     r["time"] = json!(time);
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.NNNNNNNNN` of a Unix time (UTC), without a date
-/// library: days from the civil-from-days algorithm.
-fn chrono_like(unix: u64, nanos: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let rem = unix % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
 }
 
 /// Runs `command` to its end with stdout discarded: (wall seconds, peak
