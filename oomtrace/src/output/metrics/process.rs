@@ -44,7 +44,7 @@ impl Collector for ProcessCollector {
                 "oomtrace_thread_cpu",
                 "CPU time per collector thread: pipeline, sampler (memory sampling), writer, \
                  kmsg (kernel log), oomtrace (the event loop draining the ring buffer), \
-                 tiny_http's for the metrics server",
+                 metrics (the HTTP server)",
                 Some(&Unit::Seconds),
                 MetricType::Counter,
             )?;
