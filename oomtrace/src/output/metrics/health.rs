@@ -28,8 +28,13 @@ impl Health {
     /// Both stamped now: a start-up (attaching takes a second or two) is
     /// healthy until `STALE_AFTER` has passed without a stamp.
     pub fn new() -> Self {
+        Self::stamped_at(Instant::now())
+    }
+
+    /// Both stamps at `base`.
+    fn stamped_at(base: Instant) -> Self {
         Self {
-            base: Instant::now(),
+            base,
             pipeline_ms: AtomicU64::new(0),
             event_loop_ms: AtomicU64::new(0),
         }
@@ -82,5 +87,25 @@ impl Health {
 impl Default for Health {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stamp_older_than_the_limit_is_unhealthy() {
+        let Some(long_ago) = Instant::now().checked_sub(STALE_AFTER * 2) else {
+            return; // a machine up for less than a minute: nothing to test with
+        };
+        let health = Health::stamped_at(long_ago);
+        let both = health.check().expect_err("both stale");
+        assert!(both.contains("pipeline") && both.contains("event loop"), "{both}");
+        health.stamp_pipeline();
+        let one = health.check().expect_err("the event loop stale");
+        assert!(!one.contains("pipeline") && one.contains("event loop"), "{one}");
+        health.stamp_event_loop();
+        assert_eq!(health.check(), Ok(()));
     }
 }
