@@ -101,10 +101,16 @@ mod tests {
         };
         let health = Health::stamped_at(long_ago);
         let both = health.check().expect_err("both stale");
-        assert!(both.contains("pipeline") && both.contains("event loop"), "{both}");
+        assert!(
+            both.contains("pipeline") && both.contains("event loop"),
+            "{both}"
+        );
         health.stamp_pipeline();
         let one = health.check().expect_err("the event loop stale");
-        assert!(!one.contains("pipeline") && one.contains("event loop"), "{one}");
+        assert!(
+            !one.contains("pipeline") && one.contains("event loop"),
+            "{one}"
+        );
         health.stamp_event_loop();
         assert_eq!(health.check(), Ok(()));
     }

@@ -134,3 +134,47 @@ fn openmetrics_ends_with_eof() {
     let text = metrics.encode(true).expect("encode");
     assert!(text.ends_with("# EOF\n"), "{text}");
 }
+
+/// A `docker stop` past its timeout: a signal kill of the container's PID 1,
+/// named by the runtime's container name.
+fn signal_kill(part_of_oom_kill: Option<u64>) -> Record {
+    let mut v = fixture("oom_kill");
+    let kill = v.as_object_mut().expect("object");
+    for field in ["victim", "trigger", "oom", "memory"] {
+        kill.remove(field);
+    }
+    let target = fixture("oom_kill")["victim"].clone();
+    v["type"] = json!("signal_kill");
+    v["target"] = target;
+    v["sender"] = json!({"pid": 999, "tid": 1000, "uid": 0, "comm": "containerd-shim",
+                         "comm_hex": null, "kind": "other", "code": "user",
+                         "cgroup": {"id": 42, "path": "/system.slice/containerd.service",
+                                    "path_hex": null},
+                         "kind_from": null});
+    v["after_sigterm"] = Value::Null;
+    v["part_of_oom_kill"] = json!(part_of_oom_kill);
+    v["container"] = json!({"id": format!("{:0<64}", "d"), "runtime": "docker",
+                            "name": "web", "image": "nginx:1"});
+    v["k8s"] = Value::Null;
+    v["container_survives"] = json!(false);
+    serde_json::from_value(v).expect("signal_kill")
+}
+
+#[test]
+fn signal_kills_count_once_and_the_oom_killers_extra_kills_not_at_all() {
+    let metrics = Metrics::new(10);
+    let mut listener = metrics.listener();
+    listener.record(&signal_kill(None));
+    listener.record(&signal_kill(Some(7)));
+    let text = scrape(&metrics);
+    let line = "oomtrace_kills_total{namespace=\"\",pod=\"\",container=\"web\",constraint=\"\",\
+                limit_scope=\"\",cause=\"signal_kill\",container_survives=\"false\"} 1";
+    assert!(text.contains(line), "{text}");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("oomtrace_kills_total{"))
+            .count(),
+        1,
+        "{text}"
+    );
+}
