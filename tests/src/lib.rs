@@ -15,6 +15,7 @@ pub mod memory;
 pub mod memory_edges;
 pub mod memory_scale;
 pub mod messages;
+pub mod metrics;
 pub mod operations;
 pub mod paths;
 pub mod readme;

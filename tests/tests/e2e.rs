@@ -95,6 +95,20 @@ scenario! {
     report::heartbeats_at_the_interval,
 }
 
+/// `oomtrace run --metrics-addr` and deploy/alerts.yaml, with a real
+/// Prometheus and promtool (`metrics::` filters them).
+mod metrics {
+    #[test]
+    fn prometheus_sees_a_real_kill() {
+        oomtrace_tests::metrics::prometheus_sees_a_real_kill(&super::env());
+    }
+
+    #[test]
+    fn alert_rules_pass_promtool() {
+        oomtrace_tests::metrics::alert_rules_pass_promtool();
+    }
+}
+
 /// Causes the kills whose records README.md shows, and saves them for
 /// `cargo xtask docs` (which runs this with `--capture`).
 #[test]
