@@ -270,12 +270,17 @@ fn kubernetes_validate() -> Result<()> {
         println!("ok: kubernetes-validate {}", version.trim());
         return Ok(());
     }
-    println!("installing: {KUBERNETES_VALIDATE} (PyPI) in {}", venv.display());
+    println!(
+        "installing: {KUBERNETES_VALIDATE} (PyPI) in {}",
+        venv.display()
+    );
     // Debian's python3: its venv module comes with python3-venv (above).
     run(Command::new("/usr/bin/python3")
         .args(["-m", "venv", "--clear"])
         .arg(&venv))
-    .context("could not create a Python venv: install python3-venv (`apt-get install -y python3-venv`)")?;
+    .context(
+        "could not create a Python venv: install python3-venv (`apt-get install -y python3-venv`)",
+    )?;
     run(Command::new(venv.join("bin/pip")).args([
         "install",
         "--quiet",

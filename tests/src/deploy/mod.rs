@@ -131,7 +131,11 @@ impl Manifest {
             resources["requests"], resources["limits"],
             "requests = limits (Guaranteed QoS)"
         );
-        quantity_bytes(resources["limits"]["memory"].as_str().expect("memory limit"))
+        quantity_bytes(
+            resources["limits"]["memory"]
+                .as_str()
+                .expect("memory limit"),
+        )
     }
 
     /// `resources.limits.cpu` in millicores.
@@ -169,7 +173,8 @@ pub fn quantity_bytes(q: &str) -> u64 {
             return n.parse::<u64>().expect("a whole quantity") * factor;
         }
     }
-    q.parse().unwrap_or_else(|_| panic!("memory quantity {q:?}"))
+    q.parse()
+        .unwrap_or_else(|_| panic!("memory quantity {q:?}"))
 }
 
 /// Where this checkout's deploy tests keep their files:

@@ -55,6 +55,14 @@ fn build_image(engine: &Engine) -> String {
     if engine.try_cli(&["image", "inspect", &image]).is_ok() {
         return image;
     }
+    // Earlier builds (another collector) take room in target/ only.
+    let images = engine
+        .try_cli(&["images", "--format", "{{.Repository}}:{{.Tag}}"])
+        .unwrap_or_default();
+    let repository = format!("localhost/{PREFIX}oomtrace:");
+    for old in images.lines().filter(|i| i.starts_with(&repository)) {
+        let _ = engine.try_cli(&["rmi", "--force", old]);
+    }
     let context = scratch_dir().join("image");
     let _ = std::fs::remove_dir_all(&context);
     std::fs::create_dir_all(&context).expect("image context");
@@ -108,8 +116,17 @@ fn run_options(manifest: &Manifest) -> Vec<String> {
             let profile = security["seccompProfile"]["localhostProfile"]
                 .as_str()
                 .expect("localhostProfile");
-            let file = deploy_file(Path::new(profile).file_name().expect("a file").to_str().unwrap());
-            o.extend(["--security-opt".into(), format!("seccomp={}", file.display())]);
+            let file = deploy_file(
+                Path::new(profile)
+                    .file_name()
+                    .expect("a file")
+                    .to_str()
+                    .expect("utf-8"),
+            );
+            o.extend([
+                "--security-opt".into(),
+                format!("seccomp={}", file.display()),
+            ]);
         }
         other => panic!("seccompProfile.type {other}"),
     }
@@ -125,7 +142,12 @@ fn run_options(manifest: &Manifest) -> Vec<String> {
     o.extend(["--user".into(), format!("{user}:{group}")]);
     let memory = manifest.memory_limit().to_string();
     // No swap, as on a kubelet's node.
-    o.extend(["--memory".into(), memory.clone(), "--memory-swap".into(), memory]);
+    o.extend([
+        "--memory".into(),
+        memory.clone(),
+        "--memory-swap".into(),
+        memory,
+    ]);
     o.extend([
         "--cpus".into(),
         format!("{}", manifest.cpu_millis() as f64 / 1000.0),
@@ -138,7 +160,10 @@ fn run_options(manifest: &Manifest) -> Vec<String> {
             continue;
         }
         let ro = if mount.read_only { ":ro" } else { "" };
-        o.extend(["--volume".into(), format!("{}:{}{ro}", mount.host, mount.container)]);
+        o.extend([
+            "--volume".into(),
+            format!("{}:{}{ro}", mount.host, mount.container),
+        ]);
     }
     o
 }
@@ -147,8 +172,8 @@ fn run_options(manifest: &Manifest) -> Vec<String> {
 /// collector does not have that flag yet (it comes with the metrics
 /// branch; the liveness probe then has nothing to ask).
 fn collector_args(manifest: &Manifest, binary: &Path) -> (Vec<String>, bool) {
-    let help = run_command(Command::new(binary).args(["run", "--help"]))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let help =
+        run_command(Command::new(binary).args(["run", "--help"])).unwrap_or_else(|e| panic!("{e}"));
     let metrics = help.contains("--metrics-addr");
     let mut args = manifest.args();
     if !metrics {
@@ -214,12 +239,27 @@ pub fn image_records_a_storm_with_the_manifest_privileges(env: &Env) {
     let image = build_image(&engine);
     let (mut args, metrics) = collector_args(&manifest, &static_oomtrace());
     let name = format!("{PREFIX}deploy-collector-{}", std::process::id());
-    let mut run: Vec<String> = ["run", "--detach", "--name", &name, "--log-driver", "k8s-file"]
-        .map(String::from)
-        .to_vec();
+    let mut run: Vec<String> = [
+        "run",
+        "--detach",
+        "--name",
+        &name,
+        "--log-driver",
+        "k8s-file",
+    ]
+    .map(String::from)
+    .to_vec();
     // The ulimits every container here needs (runc cannot raise them
     // without CAP_SYS_RESOURCE, which this machine lacks).
-    run.extend(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"].map(String::from));
+    run.extend(
+        [
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ]
+        .map(String::from),
+    );
     run.extend(run_options(&manifest));
     // Test-only: the private Podman's state, where the node's would be
     // (`/host` + its path), so the victim container is named.
@@ -263,12 +303,20 @@ pub fn image_records_a_storm_with_the_manifest_privileges(env: &Env) {
     let granted: u64 = manifest
         .capabilities()
         .iter()
-        .map(|c| caps::Capability::from_str(c).expect("a capability").bitmask())
+        .map(|c| {
+            caps::Capability::from_str(c)
+                .expect("a capability")
+                .bitmask()
+        })
         .fold(0, |a, b| a | b);
     assert_eq!(cap_set(pid, "CapEff"), granted, "CapEff of the collector");
     assert_eq!(cap_set(pid, "CapBnd"), granted, "CapBnd of the collector");
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
-    assert_eq!(start["host"]["hostname"], hostname.trim(), "the node's name");
+    assert_eq!(
+        start["host"]["hostname"],
+        hostname.trim(),
+        "the node's name"
+    );
     let probe = |name: &str| {
         start["probes"]
             .as_array()
@@ -296,11 +344,8 @@ pub fn image_records_a_storm_with_the_manifest_privileges(env: &Env) {
     let threaded: Vec<(MemCgroup, Workload)> = (0..THREADED_VICTIMS)
         .map(|i| {
             let cg = MemCgroup::create(&format!("deploy-threads{i}"), Some(24 << 20));
-            let victim = Workload::spawn(
-                env,
-                "alloc",
-                &["--cgroup", cg.dir_str(), "--threads", "4"],
-            );
+            let victim =
+                Workload::spawn(env, "alloc", &["--cgroup", cg.dir_str(), "--threads", "4"]);
             (cg, victim)
         })
         .collect();
@@ -367,8 +412,16 @@ pub fn image_records_a_storm_with_the_manifest_privileges(env: &Env) {
         .iter()
         .find(|r| r["victim"]["pid"] == victim.pid)
         .expect("the container's kill");
-    assert_eq!(in_container["container"]["id"], victim.id.as_str(), "{in_container}");
-    assert_eq!(in_container["container"]["name"], victim.name.as_str(), "{in_container}");
+    assert_eq!(
+        in_container["container"]["id"],
+        victim.id.as_str(),
+        "{in_container}"
+    );
+    assert_eq!(
+        in_container["container"]["name"],
+        victim.name.as_str(),
+        "{in_container}"
+    );
 
     // What the collector took, in its own memory cgroup of the manifest's
     // limit: never OOM-killed itself.
@@ -407,13 +460,20 @@ pub fn image_records_a_storm_with_the_manifest_privileges(env: &Env) {
         .unwrap_or_else(|| panic!("no stop record: {:?}", records.last()));
     assert_eq!(stop["reason"], "SIGTERM", "{stop}");
     assert_eq!(stop["counters"]["lost_kills"], 0, "{stop}");
-    assert!(records.iter().all(|r| r["type"] != "lost"), "no lost records");
+    assert!(
+        records.iter().all(|r| r["type"] != "lost"),
+        "no lost records"
+    );
     let exit = engine.inspect(&name)["State"]["ExitCode"].clone();
     assert_eq!(exit, 0, "the collector's exit status");
 
     // The container's log, as a pipeline would ship it, read back.
-    let report = run_command(Command::new(&env.oomtrace).args(["report", "--json"]).arg(&log))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let report = run_command(
+        Command::new(&env.oomtrace)
+            .args(["report", "--json"])
+            .arg(&log),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let report: Value = serde_json::from_str(&report).expect("report --json");
     let written_kills = records.iter().filter(|r| r["type"] == "oom_kill").count();
     assert_eq!(report["input"]["malformed"], 0, "{}", report["input"]);

@@ -45,13 +45,16 @@ fn all_records(dir: &Path) -> (Vec<Value>, Vec<(PathBuf, usize)>) {
     // Oldest first: the highest number, ..., `.1`, then the live file.
     let age = |p: &PathBuf| -> u32 {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let number = name.trim_start_matches("oomtrace.ndjson").trim_start_matches('.');
+        let number = name
+            .trim_start_matches("oomtrace.ndjson")
+            .trim_start_matches('.');
         number.trim_end_matches(".gz").parse().unwrap_or(0)
     };
     paths.sort_by_key(|p| std::cmp::Reverse(age(p)));
     for path in paths {
         let text = if path.extension().is_some_and(|e| e == "gz") {
-            run_command(Command::new("gzip").arg("-dc").arg(&path)).unwrap_or_else(|e| panic!("{e}"))
+            run_command(Command::new("gzip").arg("-dc").arg(&path))
+                .unwrap_or_else(|e| panic!("{e}"))
         } else {
             std::fs::read_to_string(&path).expect("read")
         };
@@ -63,7 +66,10 @@ fn all_records(dir: &Path) -> (Vec<Value>, Vec<(PathBuf, usize)>) {
         let mut n = 0;
         for line in text.lines() {
             let record: Value = serde_json::from_str(line).unwrap_or_else(|e| {
-                panic!("{}: a line that is not a whole record ({e}): {line}", path.display())
+                panic!(
+                    "{}: a line that is not a whole record ({e}): {line}",
+                    path.display()
+                )
             });
             if record["type"] == "oom_kill" {
                 n += 1;
@@ -98,14 +104,16 @@ pub fn logrotate_while_kills_happen_loses_and_splits_nothing(env: &Env) {
         .expect("spawn oomtrace");
     let shipped = std::fs::read_to_string(deploy_file("logrotate.conf")).expect("logrotate.conf");
     assert!(shipped.contains(SHIPPED_LOG) && shipped.contains(SHIPPED_POSTROTATE));
-    assert!(shipped.contains("rotate 14"), "MAX_ROTATIONS stays below `rotate`");
+    assert!(
+        shipped.contains("rotate 14"),
+        "MAX_ROTATIONS stays below `rotate`"
+    );
     let config = dir.join("logrotate.conf");
     std::fs::write(
         &config,
-        shipped.replace(SHIPPED_LOG, log.to_str().expect("utf-8")).replace(
-            SHIPPED_POSTROTATE,
-            &format!("kill -HUP {}", collector.id()),
-        ),
+        shipped
+            .replace(SHIPPED_LOG, log.to_str().expect("utf-8"))
+            .replace(SHIPPED_POSTROTATE, &format!("kill -HUP {}", collector.id())),
     )
     .expect("config");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -138,10 +146,16 @@ pub fn logrotate_while_kills_happen_loses_and_splits_nothing(env: &Env) {
             .unwrap_or_else(|e| panic!("{e}"));
             rotations += 1;
         }
-        worker.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+        worker
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
     });
     let kernel_kills = storm.kernel_kills();
-    assert_eq!(kernel_kills as usize, ran.processes.len(), "one kill per allocator");
+    assert_eq!(
+        kernel_kills as usize,
+        ran.processes.len(),
+        "one kill per allocator"
+    );
     let ours = |r: &&Value| {
         r["type"] == "oom_kill"
             && storm

@@ -146,19 +146,29 @@ pub fn systemd_unit_verifies_and_its_filters_suffice(env: &Env) {
     // verify checks that ExecStart's binary exists: point it at ours.
     let bin = env.oomtrace.canonicalize().expect("oomtrace binary");
     let here = dir.join("oomtrace.service");
-    std::fs::write(&here, unit.replace(SHIPPED_BIN, bin.to_str().expect("utf-8"))).expect("w");
+    std::fs::write(
+        &here,
+        unit.replace(SHIPPED_BIN, bin.to_str().expect("utf-8")),
+    )
+    .expect("w");
     let (ok, said) = verify(&here);
-    assert!(ok && said.trim().is_empty(), "systemd-analyze verify: {said}");
+    assert!(
+        ok && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
     let misspelled = dir.join("misspelled.service");
     std::fs::write(
         &misspelled,
         std::fs::read_to_string(&here)
-            .unwrap()
+            .expect("the unit")
             .replace("ProtectSystem=", "ProtectSystm="),
     )
     .expect("w");
     let (_, said) = verify(&misspelled);
-    assert!(said.contains("ProtectSystm"), "a misspelled key is named: {said}");
+    assert!(
+        said.contains("ProtectSystm"),
+        "a misspelled key is named: {said}"
+    );
     let security = run_command(
         Command::new("systemd-analyze")
             .args(["security", "--offline=true", "--threshold=30"])
@@ -177,7 +187,12 @@ pub fn systemd_unit_verifies_and_its_filters_suffice(env: &Env) {
     let output = dir.join("oomtrace.ndjson");
     let args: Vec<String> = exec[1..]
         .iter()
-        .map(|a| a.replace("/var/log/oomtrace/oomtrace.ndjson", output.to_str().unwrap()))
+        .map(|a| {
+            a.replace(
+                "/var/log/oomtrace/oomtrace.ndjson",
+                output.to_str().expect("utf-8"),
+            )
+        })
         .collect();
     assert!(args.contains(&output.display().to_string()), "{args:?}");
     let bounding: Vec<String> = directive(&unit, "CapabilityBoundingSet")[0]
@@ -195,7 +210,14 @@ pub fn systemd_unit_verifies_and_its_filters_suffice(env: &Env) {
     let mut collector = Command::new("strace")
         .args(["-f", "-qq", "-o"])
         .arg(&trace)
-        .args(["nice", "-n", &nice, "setpriv", "--no-new-privs", "--inh-caps=-all"])
+        .args([
+            "nice",
+            "-n",
+            &nice,
+            "setpriv",
+            "--no-new-privs",
+            "--inh-caps=-all",
+        ])
         .arg(format!("--bounding-set=-all,{}", bounding.join(",")))
         .arg(&bin)
         .args(&args)
