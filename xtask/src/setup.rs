@@ -23,13 +23,17 @@ const LLVM_PACKAGES: [&str; 2] = ["llvm-22-dev", "libpolly-22-dev"];
 /// The real container runtimes the host tests run (tests/src/runtimes):
 /// (package, a file it installs). docker.io brings containerd and `ctr`;
 /// Podman needs runc here, because crun rejects this hybrid cgroup layout.
-/// Debian's Chromium renders `oomtrace report --svg` headless in a test.
-const RUNTIME_PACKAGES: [(&str, &str); 5] = [
+/// Debian's Chromium renders `oomtrace report --svg` headless in a test, and
+/// its Prometheus (with promtool) scrapes `oomtrace run --metrics-addr` and
+/// checks deploy/alerts.yaml (its service is not started: see
+/// `apt::apt_install`; the test starts its own).
+const RUNTIME_PACKAGES: [(&str, &str); 6] = [
     ("docker.io", "/usr/sbin/dockerd"),
     ("containerd", "/usr/bin/ctr"),
     ("podman", "/usr/bin/podman"),
     ("runc", "/usr/sbin/runc"),
     ("chromium", "/usr/bin/chromium"),
+    ("prometheus", "/usr/bin/promtool"),
 ];
 
 /// What the tests of deploy/ run (tests/src/deploy): logrotate, with the
@@ -87,8 +91,8 @@ fn apt_packages() -> Result<()> {
     if runtimes.is_empty() {
         println!(
             "ok: the container runtimes the tests run (docker.io, containerd, podman, runc), \
-             the deploy tests' tools (logrotate, systemd-analyze, strace, curl, python3-venv) \
-             and chromium"
+             the deploy tests' tools (logrotate, systemd-analyze, strace, curl, python3-venv), \
+             chromium and prometheus"
         );
     }
     let packages: Vec<&str> = llvm.iter().chain(&vm).chain(&runtimes).copied().collect();

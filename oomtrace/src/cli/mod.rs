@@ -6,6 +6,7 @@ mod check;
 mod report;
 mod run;
 mod schema;
+mod signals;
 
 use std::{path::PathBuf, process::ExitCode};
 

@@ -16,15 +16,15 @@ use aya::maps::{MapData, RingBuf};
 use oomtrace_record::{CollectorStatus, KernelLogStatus, StopReason};
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
     sync::{Notify, mpsc},
 };
 
-use super::ProbeArgs;
+use super::{ProbeArgs, signals::listen_for_signals};
 use crate::{
     kernel::{attach, host, kmsg, ring},
     output::{
         Destination, Format,
+        metrics::{self, Metrics, server::MetricsServer},
         writer::{Ended, OutputEnd, QUEUE_BYTES, Writer},
     },
     pipeline::{
@@ -139,6 +139,23 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION",
           allow_hyphen_values = true)]
     pub heartbeat_interval: Duration,
+    /// Serve Prometheus metrics on ADDR:PORT (e.g. 0.0.0.0:9410,
+    /// 127.0.0.1:9410, [::]:9410): `GET /metrics` (OpenMetrics, or the
+    /// classic text format to a client that does not ask for it) and `GET
+    /// /healthz` (200 while the pipeline and the ring buffer's event loop
+    /// both went round within the last 30 s, else 503 saying which). Off by
+    /// default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How many namespace/pod/container subjects `oomtrace_kills_total`
+    /// gives a series of their own. Kills of any further subject are
+    /// counted in one series per cause whose namespace, pod and container
+    /// are `_overflow`, and in `oomtrace_kills_folded_total`. Subjects are
+    /// names (never container ids), so a restarted container keeps its
+    /// series.
+    #[arg(long, default_value_t = metrics::DEFAULT_MAX_SERIES, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub metrics_max_series: u32,
     /// How many kills may wait for their exits at once; beyond it the oldest
     /// is written without its exit (and still watched for a late exit).
     #[arg(long, hide = true, default_value_t = 4096,
@@ -280,6 +297,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         eprintln!("oomtrace: warning: {warning}");
         notes.push(warning.to_string());
     }
+    // Before attaching: a port in use fails the start at once.
+    let (metrics_server, metrics_listener) = args
+        .metrics_addr
+        .map(|addr| start_metrics(addr, args.metrics_max_series as usize, &runtime))
+        .transpose()?
+        .unzip();
     check_host_root(&args.host_root, &mut notes)?;
     check_runtime_roots(&args, &mut notes);
     let oom_score_adj = host::protect_self(args.oom_score_adj);
@@ -366,14 +389,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         memory: sampler.as_ref().map(Sampler::view),
         heartbeat: Some(args.heartbeat_interval).filter(|h| !h.is_zero()),
     };
-    let pipeline = Pipeline::spawn(
-        settings,
-        tracer.victims,
-        tracer.counters,
-        vec![Box::new(writer.listener(args.format))],
-        start,
-    )
-    .context("starting the pipeline thread")?;
+    let mut listeners: Vec<Box<dyn crate::pipeline::Listener>> =
+        vec![Box::new(writer.listener(args.format))];
+    if let Some(listener) = metrics_listener {
+        listeners.push(Box::new(listener));
+    }
+    let pipeline = Pipeline::spawn(settings, tracer.victims, tracer.counters, listeners, start)
+        .context("starting the pipeline thread")?;
     if let Ok(kernel_log) = kernel_log {
         let inbox = pipeline.inbox();
         kernel_log
@@ -404,6 +426,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
     }
     log::info!("stopped: {counters:?}");
+    if let Some(server) = metrics_server {
+        server.finish();
+    }
     // Detach only now: every record the kernel made has been read.
     drop(ebpf);
     match output_end.take() {
@@ -412,6 +437,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         )),
         _ => Ok(()),
     }
+}
+
+/// Serves the metrics on `addr`, and stamps the event loop's health from a
+/// task on it (which runs only while the loop drains the ring buffer).
+fn start_metrics(
+    addr: std::net::SocketAddr,
+    max_series: usize,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<(MetricsServer, metrics::MetricsListener)> {
+    let metrics = Metrics::new(max_series);
+    let listener = metrics.listener();
+    runtime.spawn(metrics.health().stamp_event_loop_forever());
+    let server = MetricsServer::spawn(addr, metrics).context("--metrics-addr")?;
+    log::info!("serving metrics on http://{}/metrics", server.addr());
+    Ok((server, listener))
 }
 
 /// `--host-root` must be a directory; without the kubelet's pod log
@@ -472,52 +512,6 @@ impl OutputEnded {
     fn take(&self) -> Option<OutputEnd> {
         self.end.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
-}
-
-/// The signals that stop a run cleanly, as SIGTERM does: every signal whose
-/// default action ends the process, except SIGHUP (reopens `--output`),
-/// SIGPIPE (ignored: a closed pipe shows as EPIPE), SIGXFSZ (ignored: an
-/// over-large file shows as EFBIG) and the faults (SIGSEGV, SIGBUS, SIGILL,
-/// SIGFPE, SIGABRT, SIGSYS, SIGTRAP), which are not requests. Real-time
-/// signals stop it too (as `SIGRT`).
-const STOP_SIGNALS: &[(libc::c_int, StopReason)] = &[
-    (libc::SIGTERM, StopReason::Sigterm),
-    (libc::SIGINT, StopReason::Sigint),
-    (libc::SIGQUIT, StopReason::Sigquit),
-    (libc::SIGUSR1, StopReason::Sigusr1),
-    (libc::SIGUSR2, StopReason::Sigusr2),
-    (libc::SIGALRM, StopReason::Sigalrm),
-    (libc::SIGVTALRM, StopReason::Sigvtalrm),
-    (libc::SIGPROF, StopReason::Sigprof),
-    (libc::SIGIO, StopReason::Sigio),
-    (libc::SIGPWR, StopReason::Sigpwr),
-    (libc::SIGSTKFLT, StopReason::Sigstkflt),
-    (libc::SIGXCPU, StopReason::Sigxcpu),
-];
-
-/// Listens for every stop signal (and SIGHUP); each arrival is sent on the
-/// returned channel. Must run inside the event loop.
-fn listen_for_signals() -> anyhow::Result<mpsc::UnboundedReceiver<Option<StopReason>>> {
-    // SAFETY: ignoring SIGXFSZ only changes how RLIMIT_FSIZE is reported
-    // (EFBIG from write instead of a kill).
-    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
-    let (sender, receiver) = mpsc::unbounded_channel();
-    let realtime = (libc::SIGRTMIN()..=libc::SIGRTMAX()).map(|n| (n, Some(StopReason::Sigrt)));
-    let named = STOP_SIGNALS.iter().map(|&(n, reason)| (n, Some(reason)));
-    // SIGHUP arrives as None: reopen, don't stop.
-    for (number, reason) in named.chain(realtime).chain([(libc::SIGHUP, None)]) {
-        let mut stream = signal(SignalKind::from_raw(number))
-            .with_context(|| format!("installing a handler for signal {number}"))?;
-        let sender = sender.clone();
-        tokio::spawn(async move {
-            while stream.recv().await.is_some() {
-                if sender.send(reason).is_err() {
-                    return;
-                }
-            }
-        });
-    }
-    Ok(receiver)
 }
 
 /// Drains the ring buffer into the pipeline until a stop signal (its

@@ -4,6 +4,7 @@
 //! pipeline, let alone the ring buffer.
 
 mod destination;
+pub mod metrics;
 pub mod writer;
 
 use oomtrace_record::Record;

@@ -69,6 +69,9 @@ pub trait Listener: Send {
     fn dropped(&self) -> u64 {
         0
     }
+    /// Called at every tick (every 100 ms, kills or not) with the totals
+    /// so far: the pipeline is alive, and this is where it stands.
+    fn tick(&mut self, _counters: &Counters) {}
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -265,6 +268,9 @@ impl Worker {
                 self.write_stalls();
                 self.report_loss();
                 self.heartbeat(now);
+                for listener in &mut self.listeners {
+                    listener.tick(&self.counters);
+                }
                 next_tick = now + TICK;
             }
             self.waiting.store(self.joiner.waiting(), Ordering::Relaxed);
