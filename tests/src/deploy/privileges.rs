@@ -327,16 +327,25 @@ pub fn image_records_a_storm_with_the_manifest_privileges(env: &Env) {
         probe("mark_victim").is_some_and(|m| !m.is_null()),
         "mark_victim attached: {start}"
     );
-    if metrics {
+    let probe_port = manifest.container()["livenessProbe"]["httpGet"]["port"].clone();
+    let liveness = |when: &str| {
+        if !metrics {
+            return;
+        }
+        // The kubelet's probe, from the node: the pod is on its network.
         let health = run_command(Command::new("curl").args([
             "--silent",
             "--fail",
             "--max-time",
             "5",
-            "http://127.0.0.1:9410/healthz",
+            &format!("http://127.0.0.1:{probe_port}/healthz"),
         ]));
-        assert!(health.is_ok(), "the liveness probe's /healthz: {health:?}");
-    }
+        assert!(
+            health.is_ok(),
+            "the liveness probe's /healthz {when}: {health:?}"
+        );
+    };
+    liveness("after the start");
 
     // The storm: threaded allocators and a container first, then the
     // pipelines, all while the collector runs in its limits.
@@ -422,6 +431,8 @@ pub fn image_records_a_storm_with_the_manifest_privileges(env: &Env) {
         victim.name.as_str(),
         "{in_container}"
     );
+
+    liveness("after the storm");
 
     // What the collector took, in its own memory cgroup of the manifest's
     // limit: never OOM-killed itself.

@@ -291,8 +291,10 @@ pub fn systemd_unit_verifies_and_its_filters_suffice(env: &Env) {
     let mut refused: Vec<&String> = used.iter().filter(|s| !allowed.contains(*s)).collect();
     refused.sort();
     eprintln!("the collector made {} distinct system calls", used.len());
+    // Raw tracepoints attach through bpf(2) alone; perf_event_open is the
+    // classic tracepoint's (the fallback without BTF), not traced here.
     assert!(
-        used.contains("bpf") && used.contains("perf_event_open"),
+        used.contains("bpf"),
         "the trace holds the collector's calls: {used:?}"
     );
     assert!(
