@@ -6,6 +6,7 @@ pub mod attribution;
 pub mod cgroup;
 pub mod collector;
 pub mod contract;
+pub mod deploy;
 pub mod faults;
 pub mod fired_limit;
 pub mod kmsg;

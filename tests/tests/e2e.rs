@@ -136,3 +136,33 @@ oomtrace_tests::for_each_runtime! {
 fn containerd_cri_names() {
     oomtrace_tests::runtimes::containerd::containerd_cri_names(&env());
 }
+
+// What ships in deploy/: the image and DaemonSet, the systemd unit, the
+// logrotate configuration (tests/src/deploy/).
+mod deploy {
+    use super::env;
+
+    #[test]
+    fn image_records_a_storm_with_the_manifest_privileges() {
+        oomtrace_tests::deploy::privileges::image_records_a_storm_with_the_manifest_privileges(
+            &env(),
+        );
+    }
+
+    #[test]
+    fn daemonset_validates_against_the_kubernetes_schema() {
+        oomtrace_tests::deploy::manifest::daemonset_validates_against_the_kubernetes_schema(&env());
+    }
+
+    #[test]
+    fn systemd_unit_verifies_and_its_filters_suffice() {
+        oomtrace_tests::deploy::systemd::systemd_unit_verifies_and_its_filters_suffice(&env());
+    }
+
+    #[test]
+    fn logrotate_while_kills_happen_loses_and_splits_nothing() {
+        oomtrace_tests::deploy::rotation::logrotate_while_kills_happen_loses_and_splits_nothing(
+            &env(),
+        );
+    }
+}

@@ -160,6 +160,12 @@ fn test_steps(opts: &TestOpts) -> Result<()> {
         .env(
             "OOMTRACE_STATIC_WORKLOAD",
             static_bins.join("oomtrace-workload"),
+        )
+        .env(
+            "OOMTRACE_KUBERNETES_VALIDATE",
+            target_dir()?
+                .join(crate::setup::KUBERNETES_VALIDATE_VENV)
+                .join("bin/kubernetes-validate"),
         ))
     .context("integration tests failed (see above)")?;
 

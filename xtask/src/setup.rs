@@ -36,10 +36,31 @@ const RUNTIME_PACKAGES: [(&str, &str); 6] = [
     ("prometheus", "/usr/bin/promtool"),
 ];
 
+/// What the tests of deploy/ run (tests/src/deploy): logrotate, with the
+/// shipped configuration; systemd-analyze, to verify the unit (systemd is
+/// not PID 1 here, and its package starts nothing); strace, for the
+/// system calls the unit's filter must allow; curl for the liveness
+/// probe's /healthz; python3-venv for kubernetes-validate's venv.
+const DEPLOY_PACKAGES: [(&str, &str); 5] = [
+    ("logrotate", "/usr/sbin/logrotate"),
+    ("systemd", "/usr/bin/systemd-analyze"),
+    ("strace", "/usr/bin/strace"),
+    ("curl", "/usr/bin/curl"),
+    ("python3-venv", "/usr/share/doc/python3-venv"),
+];
+
+/// PyPI's kubernetes-validate (the Kubernetes API schemas, offline), which
+/// validates deploy/daemonset.yaml: pinned, in a venv of its own under the
+/// target directory (Debian's python3 refuses `pip install` outside one).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+/// Its venv, under the target directory.
+pub const KUBERNETES_VALIDATE_VENV: &str = "tools/kubernetes-validate";
+
 /// The runtime packages not installed yet.
 fn missing_runtime_packages() -> Vec<&'static str> {
     RUNTIME_PACKAGES
         .iter()
+        .chain(DEPLOY_PACKAGES.iter())
         .filter(|(_, file)| !Path::new(file).exists())
         .map(|(package, _)| *package)
         .collect()
@@ -50,7 +71,7 @@ pub fn setup() -> Result<()> {
     nightly_with_rust_src()?;
     bpf_linker()?;
     tracefs();
-    Ok(())
+    kubernetes_validate()
 }
 
 /// Every Debian package setup wants, in one apt-get transaction that starts
@@ -70,6 +91,7 @@ fn apt_packages() -> Result<()> {
     if runtimes.is_empty() {
         println!(
             "ok: the container runtimes the tests run (docker.io, containerd, podman, runc), \
+             the deploy tests' tools (logrotate, systemd-analyze, strace, curl, python3-venv), \
              chromium and prometheus"
         );
     }
@@ -242,6 +264,40 @@ fn llvm_22_missing() -> anyhow::Error {
          (or run `sudo cargo xtask setup`)",
         llvm_config.display()
     )
+}
+
+/// kubernetes-validate in its venv, unless it is there already.
+fn kubernetes_validate() -> Result<()> {
+    let venv = crate::util::target_dir()?.join(KUBERNETES_VALIDATE_VENV);
+    let bin = venv.join("bin/kubernetes-validate");
+    if let Ok(version) = capture(Command::new(&bin).arg("--version")) {
+        println!("ok: kubernetes-validate {}", version.trim());
+        return Ok(());
+    }
+    println!(
+        "installing: {KUBERNETES_VALIDATE} (PyPI) in {}",
+        venv.display()
+    );
+    // Debian's python3: its venv module comes with python3-venv (above).
+    run(Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv))
+    .context(
+        "could not create a Python venv: install python3-venv (`apt-get install -y python3-venv`)",
+    )?;
+    run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        KUBERNETES_VALIDATE,
+    ]))
+    .with_context(|| {
+        format!(
+            "could not install {KUBERNETES_VALIDATE} from PyPI into {}; the manifest test \
+             needs it",
+            venv.display()
+        )
+    })
 }
 
 /// oomtrace reads tracepoint formats from tracefs. Not fatal when it cannot

@@ -234,15 +234,20 @@ impl Engine {
         engine
     }
 
-    /// Imports the image. Podman's image copy keeps a blob cache in
-    /// `/var/lib/containers/cache` whatever its `--root`: it runs in a
-    /// private mount namespace with a tmpfs there (or on `/var/lib`), so
-    /// the system's stays untouched.
+    /// Imports the image (see [`Engine::cli_private_cache`]).
     fn import(&self, tarball: &Path) {
         let tar = tarball.to_str().expect("utf-8");
+        self.cli_private_cache(&["import", tar, &self.image]);
+    }
+
+    /// Runs the CLI with `args` (an image import or build) and returns its
+    /// stdout. Podman's image copy keeps a blob cache in
+    /// `/var/lib/containers/cache` whatever its `--root`: it runs in a
+    /// private mount namespace with a tmpfs there (or on `/var/lib`), so
+    /// the system's stays untouched. Docker needs no such care.
+    pub fn cli_private_cache(&self, args: &[&str]) -> String {
         if self.kind == Kind::Docker {
-            self.cli(&["import", tar, &self.image]);
-            return;
+            return self.cli(args);
         }
         let podman = self.command();
         let mut c = Command::new("unshare");
@@ -254,13 +259,13 @@ impl Engine {
             .arg("sh")
             .arg(podman.get_program())
             .args(podman.get_args())
-            .args(["import", tar, &self.image]);
+            .args(args);
         for (k, v) in podman.get_envs() {
             if let Some(v) = v {
                 c.env(k, v);
             }
         }
-        run_command(&mut c).unwrap_or_else(|e| panic!("{e}"));
+        run_command(&mut c).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Ends the processes an earlier run left (dockerd, containerd, shims,
@@ -480,6 +485,12 @@ impl Engine {
             pid,
             gate,
         }
+    }
+
+    /// Has dropping this engine remove container `name` as well: one
+    /// started with [`Engine::cli`] rather than [`Engine::run`].
+    pub fn remove_on_drop(&mut self, name: &str) {
+        self.created.push(name.to_string());
     }
 
     /// Waits for the container to exit; its exit code.
