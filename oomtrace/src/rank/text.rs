@@ -1,0 +1,233 @@
+//! The text screen of `oomtrace rank`: at most 120 columns, sizes as
+//! `free -h` writes them.
+
+use std::fmt::Write as _;
+
+use oomtrace_record::{RankMemcg, RankProcess, RankSkip, text::human_bytes};
+
+use super::Pass;
+
+/// The widest line written.
+pub const WIDTH: usize = 120;
+
+/// `value` in at most `width` characters: the end kept (paths), a `…`
+/// where the rest was.
+fn tail(value: &str, width: usize) -> String {
+    let count = value.chars().count();
+    if count <= width {
+        return value.to_string();
+    }
+    let kept: String = value.chars().skip(count - (width - 1)).collect();
+    format!("…{kept}")
+}
+
+/// `value` in at most `width` characters: the start kept (names).
+fn head(value: &str, width: usize) -> String {
+    if value.chars().count() <= width {
+        return value.to_string();
+    }
+    let kept: String = value.chars().take(width - 1).collect();
+    format!("{kept}…")
+}
+
+fn size(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "?".into(), human_bytes)
+}
+
+/// Who a process or memcg belongs to, shortest first: pod, container,
+/// systemd unit, else the memcg path.
+fn owner(
+    container: Option<&oomtrace_record::Container>,
+    k8s: Option<&oomtrace_record::K8s>,
+    unit: Option<&str>,
+    path: Option<&str>,
+) -> String {
+    if let Some(k8s) = k8s {
+        let pod = match (&k8s.namespace, &k8s.pod) {
+            (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
+            _ => format!("pod {}", k8s.pod_uid.as_deref().unwrap_or("?")),
+        };
+        let qos = k8s.qos.map(oomtrace_record::text::spelled).unwrap_or_default();
+        return match &k8s.container {
+            Some(c) => format!("{pod}/{c} {qos}"),
+            None => format!("{pod} {qos}"),
+        };
+    }
+    if let Some(c) = container {
+        let runtime = c.runtime.map(oomtrace_record::text::spelled).unwrap_or_default();
+        let name = c.name.clone().unwrap_or_else(|| c.id[..12].to_string());
+        return format!("{runtime} {name}");
+    }
+    if let Some(unit) = unit {
+        return unit.to_string();
+    }
+    path.unwrap_or("?").to_string()
+}
+
+fn memcg_line(out: &mut String, m: &RankMemcg) {
+    let victim = match &m.next_victim {
+        None => "none killable".to_string(),
+        Some(v) => {
+            let ties = if m.tied_with.is_empty() {
+                String::new()
+            } else {
+                format!(" TIE×{}", m.tied_with.len() + 1)
+            };
+            format!("{} {}{ties}", v.pid, head(&v.comm, 15))
+        }
+    };
+    let percent = m
+        .headroom_percent
+        .map_or_else(|| "?".into(), |p| format!("{p:.1}%"));
+    let _ = writeln!(
+        out,
+        "{:<34} {:>9} {:>9} {:>9} {:>6} {:>9} {:>5}  {:<31}",
+        tail(&m.path, 34),
+        size(m.usage_bytes),
+        human_bytes(m.limit_bytes),
+        size(m.headroom_bytes),
+        percent,
+        size(m.working_set_bytes),
+        m.processes,
+        head(&victim, 31),
+    );
+}
+
+fn process_line(out: &mut String, p: &RankProcess) {
+    let rank = match (p.node_rank, p.skipped) {
+        (Some(r), _) => r.to_string(),
+        (None, Some(RankSkip::AdjMin)) => "never".into(),
+        (None, Some(RankSkip::Init)) => "init".into(),
+        (None, Some(RankSkip::NoMemory)) => "-".into(),
+        _ => "?".into(),
+    };
+    let where_ = owner(
+        p.container.as_ref(),
+        p.k8s.as_ref(),
+        p.systemd_unit.as_deref(),
+        p.memcg_path.as_deref(),
+    );
+    let _ = writeln!(
+        out,
+        "{:>5} {:>8} {:<15} {:>5} {:>5} {:>9} {:>9} {:>9} {:>9} {:>8} {}",
+        rank,
+        p.pid,
+        head(&p.comm, 15),
+        p.oom_score.map_or_else(|| "?".into(), |s| s.to_string()),
+        p.oom_score_adj.map_or_else(|| "?".into(), |a| a.to_string()),
+        size(p.rss_anon_bytes),
+        size(p.rss_file_bytes),
+        size(p.rss_shmem_bytes),
+        size(p.swap_bytes),
+        size(p.page_tables_bytes),
+        tail(&where_, 27),
+    );
+}
+
+/// The whole screen of one pass.
+pub fn render(pass: &Pass, mount: &std::path::Path) -> String {
+    let mut out = String::new();
+    let n = &pass.node;
+    let _ = writeln!(
+        out,
+        "{}",
+        head(
+            &format!(
+                "oomtrace rank: {} processes; node {} RAM + {} swap = {} pages, 1 adj point = {} \
+                 pages; memcgs at {}",
+                pass.seen,
+                human_bytes(n.ram_bytes),
+                human_bytes(n.swap_bytes),
+                n.total_pages,
+                n.total_pages / 1000,
+                mount.display()
+            ),
+            WIDTH
+        )
+    );
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "Memory cgroups with a limit: who the kernel kills if it is hit now ({})",
+        pass.memcgs.len()
+    );
+    let _ = writeln!(
+        out,
+        "{:<34} {:>9} {:>9} {:>9} {:>6} {:>9} {:>5}  {:<31}",
+        "MEMCG", "USAGE", "LIMIT", "HEADROOM", "%", "WSET", "PROCS", "NEXT VICTIM"
+    );
+    for m in &pass.memcgs {
+        memcg_line(&mut out, m);
+    }
+    if let Some(path) = &pass.cgroup
+        && let Some(m) = pass.memcgs.iter().find(|m| &m.path == path)
+    {
+        out.push('\n');
+        let _ = writeln!(
+            out,
+            "{}",
+            head(
+                &format!(
+                    "Kill order in {} (totalpages {}, 1 adj point = {} pages; badness = rss + \
+                     swap + page tables + adj × that, in pages)",
+                    m.path,
+                    m.total_pages,
+                    m.total_pages / 1000
+                ),
+                WIDTH
+            )
+        );
+        let _ = writeln!(out, "{:>5} {:>8} {:<15} {:>5} {:>12}", "#", "PID", "COMM", "ADJ", "BADNESS");
+        let first = m.next_victim.as_ref().map(|v| v.badness);
+        for (i, c) in m.order.iter().enumerate() {
+            let tie = if Some(c.badness) == first && m.next_victim.as_ref() != Some(c) {
+                "  tie: the kernel's task order decides"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "{:>5} {:>8} {:<15} {:>5} {:>12}{tie}",
+                i + 1,
+                c.pid,
+                head(&c.comm, 15),
+                c.oom_score_adj,
+                c.badness
+            );
+        }
+    }
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "Processes{}: the order of a node-wide OOM (RANK 1 dies first; SCORE = /proc/PID/oom_score)",
+        pass.cgroup
+            .as_deref()
+            .map(|c| format!(" in {}", tail(c, 40)))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "{:>5} {:>8} {:<15} {:>5} {:>5} {:>9} {:>9} {:>9} {:>9} {:>8} {}",
+        "RANK", "PID", "COMM", "SCORE", "ADJ", "ANON", "FILE", "SHMEM", "SWAP", "PTE", "CONTAINER/POD/MEMCG"
+    );
+    for p in &pass.processes {
+        process_line(&mut out, p);
+    }
+    for problem in &pass.problems {
+        let _ = writeln!(out, "{}", head(&format!("note: {problem}"), WIDTH));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_to_width() {
+        assert_eq!(tail("/kubepods/burstable/pod1234", 10), "…e/pod1234");
+        assert_eq!(tail("/a", 10), "/a");
+        assert_eq!(head("postgres-writer", 8), "postgre…");
+        assert_eq!(head("ab", 8), "ab");
+    }
+}
