@@ -27,6 +27,8 @@ pub struct RankProcess {
     pub time: String,
     /// The same instant in CLOCK_BOOTTIME nanoseconds.
     pub boot_ns: u64,
+    /// The process id (in the pid namespace of /proc as mounted for
+    /// `rank`: the host's on a node).
     pub pid: u32,
     /// The process name (`Name:` of /proc/PID/status, escaped as the kernel
     /// escapes it there).
@@ -40,7 +42,9 @@ pub struct RankProcess {
     /// /proc/PID/status). Null for a task without memory (kernel thread,
     /// zombie) and when status could not be read.
     pub rss_anon_bytes: Option<u64>,
+    /// Resident file pages (`RssFile`): binaries, libraries, mapped files.
     pub rss_file_bytes: Option<u64>,
+    /// Resident shared memory and tmpfs pages (`RssShmem`).
     pub rss_shmem_bytes: Option<u64>,
     /// Swapped-out pages (`VmSwap`).
     pub swap_bytes: Option<u64>,
@@ -146,8 +150,11 @@ pub struct RankMemcg {
 /// A task as a victim candidate in a memcg.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RankCandidate {
+    /// The process id.
     pub pid: u32,
+    /// The process name, as in `rank_process`.
     pub comm: String,
+    /// Its /proc/PID/oom_score_adj.
     pub oom_score_adj: i32,
     /// Its badness in this memcg's OOM, in pages (with the memcg's
     /// totalpages).

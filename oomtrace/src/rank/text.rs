@@ -133,8 +133,8 @@ pub fn render(pass: &Pass, mount: &std::path::Path) -> String {
         "{}",
         head(
             &format!(
-                "oomtrace rank: {} processes; node {} RAM + {} swap = {} pages, 1 adj point = {} \
-                 pages; memcgs at {}",
+                "oomtrace rank: {} processes, node {} RAM + {} swap ({} pages, 1 adj point = {} \
+                 pages), memcgs in {}",
                 pass.seen,
                 human_bytes(n.ram_bytes),
                 human_bytes(n.swap_bytes),
