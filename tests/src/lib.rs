@@ -17,6 +17,7 @@ pub mod memory_scale;
 pub mod messages;
 pub mod operations;
 pub mod paths;
+pub mod rank;
 pub mod readme;
 pub mod report;
 pub mod runtimes;

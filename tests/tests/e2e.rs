@@ -122,3 +122,17 @@ oomtrace_tests::for_each_runtime! {
 fn containerd_cri_names() {
     oomtrace_tests::runtimes::containerd::containerd_cri_names(&env());
 }
+
+/// `oomtrace rank`'s prediction against the kernel's kill (run them with
+/// the filter `rank::`).
+mod rank {
+    use oomtrace_tests::rank;
+
+    use super::env;
+
+    scenario! {
+        rank::rank_predicts_the_largest,
+        rank::rank_predicts_adj_over_size,
+        rank::rank_predicts_a_near_tie,
+    }
+}

@@ -164,9 +164,13 @@ pub struct RankCandidate {
 impl RankProcess {
     /// The record as one line of `oomtrace run --format text`-style text.
     pub fn text_line(&self) -> String {
-        let rss = [self.rss_anon_bytes, self.rss_file_bytes, self.rss_shmem_bytes]
-            .iter()
-            .try_fold(0u64, |sum, part| part.map(|p| sum + p));
+        let rss = [
+            self.rss_anon_bytes,
+            self.rss_file_bytes,
+            self.rss_shmem_bytes,
+        ]
+        .iter()
+        .try_fold(0u64, |sum, part| part.map(|p| sum + p));
         format!(
             "{} rank pid {} {} node rank {} (badness {} pages, oom_score {}, adj {}) rss {} swap {} \
              page tables {}{} memcg {}",
@@ -193,7 +197,14 @@ impl RankMemcg {
     pub fn text_line(&self) -> String {
         let victim = self.next_victim.as_ref().map_or_else(
             || "none".to_string(),
-            |v| format!("pid {} {} ({} pages)", v.pid, quoted(Some(&v.comm)), v.badness),
+            |v| {
+                format!(
+                    "pid {} {} ({} pages)",
+                    v.pid,
+                    quoted(Some(&v.comm)),
+                    v.badness
+                )
+            },
         );
         format!(
             "{} rank memcg {} usage {} of {} (headroom {}) working set {}: next victim {}{}",

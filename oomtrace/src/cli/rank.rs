@@ -71,7 +71,7 @@ pub fn rank(args: RankArgs) -> anyhow::Result<ExitCode> {
             } else if !first {
                 text.push('\n');
             }
-            text.push_str(&render(&pass, ranker.mount()));
+            text.push_str(&render(&pass));
         }
         let mut out = std::io::stdout().lock();
         match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {

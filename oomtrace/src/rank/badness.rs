@@ -194,7 +194,10 @@ mod tests {
         assert_eq!(c.tied_with, vec![3]);
         assert_eq!(c.runner_up, Some((4, 20)));
         let alone = choose([(9, -5)]).unwrap();
-        assert_eq!((alone.victim, alone.tied_with.len(), alone.runner_up), (9, 0, None));
+        assert_eq!(
+            (alone.victim, alone.tied_with.len(), alone.runner_up),
+            (9, 0, None)
+        );
         assert_eq!(choose::<u32>([]), None);
     }
 }

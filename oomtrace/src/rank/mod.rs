@@ -148,10 +148,6 @@ impl Ranker {
         })
     }
 
-    pub fn mount(&self) -> &Path {
-        &self.mount
-    }
-
     /// The path from the hierarchy's root of what --cgroup gave.
     fn normalize(&self, given: &str) -> Result<String, RankError> {
         let mount = self.mount.to_string_lossy();
@@ -161,7 +157,10 @@ impl Ranker {
             .unwrap_or(given);
         let path = format!("/{}", path.trim_matches('/'));
         if !path.starts_with('/') || !self.mount.join(path.trim_start_matches('/')).is_dir() {
-            return Err(RankError::NoSuchCgroup(given.to_string(), mount.into_owned()));
+            return Err(RankError::NoSuchCgroup(
+                given.to_string(),
+                mount.into_owned(),
+            ));
         }
         Ok(path)
     }
@@ -491,12 +490,18 @@ fn sort(processes: &mut [RankProcess], memcgs: &mut [RankMemcg], by: SortBy) {
             let headroom_of = |p: &RankProcess| {
                 memcgs
                     .iter()
-                    .filter(|m| p.memcg_path.as_deref().is_some_and(|pm| within(pm, &m.path)))
+                    .filter(|m| {
+                        p.memcg_path
+                            .as_deref()
+                            .is_some_and(|pm| within(pm, &m.path))
+                    })
                     .filter_map(|m| m.headroom_percent)
                     .fold(f64::INFINITY, f64::min)
             };
-            let mut keyed: Vec<(f64, RankProcess)> =
-                processes.iter().map(|p| (headroom_of(p), p.clone())).collect();
+            let mut keyed: Vec<(f64, RankProcess)> = processes
+                .iter()
+                .map(|p| (headroom_of(p), p.clone()))
+                .collect();
             keyed.sort_by(|(ha, a), (hb, b)| ha.total_cmp(hb).then_with(|| by_rank(a, b)));
             for (slot, (_, p)) in processes.iter_mut().zip(keyed) {
                 *slot = p;
@@ -566,12 +571,22 @@ mod tests {
         let node = ranker.node_facts();
         let me = std::process::id();
         let read = procfs::read_all(Path::new("/proc")).expect("/proc");
-        let p = read.into_iter().find(|p| p.pid == me).expect("this process");
+        let p = read
+            .into_iter()
+            .find(|p| p.pid == me)
+            .expect("this process");
         let memory = p.memory.expect("memory");
-        let b = badness::badness(task_pages(&memory, node.page_size), p.adj.unwrap(), node.total_pages);
+        let b = badness::badness(
+            task_pages(&memory, node.page_size),
+            p.adj.unwrap(),
+            node.total_pages,
+        );
         let computed = badness::oom_score(b, node.total_pages);
         let kernel = p.oom_score.expect("oom_score");
-        assert!(computed.abs_diff(kernel) <= 1, "computed {computed}, /proc says {kernel}");
+        assert!(
+            computed.abs_diff(kernel) <= 1,
+            "computed {computed}, /proc says {kernel}"
+        );
     }
 
     #[test]
@@ -603,9 +618,18 @@ mod tests {
             ..procfs::Process::default()
         };
         assert_eq!(skip_reason(&p(1, 0, true, false)), Some(RankSkip::Init));
-        assert_eq!(skip_reason(&p(2, -1000, false, false)), Some(RankSkip::NoMemory));
-        assert_eq!(skip_reason(&p(3, -1000, true, false)), Some(RankSkip::AdjMin));
-        assert_eq!(skip_reason(&p(4, 0, false, true)), Some(RankSkip::Unreadable));
+        assert_eq!(
+            skip_reason(&p(2, -1000, false, false)),
+            Some(RankSkip::NoMemory)
+        );
+        assert_eq!(
+            skip_reason(&p(3, -1000, true, false)),
+            Some(RankSkip::AdjMin)
+        );
+        assert_eq!(
+            skip_reason(&p(4, 0, false, true)),
+            Some(RankSkip::Unreadable)
+        );
         assert_eq!(skip_reason(&p(5, 999, true, false)), None);
     }
 }

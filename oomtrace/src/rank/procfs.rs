@@ -70,7 +70,14 @@ pub fn parse_status(text: &str) -> Status {
             .and_then(|kb| kb.trim().parse::<u64>().ok())
             .map(|kb| kb * 1024);
     }
-    if let [Some(anon), Some(file), Some(shmem), Some(swap), Some(page_tables)] = figures {
+    if let [
+        Some(anon),
+        Some(file),
+        Some(shmem),
+        Some(swap),
+        Some(page_tables),
+    ] = figures
+    {
         status.memory = Some(StatusMemory {
             anon,
             file,
@@ -190,7 +197,10 @@ mod tests {
     #[test]
     fn kernel_threads_have_no_memory() {
         let s = parse_status("Name:\tkworker/0:1\nState:\tI (idle)\nKthread:\t1\nThreads:\t1\n");
-        assert_eq!((s.name.as_str(), s.memory, s.kthread), ("kworker/0:1", None, true));
+        assert_eq!(
+            (s.name.as_str(), s.memory, s.kthread),
+            ("kworker/0:1", None, true)
+        );
         let old = parse_status("Name:\tkthreadd\nState:\tS\nThreads:\t1\n");
         assert_eq!(old.memory, None);
     }

@@ -47,14 +47,20 @@ fn owner(
             (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
             _ => format!("pod {}", k8s.pod_uid.as_deref().unwrap_or("?")),
         };
-        let qos = k8s.qos.map(oomtrace_record::text::spelled).unwrap_or_default();
+        let qos = k8s
+            .qos
+            .map(oomtrace_record::text::spelled)
+            .unwrap_or_default();
         return match &k8s.container {
             Some(c) => format!("{pod}/{c} {qos}"),
             None => format!("{pod} {qos}"),
         };
     }
     if let Some(c) = container {
-        let runtime = c.runtime.map(oomtrace_record::text::spelled).unwrap_or_default();
+        let runtime = c
+            .runtime
+            .map(oomtrace_record::text::spelled)
+            .unwrap_or_default();
         let name = c.name.clone().unwrap_or_else(|| c.id[..12].to_string());
         return format!("{runtime} {name}");
     }
@@ -114,7 +120,8 @@ fn process_line(out: &mut String, p: &RankProcess) {
         p.pid,
         head(&p.comm, 15),
         p.oom_score.map_or_else(|| "?".into(), |s| s.to_string()),
-        p.oom_score_adj.map_or_else(|| "?".into(), |a| a.to_string()),
+        p.oom_score_adj
+            .map_or_else(|| "?".into(), |a| a.to_string()),
         size(p.rss_anon_bytes),
         size(p.rss_file_bytes),
         size(p.rss_shmem_bytes),
@@ -125,7 +132,7 @@ fn process_line(out: &mut String, p: &RankProcess) {
 }
 
 /// The whole screen of one pass.
-pub fn render(pass: &Pass, mount: &std::path::Path) -> String {
+pub fn render(pass: &Pass) -> String {
     let mut out = String::new();
     let n = &pass.node;
     let _ = writeln!(
@@ -133,14 +140,13 @@ pub fn render(pass: &Pass, mount: &std::path::Path) -> String {
         "{}",
         head(
             &format!(
-                "oomtrace rank: {} processes, node {} RAM + {} swap ({} pages, 1 adj point = {} \
-                 pages), memcgs in {}",
+                "oomtrace rank: {} processes; node: {} RAM + {} swap = {} pages (1 adj point = {} \
+                 pages)",
                 pass.seen,
                 human_bytes(n.ram_bytes),
                 human_bytes(n.swap_bytes),
                 n.total_pages,
                 n.total_pages / 1000,
-                mount.display()
             ),
             WIDTH
         )
@@ -168,8 +174,8 @@ pub fn render(pass: &Pass, mount: &std::path::Path) -> String {
             "{}",
             head(
                 &format!(
-                    "Kill order in {} (totalpages {}, 1 adj point = {} pages; badness = rss + \
-                     swap + page tables + adj × that, in pages)",
+                    "Kill order in {} (totalpages {}; badness = rss + swap + page tables + adj × \
+                     {}, in pages)",
                     m.path,
                     m.total_pages,
                     m.total_pages / 1000
@@ -177,7 +183,11 @@ pub fn render(pass: &Pass, mount: &std::path::Path) -> String {
                 WIDTH
             )
         );
-        let _ = writeln!(out, "{:>5} {:>8} {:<15} {:>5} {:>12}", "#", "PID", "COMM", "ADJ", "BADNESS");
+        let _ = writeln!(
+            out,
+            "{:>5} {:>8} {:<15} {:>5} {:>12}",
+            "#", "PID", "COMM", "ADJ", "BADNESS"
+        );
         let first = m.next_victim.as_ref().map(|v| v.badness);
         for (i, c) in m.order.iter().enumerate() {
             let tie = if Some(c.badness) == first && m.next_victim.as_ref() != Some(c) {
@@ -208,7 +218,17 @@ pub fn render(pass: &Pass, mount: &std::path::Path) -> String {
     let _ = writeln!(
         out,
         "{:>5} {:>8} {:<15} {:>5} {:>5} {:>9} {:>9} {:>9} {:>9} {:>8} {}",
-        "RANK", "PID", "COMM", "SCORE", "ADJ", "ANON", "FILE", "SHMEM", "SWAP", "PTE", "CONTAINER/POD/MEMCG"
+        "RANK",
+        "PID",
+        "COMM",
+        "SCORE",
+        "ADJ",
+        "ANON",
+        "FILE",
+        "SHMEM",
+        "SWAP",
+        "PTE",
+        "CONTAINER/POD/MEMCG"
     );
     for p in &pass.processes {
         process_line(&mut out, p);
