@@ -95,7 +95,7 @@ pub struct Choice<K> {
 pub fn choose<K: Copy>(candidates: impl IntoIterator<Item = (K, i64)>) -> Option<Choice<K>> {
     let mut sorted: Vec<(K, i64)> = candidates.into_iter().collect();
     // Stable: equal badness keeps the caller's order (pid order).
-    sorted.sort_by(|a, b| b.1.cmp(&a.1));
+    sorted.sort_by_key(|c| std::cmp::Reverse(c.1));
     let (&(victim, top), rest) = sorted.split_first()?;
     let tied = rest.iter().take_while(|(_, b)| *b == top).count();
     Some(Choice {
@@ -155,8 +155,8 @@ mod tests {
     #[test]
     fn a_smaller_task_with_a_higher_adj_wins() {
         let total = 256 * MIB;
-        let big = badness(pages(120 * MIB), 0, total).unwrap();
-        let small = badness(pages(40 * MIB), 500, total).unwrap();
+        let big = badness(pages(120 * MIB), 0, total).expect("a value");
+        let small = badness(pages(40 * MIB), 500, total).expect("a value");
         assert!(small > big, "{small} > {big}");
     }
 
@@ -189,11 +189,11 @@ mod tests {
 
     #[test]
     fn ties_are_ties_and_the_runner_up_is_below_them() {
-        let c = choose([(1, 10), (2, 30), (3, 30), (4, 20)]).unwrap();
+        let c = choose([(1, 10), (2, 30), (3, 30), (4, 20)]).expect("a value");
         assert_eq!((c.victim, c.badness), (2, 30));
         assert_eq!(c.tied_with, vec![3]);
         assert_eq!(c.runner_up, Some((4, 20)));
-        let alone = choose([(9, -5)]).unwrap();
+        let alone = choose([(9, -5)]).expect("a value");
         assert_eq!(
             (alone.victim, alone.tied_with.len(), alone.runner_up),
             (9, 0, None)

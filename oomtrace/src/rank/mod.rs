@@ -578,7 +578,7 @@ mod tests {
         let memory = p.memory.expect("memory");
         let b = badness::badness(
             task_pages(&memory, node.page_size),
-            p.adj.unwrap(),
+            p.adj.expect("adj"),
             node.total_pages,
         );
         let computed = badness::oom_score(b, node.total_pages);

@@ -87,7 +87,7 @@ fn memcg_line(out: &mut String, m: &RankMemcg) {
         .map_or_else(|| "?".into(), |p| format!("{p:.1}%"));
     let _ = writeln!(
         out,
-        "{:<34} {:>9} {:>9} {:>9} {:>6} {:>9} {:>5}  {:<31}",
+        "{:<34} {:>9} {:>9} {:>9} {:>6} {:>9} {:>5}  {}",
         tail(&m.path, 34),
         size(m.usage_bytes),
         human_bytes(m.limit_bytes),
@@ -159,8 +159,8 @@ pub fn render(pass: &Pass) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<34} {:>9} {:>9} {:>9} {:>6} {:>9} {:>5}  {:<31}",
-        "MEMCG", "USAGE", "LIMIT", "HEADROOM", "%", "WSET", "PROCS", "NEXT VICTIM"
+        "{:<34} {:>9} {:>9} {:>9} {:>6} {:>9} {:>5}  NEXT VICTIM",
+        "MEMCG", "USAGE", "LIMIT", "HEADROOM", "%", "WSET", "PROCS"
     );
     for m in &pass.memcgs {
         memcg_line(&mut out, m);
@@ -217,18 +217,8 @@ pub fn render(pass: &Pass) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>5} {:>8} {:<15} {:>5} {:>5} {:>9} {:>9} {:>9} {:>9} {:>8} {}",
-        "RANK",
-        "PID",
-        "COMM",
-        "SCORE",
-        "ADJ",
-        "ANON",
-        "FILE",
-        "SHMEM",
-        "SWAP",
-        "PTE",
-        "CONTAINER/POD/MEMCG"
+        "{:>5} {:>8} {:<15} {:>5} {:>5} {:>9} {:>9} {:>9} {:>9} {:>8} CONTAINER/POD/MEMCG",
+        "RANK", "PID", "COMM", "SCORE", "ADJ", "ANON", "FILE", "SHMEM", "SWAP", "PTE",
     );
     for p in &pass.processes {
         process_line(&mut out, p);
