@@ -207,14 +207,14 @@ pub fn render(pass: &Pass) -> String {
         }
     }
     out.push('\n');
-    let _ = writeln!(
-        out,
+    let title = format!(
         "Processes{}: the order of a node-wide OOM (RANK 1 dies first; SCORE = /proc/PID/oom_score)",
         pass.cgroup
             .as_deref()
-            .map(|c| format!(" in {}", tail(c, 40)))
+            .map(|c| format!(" in {}", tail(c, 30)))
             .unwrap_or_default()
     );
+    let _ = writeln!(out, "{}", head(&title, WIDTH));
     let _ = writeln!(
         out,
         "{:>5} {:>8} {:<15} {:>5} {:>5} {:>9} {:>9} {:>9} {:>9} {:>8} CONTAINER/POD/MEMCG",
@@ -232,6 +232,89 @@ pub fn render(pass: &Pass) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Long paths, names and figures still fit 120 columns.
+    #[test]
+    fn every_line_fits_the_width() {
+        use oomtrace_record::{Origin, RankCandidate, RankMemcg, RankProcess};
+        let path = format!(
+            "/kubepods/burstable/pod{}/{}",
+            "a".repeat(36),
+            "b".repeat(64)
+        );
+        let candidate = RankCandidate {
+            pid: 4_194_304,
+            comm: "a-very-long-process-name".into(),
+            oom_score_adj: -999,
+            badness: -6_000_000_000,
+        };
+        let memcg = RankMemcg {
+            schema: 1,
+            origin: Origin::default(),
+            time: String::new(),
+            boot_ns: 0,
+            path: path.clone(),
+            usage_bytes: Some(999 << 40),
+            limit_bytes: 1000 << 40,
+            headroom_bytes: Some(1 << 40),
+            headroom_percent: Some(0.1),
+            working_set_bytes: Some(999 << 40),
+            total_pages: u64::MAX,
+            processes: 4_000_000,
+            next_victim: Some(candidate.clone()),
+            tied_with: vec![candidate.clone(); 3],
+            runner_up: None,
+            margin_pages: None,
+            order: vec![candidate.clone(); 4],
+            container: None,
+            k8s: None,
+        };
+        let process = RankProcess {
+            schema: 1,
+            origin: Origin::default(),
+            time: String::new(),
+            boot_ns: 0,
+            pid: 4_194_304,
+            comm: "a-very-long-process-name".into(),
+            oom_score: Some(2000),
+            oom_score_adj: Some(-1000),
+            rss_anon_bytes: Some(1023 << 30),
+            rss_file_bytes: Some(1023 << 30),
+            rss_shmem_bytes: Some(1023 << 30),
+            swap_bytes: Some(1023 << 30),
+            page_tables_bytes: Some(1023 << 20),
+            node_badness: None,
+            node_rank: None,
+            skipped: Some(RankSkip::AdjMin),
+            memcg_path: Some(path.clone()),
+            container: None,
+            k8s: None,
+            systemd_unit: None,
+            unreadable: Vec::new(),
+        };
+        let pass = Pass {
+            processes: vec![process],
+            memcgs: vec![memcg],
+            cgroup: Some(path),
+            seen: 4_000_000,
+            node: super::super::NodeFacts {
+                ram_bytes: 1 << 50,
+                swap_bytes: 1 << 50,
+                total_pages: 1 << 40,
+                page_size: 4096,
+            },
+            problems: vec!["x".repeat(300)],
+        };
+        let screen = render(&pass);
+        assert!(screen.contains("TIE×4"), "{screen}");
+        for line in screen.lines() {
+            assert!(
+                line.chars().count() <= WIDTH,
+                "{} columns: {line}",
+                line.chars().count()
+            );
+        }
+    }
 
     #[test]
     fn cut_to_width() {
