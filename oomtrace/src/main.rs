@@ -16,6 +16,7 @@ mod cli;
 mod kernel;
 mod output;
 mod pipeline;
+mod rank;
 mod report;
 
 fn main() -> std::process::ExitCode {

@@ -19,6 +19,7 @@ pub mod messages;
 pub mod metrics;
 pub mod operations;
 pub mod paths;
+pub mod rank;
 pub mod readme;
 pub mod report;
 pub mod runtimes;

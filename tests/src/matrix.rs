@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::{
     Env, attribution, cgroup, fired_limit, memcg_counters, memory, memory_edges, messages,
-    operations, paths, scenarios, signals, signals_vm, stall,
+    operations, paths, rank, scenarios, signals, signals_vm, stall,
 };
 
 type Scenario = (&'static str, fn(&Env));
@@ -151,6 +151,19 @@ const MEMORY: &[Scenario] = &[
     ),
 ];
 
+/// `oomtrace rank`'s prediction against the kernel's choice (see
+/// `rank.rs`): the badness arithmetic and the memcg's totalpages differ
+/// between cgroup versions, not between attach modes, so one raw mode per
+/// kernel runs them. adj -1000 can be set only in the VMs.
+const RANK: &[Scenario] = &[
+    (
+        "rank_predicts_adj_over_size",
+        rank::rank_predicts_adj_over_size,
+    ),
+    ("rank_predicts_a_near_tie", rank::rank_predicts_a_near_tie),
+    ("rank_skips_adj_min", rank::rank_skips_adj_min),
+];
+
 /// Cgroup paths at the limits of the kernel's walks (see `paths.rs`). The
 /// walks are the same in every raw mode; `oom.memcg_path` is not (the
 /// hook's `oc->memcg`, or derived from the levels), so they run with
@@ -193,6 +206,10 @@ const V2_ONLY: &[&str] = &[
 /// Scenarios that run only inside the VMs (`signals_vm::in_vm`), where the
 /// whole machine is theirs: n/a on the host.
 const VM_ONLY: &[&str] = &["userspace_oom_killer_is_named"];
+
+/// Scenarios that set a negative oom_score_adj, which needs
+/// CAP_SYS_RESOURCE: the VMs have it, the host's root here does not.
+const NEEDS_NEGATIVE_ADJ: &[&str] = &["rank_skips_adj_min"];
 
 /// Scenarios that need a file on a disk (n/a in the VMs): there every file
 /// system is in RAM (the initramfs, tmpfs), whose pages are not page cache
@@ -237,7 +254,7 @@ pub const MODES: &[Mode] = &[
         name: "raw+off",
         flags: &["--victim-probe", "raw", "--oom-kill-probe", "off"],
         requires: &[("mark_victim", "raw_tracepoint")],
-        scenarios: &[KILLS, EXIT_PATHS, PATHS, SIGNALS, COUNTERS, MEMORY],
+        scenarios: &[KILLS, EXIT_PATHS, PATHS, SIGNALS, COUNTERS, MEMORY, RANK],
     },
     Mode {
         // The scenario itself runs `--victim-probe tracepoint` (with
@@ -340,6 +357,16 @@ pub fn run(base: &Env, only: Option<&str>, scenario: Option<&str>) -> Totals {
         for (name, run) in chosen.filter(|(name, _)| wanted(name)) {
             if VM_ONLY.contains(name) && !signals_vm::in_vm() {
                 line(name, "n/a", 0.0, signals_vm::VM_ONLY_WHY);
+                totals.na += 1;
+                continue;
+            }
+            if NEEDS_NEGATIVE_ADJ.contains(name) && !signals_vm::in_vm() {
+                line(
+                    name,
+                    "n/a",
+                    0.0,
+                    "sets adj -1000: the VMs only (CAP_SYS_RESOURCE)",
+                );
                 totals.na += 1;
                 continue;
             }

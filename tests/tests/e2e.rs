@@ -166,3 +166,17 @@ mod deploy {
         );
     }
 }
+
+/// `oomtrace rank`'s prediction against the kernel's kill (run them with
+/// the filter `rank::`).
+mod rank {
+    use oomtrace_tests::rank;
+
+    use super::env;
+
+    scenario! {
+        rank::rank_predicts_the_largest,
+        rank::rank_predicts_adj_over_size,
+        rank::rank_predicts_a_near_tie,
+    }
+}

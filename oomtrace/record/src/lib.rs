@@ -23,6 +23,7 @@
 
 mod kill;
 mod memory;
+mod rank;
 pub mod read;
 mod sample;
 mod schema;
@@ -40,6 +41,7 @@ pub use kill::{
     text_fields,
 };
 pub use memory::{KernelStat, Memcg, MemcgEvents, MemcgLevel};
+pub use rank::{RankCandidate, RankMemcg, RankProcess, RankSkip};
 pub use sample::{Growth, GrowthKind, Memory, MemoryStat, Pressure, PressureSource};
 pub use schema::{
     breaking_changes, committed_schema_path, field_tables, fill_field_tables, json_schema,
@@ -70,6 +72,10 @@ pub enum Record {
     Lost(Box<Lost>),
     Heartbeat(Box<Heartbeat>),
     Stop(Box<Stop>),
+    /// One process, from `oomtrace rank --json`.
+    RankProcess(Box<RankProcess>),
+    /// One memory cgroup with a limit, from `oomtrace rank --json`.
+    RankMemcg(Box<RankMemcg>),
     /// A record type from a newer oomtrace (read, never written).
     #[serde(other)]
     #[schemars(skip)]
@@ -89,6 +95,8 @@ impl Record {
             Self::Lost(_) => "lost",
             Self::Heartbeat(_) => "heartbeat",
             Self::Stop(_) => "stop",
+            Self::RankProcess(_) => "rank_process",
+            Self::RankMemcg(_) => "rank_memcg",
             Self::Unknown => "unknown",
         }
     }
@@ -105,6 +113,8 @@ impl Record {
             Self::Lost(r) => Some(r.schema),
             Self::Heartbeat(r) => Some(r.schema),
             Self::Stop(r) => Some(r.schema),
+            Self::RankProcess(r) => Some(r.schema),
+            Self::RankMemcg(r) => Some(r.schema),
             Self::Unknown => None,
         }
     }
@@ -120,6 +130,8 @@ impl Record {
             Self::Lost(r) => Some(&r.origin),
             Self::Heartbeat(r) => Some(&r.origin),
             Self::Stop(r) => Some(&r.origin),
+            Self::RankProcess(r) => Some(&r.origin),
+            Self::RankMemcg(r) => Some(&r.origin),
             Self::Unknown => None,
         }
     }

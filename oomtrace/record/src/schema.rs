@@ -437,7 +437,9 @@ mod tests {
                 "oom_stall",
                 "lost",
                 "heartbeat",
-                "stop"
+                "stop",
+                "rank_process",
+                "rank_memcg"
             ]
         );
         let kill = &tables[1].1;

@@ -76,6 +76,8 @@ pub fn line(record: &Record) -> String {
             s.counters.late_exits,
             s.counters.lost_kills
         ),
+        Record::RankProcess(r) => r.text_line(),
+        Record::RankMemcg(r) => r.text_line(),
         Record::Unknown => "record of an unknown type".into(),
     }
 }

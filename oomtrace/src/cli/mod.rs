@@ -3,6 +3,7 @@
 //! and `output`.
 
 mod check;
+mod rank;
 mod report;
 mod run;
 mod schema;
@@ -81,6 +82,21 @@ enum Command {
     ///
     /// Example: oomtrace report /var/log/oomtrace/ --since 6h
     Report(report::ReportArgs),
+    /// Who the OOM killer kills next: per memory cgroup with a limit, and
+    /// for the node.
+    ///
+    /// Reads /proc and the memcg files (no eBPF; without root it ranks what
+    /// /proc lets it read and says what it could not). Per memcg with a
+    /// limit: usage, limit, headroom, working set and the next victim, the
+    /// task the kernel's badness rule picks among that memcg's tasks (rss +
+    /// swap + page tables + oom_score_adj × totalpages/1000, in pages, as
+    /// mm/oom_kill.c computes it), ties reported as ties. Per process:
+    /// oom_score, adj, RSS by kind, swap, page tables, its memcg, container
+    /// and pod, and its place in a node-wide OOM. A sample, not an atomic
+    /// view: sizes can move between the read and an OOM.
+    ///
+    /// Example: oomtrace rank --cgroup /docker/ID
+    Rank(rank::RankArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -98,6 +114,7 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check::check(args),
         Command::Schema => schema::schema().map(|()| ExitCode::SUCCESS),
         Command::Report(args) => report::report(args),
+        Command::Rank(args) => rank::rank(args),
     };
     match result {
         Ok(code) => code,

@@ -160,7 +160,8 @@ impl Analysis {
                     n.oom_stalls += u64::from(r.phase == StallPhase::Start);
                 }
             }
-            Record::Unknown => {}
+            // `oomtrace rank` snapshots say nothing of kills or gaps.
+            Record::RankProcess(_) | Record::RankMemcg(_) | Record::Unknown => {}
         }
     }
 

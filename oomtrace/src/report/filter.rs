@@ -90,6 +90,8 @@ fn facts(record: &Record) -> Facts<'_> {
         Record::Lost(r) => f.time = Some(&r.time),
         Record::Heartbeat(r) => f.time = Some(&r.time),
         Record::LateExit(r) => f.time = Some(&r.time),
+        Record::RankProcess(r) => f.time = Some(&r.time),
+        Record::RankMemcg(r) => f.time = Some(&r.time),
         Record::Unknown => {}
     }
     f
@@ -183,7 +185,9 @@ impl Dedupe {
             Record::Lost(r) => (None, &r.time, r.boot_ns),
             Record::Heartbeat(r) => (None, &r.time, r.boot_ns),
             Record::OomStall(r) => (None, &r.time, r.boot_ns),
-            Record::Unknown => return true,
+            // Snapshots of `oomtrace rank`, not events: a pass shares one
+            // time, so they are never duplicates of each other.
+            Record::RankProcess(_) | Record::RankMemcg(_) | Record::Unknown => return true,
         };
         let mut h = DefaultHasher::new();
         (

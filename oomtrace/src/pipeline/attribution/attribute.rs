@@ -24,7 +24,8 @@ pub struct Attributor {
 }
 
 /// Whose a cgroup path is: container, pod and systemd unit.
-pub(super) struct Names {
+#[derive(Clone, Debug, Default)]
+pub struct Names {
     pub container: Option<Container>,
     pub k8s: Option<K8s>,
     pub systemd_unit: Option<String>,
@@ -86,7 +87,7 @@ impl Attributor {
     /// The path gives the container's id and (mostly) its runtime; the
     /// runtime's state files its name, its image, and the Kubernetes names
     /// the kubelet's log directories leave null.
-    pub(super) fn names(&mut self, path: &str) -> Names {
+    pub fn names(&mut self, path: &str) -> Names {
         let identity = identify(path);
         let mut container = identity.container;
         let state = container

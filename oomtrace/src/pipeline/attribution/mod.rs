@@ -30,10 +30,11 @@ mod signals;
 #[cfg(test)]
 mod tests;
 
-pub use attribute::{Attributor, HostView};
+pub use attribute::{Attributor, HostView, Names};
 pub use cgroup_path::identify;
 pub use kubelet::KubeletNames;
 pub use runtime_state::{
     CONTAINERD_ROOT, CONTAINERS_STORAGE_ROOT, DOCKER_ROOT, RuntimeRoots, RuntimeState,
 };
 pub use scope::{ChargeSlack, limit_scope, nearest_limited_ancestor};
+pub use signals::memory_hierarchy_path;

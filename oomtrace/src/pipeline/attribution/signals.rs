@@ -134,7 +134,7 @@ impl Attributor {
 /// The path of the memory controller's hierarchy in /proc/PID/cgroup:
 /// the cgroup v1 line naming `memory` where there is one (memory on v1,
 /// hybrid or not), else the cgroup v2 `0::` line.
-fn memory_hierarchy_path(text: &[u8]) -> Option<&[u8]> {
+pub fn memory_hierarchy_path(text: &[u8]) -> Option<&[u8]> {
     let line = |v1: bool| {
         text.split(|b| *b == b'\n').find_map(move |line| {
             let mut fields = line.splitn(3, |b| *b == b':');

@@ -32,9 +32,9 @@ use std::{
 
 use oomtrace_record::{Memory, OomKill, OomStall};
 
-pub use self::files::Version;
+pub use self::files::{Buffer, CgroupFiles, Version, parse_v2_max};
 use self::{
-    files::{Buffer, CgroupFiles, parse_psi},
+    files::parse_psi,
     stall::Stalls,
     store::{Limits, Point, Store, bytes_per_cgroup},
 };

@@ -30,11 +30,14 @@
 //!   interval and with it off (sampler.rs); bpftrace has no such part;
 //! - post-mortem: `oomtrace report` over a generated fleet's day (1 GB,
 //!   2 million records from 1,000 nodes) against jq counting the same
-//!   kills per container (post_mortem.rs).
+//!   kills per container (post_mortem.rs);
+//! - rank: `oomtrace rank` over the machine's processes plus 2,000 sleepers
+//!   against seed 000's `rank_oom.sh` on the same processes, wall and CPU
+//!   time (rank.rs).
 //!
 //! Usage: oomtrace-bench [--oomtrace PATH] [--workload PATH] [--bpftrace PATH]
 //!                       [--out FILE] [--quick] [--idle SECS]
-//!                       [--only ready|memory|overhead|signal|storm|pipeline-storm|sampler|report]...
+//!                       [--only ready|memory|overhead|signal|storm|pipeline-storm|sampler|report|rank]...
 //!        oomtrace-bench fork-storm N   (the exit-path load: N × fork()+_exit(0);
 //!                                       prints the nanoseconds it took)
 //!        oomtrace-bench signal-storm N (the signal-path load: N × kill(2) of a
@@ -47,6 +50,7 @@
 )]
 
 mod post_mortem;
+mod rank;
 mod report;
 mod sampler;
 mod signal;
@@ -92,7 +96,7 @@ pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const USAGE: &str = "\
 Usage: oomtrace-bench [--oomtrace PATH] [--workload PATH] [--bpftrace PATH]
                       [--out FILE] [--quick] [--idle SECS]
-                      [--only ready|memory|overhead|signal|storm|pipeline-storm|sampler|report]...
+                      [--only ready|memory|overhead|signal|storm|pipeline-storm|sampler|report|rank]...
        oomtrace-bench fork-storm N
        oomtrace-bench signal-storm N
 Runs oomtrace and bpftrace in alternation (root), prints a table and writes every
@@ -174,6 +178,9 @@ fn main() {
     if cfg.wants("report") {
         post_mortem::report_speed(&cfg, &mut report);
     }
+    if cfg.wants("rank") {
+        rank::rank_speed(&cfg, &mut report);
+    }
     report.finish(&cfg.out);
 }
 
@@ -206,8 +213,9 @@ fn parse(args: Vec<String>) -> Config {
             }
         }
     }
-    const FIGURES: [&str; 8] = [
+    const FIGURES: [&str; 9] = [
         "report",
+        "rank",
         "ready",
         "memory",
         "overhead",
