@@ -75,6 +75,15 @@ struct Strict;
 /// Reads every input and analyses it; messages about bad input go to
 /// `warnings` (stderr).
 pub fn run(options: &Options, warnings: &mut dyn Write) -> Result<Outcome, ReportError> {
+    run_chunked(options, warnings, parallel::CHUNK_BYTES)
+}
+
+/// [`run`], in chunks of about `chunk_bytes` (tests cut them small).
+fn run_chunked(
+    options: &Options,
+    warnings: &mut dyn Write,
+    chunk_bytes: usize,
+) -> Result<Outcome, ReportError> {
     let sources = input::expand(&options.inputs)?;
     let mut reader = Reader {
         options,
@@ -90,7 +99,7 @@ pub fn run(options: &Options, warnings: &mut dyn Write) -> Result<Outcome, Repor
         filters: &options.filters,
     };
     let mut strict_failure = false;
-    parallel::read(&sources, reading, |done| {
+    parallel::read(&sources, reading, chunk_bytes, |done| {
         let applied = reader.apply(done, reading);
         strict_failure = applied.is_err();
         applied.is_ok()
@@ -257,3 +266,7 @@ pub fn json_schema() -> serde_json::Value {
 #[cfg(test)]
 #[path = "tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "reader_props.rs"]
+mod reader_props;

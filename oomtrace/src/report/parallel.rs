@@ -37,7 +37,7 @@ use super::{
 };
 
 /// A chunk's text, about (a chunk ends at the first line end past it).
-const CHUNK_BYTES: usize = 256 << 10;
+pub const CHUNK_BYTES: usize = 256 << 10;
 /// Chunks in existence at once, per worker.
 const IN_FLIGHT_PER_WORKER: usize = 4;
 /// Workers at most (a chunk's parse is the work; more cores than this
@@ -55,10 +55,10 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    fn new(first_line: u64) -> Self {
+    fn new(first_line: u64, bytes: usize) -> Self {
         Self {
             first_line,
-            text: Vec::with_capacity(CHUNK_BYTES + (4 << 10)),
+            text: Vec::with_capacity(bytes + (4 << 10)),
             lines: Vec::new(),
         }
     }
@@ -198,9 +198,15 @@ impl Reading<'_> {
     }
 }
 
-/// Reads `sources` on every core and hands each piece of work to `apply`
-/// in input order; `apply` returns false to stop reading.
-pub fn read(sources: &[Source], reading: Reading<'_>, mut apply: impl FnMut(Done) -> bool) {
+/// Reads `sources` on every core, in chunks of about `chunk_bytes`, and
+/// hands each piece of work to `apply` in input order; `apply` returns
+/// false to stop reading.
+pub fn read(
+    sources: &[Source],
+    reading: Reading<'_>,
+    chunk_bytes: usize,
+    mut apply: impl FnMut(Done) -> bool,
+) {
     let workers = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .clamp(1, MAX_WORKERS);
@@ -217,7 +223,7 @@ pub fn read(sources: &[Source], reading: Reading<'_>, mut apply: impl FnMut(Done
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let stop = &stop;
-        scope.spawn(move || produce(sources, &slot_rx, &work_tx, stop));
+        scope.spawn(move || produce(sources, chunk_bytes, &slot_rx, &work_tx, stop));
         for _ in 0..workers {
             let done_tx = done_tx.clone();
             let work_rx = &work_rx;
@@ -247,6 +253,7 @@ pub fn read(sources: &[Source], reading: Reading<'_>, mut apply: impl FnMut(Done
 /// The reading thread: every source, in order, as chunks of lines.
 fn produce(
     sources: &[Source],
+    chunk_bytes: usize,
     slots: &Receiver<()>,
     work: &SyncSender<(u64, Work)>,
     stop: &AtomicBool,
@@ -273,16 +280,20 @@ fn produce(
                 continue;
             }
         };
-        if !chunks(&mut *input, &mut send) {
+        if !chunks(&mut *input, chunk_bytes, &mut send) {
             return;
         }
     }
 }
 
 /// One source's lines as chunks, then its end (or read error).
-fn chunks(input: &mut dyn BufRead, send: &mut impl FnMut(Work) -> bool) -> bool {
+fn chunks(
+    input: &mut dyn BufRead,
+    chunk_bytes: usize,
+    send: &mut impl FnMut(Work) -> bool,
+) -> bool {
     let mut line = 1u64;
-    let mut chunk = Chunk::new(line);
+    let mut chunk = Chunk::new(line, chunk_bytes);
     loop {
         let start = chunk.text.len();
         match input::append_line(input, &mut chunk.text, MAX_LINE) {
@@ -302,8 +313,8 @@ fn chunks(input: &mut dyn BufRead, send: &mut impl FnMut(Work) -> bool) -> bool 
             }
         }
         line += 1;
-        if chunk.text.len() >= CHUNK_BYTES {
-            let full = std::mem::replace(&mut chunk, Chunk::new(line));
+        if chunk.text.len() >= chunk_bytes {
+            let full = std::mem::replace(&mut chunk, Chunk::new(line, chunk_bytes));
             if !send(Work::Lines(full)) {
                 return false;
             }
