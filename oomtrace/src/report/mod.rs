@@ -14,6 +14,7 @@ mod input;
 pub mod model;
 mod nodes;
 mod parallel;
+pub mod schema_doc;
 mod subject;
 pub mod svg;
 pub mod text;
@@ -261,6 +262,11 @@ impl Reader<'_> {
 /// The JSON Schema of `--json`'s document.
 pub fn json_schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(Report)).unwrap_or_default()
+}
+
+/// The field table of `--json`'s document, for docs/report.md.
+pub fn json_schema_markdown() -> String {
+    schema_doc::table(&json_schema())
 }
 
 #[cfg(test)]
