@@ -22,7 +22,7 @@ use crate::{
 
 pub mod containerd;
 pub mod engine;
-mod image;
+pub(crate) mod image;
 pub mod scenarios;
 pub mod sweep;
 
