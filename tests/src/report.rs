@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use crate::{
     cgroup::MemCgroup,
     collector::{Collector, Env},
+    kmsg::Kmsg,
     runtimes::{Engine, Kind},
     scenarios::{LIMIT, assert_sigkilled},
     workload::Workload,
@@ -233,6 +234,139 @@ pub fn real_kills_plain_and_docker_json_file(env: &Env) {
         report_docker["subjects"], report_plain["subjects"],
         "the same story from Docker's log"
     );
+    drop(engine);
+}
+
+/// The records in a Docker json-file log: each line's `log`, pieces
+/// joined up to the one that ends the line.
+fn records_in_json_file(log: &Path) -> Vec<Value> {
+    let kept =
+        std::fs::read_to_string(log).unwrap_or_else(|e| panic!("read {}: {e}", log.display()));
+    let mut records = Vec::new();
+    let mut line = String::new();
+    for entry in kept.lines() {
+        let entry: Value = serde_json::from_str(entry).expect("json-file lines are JSON");
+        line.push_str(entry["log"].as_str().expect("log"));
+        if let Some(whole) = line.strip_suffix('\n') {
+            if let Ok(record) = serde_json::from_str::<Value>(whole)
+                && record["type"].is_string()
+            {
+                records.push(record);
+            }
+            line.clear();
+        }
+    }
+    records
+}
+
+/// Waits for a record in the container's json-file log that `pred` takes.
+fn logged(log: &Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + KILL_TIMEOUT;
+    loop {
+        if log.exists()
+            && let Some(found) = records_in_json_file(log).into_iter().find(|r| pred(r))
+        {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {what} in {} after {KILL_TIMEOUT:?}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// oomtrace's static binary running in a Docker container of the test
+/// image (the capabilities it needs, `--pid=host`, /sys and dockerd's state
+/// mounted), its stdout kept by Docker's json-file log driver; a container
+/// is OOM-killed; the collector's container is stopped (SIGTERM: it
+/// flushes); the report over its json-file log finds the kill, named,
+/// counted once, the pid the kernel's `Killed process` line gives.
+pub fn oomtrace_in_a_container_reported_from_its_docker_log(env: &Env) {
+    let workload = crate::runtimes::image::static_workload();
+    let oomtrace = workload.with_file_name("oomtrace");
+    assert!(
+        oomtrace.exists(),
+        "{} does not exist: `cargo xtask test` builds it (or `cargo build --release --target \
+         x86_64-unknown-linux-musl -p oomtrace -p oomtrace-tests --bins`)",
+        oomtrace.display()
+    );
+    let mut engine = Engine::start(Kind::Docker);
+    let docker_root = engine.dirs.docker_root();
+    let root = docker_root.to_str().expect("utf-8");
+    let binary = format!("{}:/oomtrace:ro", oomtrace.display());
+    let state = format!("{root}:{root}:ro");
+    let collector = engine.run(
+        "report-collector",
+        &[
+            // What `--privileged` would give, but every capability (this
+            // machine's bounding set lacks some, and runc refuses them).
+            // SYS_ADMIN stands for BPF and PERFMON, which this Docker does
+            // not know.
+            "--cap-add",
+            "SYS_ADMIN",
+            "--cap-add",
+            "SYS_PTRACE",
+            "--cap-add",
+            "SYSLOG",
+            "--cap-add",
+            "DAC_READ_SEARCH",
+            "--security-opt",
+            "seccomp=unconfined",
+            "--security-opt",
+            "apparmor=unconfined",
+            "--device",
+            "/dev/kmsg",
+            "--pid=host",
+            // The collector's own limit, not the test image's 32 MiB.
+            "--memory",
+            "512m",
+            "--memory-swap",
+            "512m",
+            "-v",
+            "/sys:/sys",
+            "-v",
+            &binary,
+            "-v",
+            &state,
+        ],
+        &["/oomtrace", "run", "--docker-root", root],
+    );
+    let log = PathBuf::from(
+        engine.inspect(&collector.name)["LogPath"]
+            .as_str()
+            .expect("LogPath"),
+    );
+    collector.release();
+    logged(&log, "start record", |r| r["type"] == "start");
+
+    let mut kmsg = Kmsg::open();
+    let victim = engine.run("report-victim", &[], &["/oomtrace-workload", "alloc"]);
+    victim.release();
+    assert_eq!(engine.wait(&victim), 137, "the victim was OOM-killed");
+    let kernel = kmsg.killed(victim.pid, KILL_TIMEOUT);
+    let record = logged(&log, "kill record", |r| {
+        r["type"] == "oom_kill" && r["container"]["id"] == victim.id.as_str()
+    });
+    assert_eq!(record["victim"]["pid"], kernel.pid, "{record}");
+
+    engine.cli(&["stop", "--time", "30", &collector.name]);
+    assert_eq!(engine.wait(&collector), 0, "the collector stopped cleanly");
+    logged(&log, "stop record", |r| r["type"] == "stop");
+
+    let report = report_json(env, &log);
+    let s = subject(&report, &victim.name);
+    assert_eq!(s["kind"], "container", "{s:#}");
+    assert_eq!(s["container_ids"], json!([victim.id]), "{s:#}");
+    assert_eq!(
+        (&s["kills"], &s["container_died"], &s["child_killed"]),
+        (&json!(1), &json!(1), &json!(0)),
+        "{s:#}"
+    );
+    assert_eq!(report["causes"]["kernel_oom_memcg"], 1, "{report:#}");
+    assert_eq!(report["input"]["malformed"], 0, "{report:#}");
+    assert_eq!(report["nodes"][0]["runs_without_stop"], 0, "{report:#}");
     drop(engine);
 }
 

@@ -93,6 +93,7 @@ scenario! {
     memory_scale::sampler_within_its_cap_among_2000_memcgs,
     report::real_kills_plain_and_docker_json_file,
     report::heartbeats_at_the_interval,
+    report::oomtrace_in_a_container_reported_from_its_docker_log,
 }
 
 /// `oomtrace run --metrics-addr` and deploy/alerts.yaml, with a real

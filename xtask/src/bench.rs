@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: oomtrace against bpftrace on this machine, by the
 //! oomtrace-bench binary (tests/src/bin/bench/), which prints the table and
-//! writes target/bench.json.
+//! writes target/bench.json; then the report reader's fuzz target for a
+//! minute (crate::fuzz).
 
 use std::path::Path;
 use std::process::Command;
@@ -56,7 +57,10 @@ pub fn bench(opts: &BenchOpts) -> Result<()> {
     run(&mut cmd).context(
         "the benchmark failed (see above); it stops every tool it started and removes its \
          cgroups on the way out",
-    )
+    )?;
+    // Not a figure, but it needs time rather than a test's budget: the
+    // report reader's fuzz target, for a bounded time.
+    crate::fuzz::fuzz_report_reader(crate::fuzz::FUZZ_SECS)
 }
 
 /// jq, which `oomtrace report` is measured against.

@@ -1,6 +1,7 @@
 //! `cargo xtask docs`: the generated parts of the documentation.
 //!
 //! - docs/schema.md's field tables, from the record types.
+//! - docs/report.md's field table, from `oomtrace report --json`'s types.
 //! - README.md's example records. Each sits in a fenced block after a
 //!   `<!-- example:NAME -->` marker (`<!-- example:NAME line -->` for one
 //!   NDJSON line rather than pretty-printed JSON). `--capture` (root) causes
@@ -31,6 +32,21 @@ pub fn docs(capture: bool) -> Result<()> {
     rewrite(&root.join("docs/schema.md"), |doc| {
         oomtrace_record::fill_field_tables(doc).map_err(|e| anyhow::anyhow!(e))
     })?;
+    // The report document's field table, from `oomtrace report`'s own
+    // schema (the binary's types, which this crate cannot link).
+    let table = crate::util::capture(cargo_cmd()?.args([
+        "run",
+        "--quiet",
+        "--package",
+        "oomtrace",
+        "--",
+        "report",
+        "--json-schema-markdown",
+    ]))
+    .context("printing the report document's field table")?;
+    rewrite(&root.join("docs/report.md"), |doc| {
+        fill_report_fields(doc, &table)
+    })?;
     rewrite(&root.join("README.md"), |doc| {
         fill_examples(doc, |name| {
             let path = examples.join(name);
@@ -47,6 +63,20 @@ pub fn docs(capture: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// docs/report.md with the table between its `<!-- report-fields -->`
+/// markers replaced.
+fn fill_report_fields(doc: &str, table: &str) -> Result<String> {
+    const OPEN: &str = "<!-- report-fields -->";
+    const CLOSE: &str = "<!-- /report-fields -->";
+    let (Some(start), Some(end)) = (doc.find(OPEN), doc.find(CLOSE)) else {
+        bail!("no {OPEN} ... {CLOSE} markers");
+    };
+    if end < start {
+        bail!("{CLOSE} before {OPEN}");
+    }
+    Ok(format!("{}{OPEN}\n{table}{}", &doc[..start], &doc[end..]))
 }
 
 /// Writes the schema of this version to its committed copy, unless the

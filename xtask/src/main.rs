@@ -6,6 +6,7 @@ mod apt;
 mod bench;
 mod cmds;
 mod docs;
+mod fuzz;
 mod lint_errors;
 mod setup;
 mod util;

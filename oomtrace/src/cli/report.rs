@@ -29,6 +29,10 @@ pub struct ReportArgs {
     /// Print the JSON Schema of --json's document and exit.
     #[arg(long)]
     pub json_schema: bool,
+    /// Print the field table of --json's document (docs/report.md, as
+    /// `cargo xtask docs` writes it) and exit.
+    #[arg(long, hide = true)]
+    pub json_schema_markdown: bool,
     /// Stop at the first malformed line, too-long line or read error, with
     /// exit status 2 (default: say it on stderr, skip it, count it).
     #[arg(long)]
@@ -62,6 +66,10 @@ pub struct ReportArgs {
 }
 
 pub fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    if args.json_schema_markdown {
+        print!("{}", report::json_schema_markdown());
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.json_schema {
         println!("{}", serde_json::to_string_pretty(&report::json_schema())?);
         return Ok(ExitCode::SUCCESS);

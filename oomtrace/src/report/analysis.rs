@@ -2,7 +2,7 @@
 //! node-wide findings. Memory is bounded: subjects, nodes, runs and lists
 //! are capped, and what falls past a cap is counted.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use oomtrace_record::{
     Constraint, GrowthKind, LimitScope, OomKill, Origin, Record, SenderKind, SignalKill,
@@ -12,7 +12,7 @@ use oomtrace_record::{
 use super::{
     advice,
     model::{ChildKill, Node, NodeOom, Report},
-    nodes::NodeState,
+    nodes::{NodeState, earlier, later},
     subject::{LimitSeen, SubjectState, Who, add_name, who},
 };
 
@@ -75,8 +75,8 @@ impl Analysis {
     pub fn new(loop_count: u64, loop_window_s: f64) -> Self {
         Self {
             report: Report::default(),
-            subjects: HashMap::new(),
-            nodes: HashMap::new(),
+            subjects: HashMap::default(),
+            nodes: HashMap::default(),
             loop_count,
             loop_window: loop_window_s,
             first: None,
@@ -85,22 +85,22 @@ impl Analysis {
         }
     }
 
+    /// The record's node, made on its first record; None past the cap.
     fn node(&mut self, origin: &Origin) -> Option<&mut NodeState> {
-        let name = origin.hostname.clone().unwrap_or_else(|| "?".to_string());
-        if !self.nodes.contains_key(&name) && self.nodes.len() >= MAX_NODES {
-            return None;
+        let name = origin.hostname.as_deref().unwrap_or("?");
+        if !self.nodes.contains_key(name) {
+            if self.nodes.len() >= MAX_NODES {
+                return None;
+            }
+            self.nodes.insert(name.to_string(), NodeState::default());
         }
-        Some(self.nodes.entry(name).or_default())
+        self.nodes.get_mut(name)
     }
 
     fn period(&mut self, time: &str) -> Option<f64> {
         let t = seconds(time)?;
-        if self.first.as_ref().is_none_or(|(f, _)| t < *f) {
-            self.first = Some((t, time.to_string()));
-        }
-        if self.last.as_ref().is_none_or(|(l, _)| t > *l) {
-            self.last = Some((t, time.to_string()));
-        }
+        earlier(&mut self.first, t, time);
+        later(&mut self.last, t, time);
         Some(t)
     }
 
@@ -113,7 +113,7 @@ impl Analysis {
     /// Notes a record of a node at `time`; returns the node for more.
     fn seen(&mut self, origin: &Origin, time: &str) -> Option<&mut NodeState> {
         let (n, t) = self.node_at(origin, time)?;
-        n.seen(origin, t, time);
+        let _ = n.seen(origin, t, time);
         Some(n)
     }
 
@@ -173,7 +173,7 @@ impl Analysis {
         ) || kill.oom.limit_scope == Some(LimitScope::Node);
         let not_killed = kill.oom.killed == Some(false);
         if let Some(n) = self.node(&kill.origin) {
-            n.seen(&kill.origin, t, &kill.time);
+            let _ = n.seen(&kill.origin, t, &kill.time);
             if !not_killed {
                 n.oom_kills += 1;
                 n.node_ooms += u64::from(node_wide);
@@ -287,7 +287,7 @@ impl Analysis {
     fn signal_kill(&mut self, kill: &SignalKill) {
         let t = self.period(&kill.time);
         if let Some(n) = self.node(&kill.origin) {
-            n.seen(&kill.origin, t, &kill.time);
+            let _ = n.seen(&kill.origin, t, &kill.time);
         }
         let causes = &mut self.report.causes;
         let slot = match kill.sender.kind {

@@ -1,10 +1,8 @@
 //! `--since/--until/--node/--namespace/--pod/--container`, and dedupe.
 
-use std::{
-    collections::HashSet,
-    hash::{DefaultHasher, Hash, Hasher},
-};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
+use foldhash::HashSet;
 use oomtrace_record::{Container, K8s, Record};
 
 use super::analysis::seconds;
@@ -170,11 +168,11 @@ pub struct Dedupe {
 }
 
 impl Dedupe {
-    /// True the first time a record is seen.
-    pub fn first(&mut self, record: &Record) -> bool {
-        let Some(origin) = record.origin() else {
-            return true;
-        };
+    /// A record's identity, as a hash; None for a record never
+    /// deduplicated (one without an origin). Computed where the record is
+    /// parsed (any thread), checked by [`Self::first`] in input order.
+    pub fn key(record: &Record) -> Option<u64> {
+        let origin = record.origin()?;
         let (seq, time, boot_ns): (Option<u64>, &str, u64) = match record {
             Record::OomKill(r) => (Some(r.seq), &r.time, r.boot_ns),
             Record::SignalKill(r) => (Some(r.seq), &r.time, r.boot_ns),
@@ -187,7 +185,7 @@ impl Dedupe {
             Record::OomStall(r) => (None, &r.time, r.boot_ns),
             // Snapshots of `oomtrace rank`, not events: a pass shares one
             // time, so they are never duplicates of each other.
-            Record::RankProcess(_) | Record::RankMemcg(_) | Record::Unknown => return true,
+            Record::RankProcess(_) | Record::RankMemcg(_) | Record::Unknown => return None,
         };
         let mut h = DefaultHasher::new();
         (
@@ -200,7 +198,14 @@ impl Dedupe {
             boot_ns,
         )
             .hash(&mut h);
-        let key = h.finish();
+        Some(h.finish())
+    }
+
+    /// True the first time a record (by its [`Self::key`]) is seen.
+    pub fn first(&mut self, key: Option<u64>) -> bool {
+        let Some(key) = key else {
+            return true;
+        };
         if self.seen.contains(&key) {
             return false;
         }

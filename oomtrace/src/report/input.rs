@@ -134,8 +134,18 @@ pub enum Line {
 
 /// Reads one line into `buf` (cleared first), holding at most `max`
 /// bytes of it: a longer line is read through to its end and dropped.
+#[cfg(test)]
 pub fn read_line(input: &mut dyn BufRead, buf: &mut Vec<u8>, max: usize) -> io::Result<Line> {
     buf.clear();
+    append_line(input, buf, max)
+}
+
+/// Reads one line onto the end of `buf` (without its newline), holding at
+/// most `max` bytes of it: a longer line is read through to its end and
+/// dropped, and `buf` is left as it was. On an error, `buf` may hold a
+/// part of the line.
+pub fn append_line(input: &mut dyn BufRead, buf: &mut Vec<u8>, max: usize) -> io::Result<Line> {
+    let start = buf.len();
     let mut too_long = false;
     let mut any = false;
     loop {
@@ -157,9 +167,9 @@ pub fn read_line(input: &mut dyn BufRead, buf: &mut Vec<u8>, max: usize) -> io::
             None => (available, None),
         };
         if !too_long {
-            if buf.len() + chunk.len() > max {
+            if buf.len() - start + chunk.len() > max {
                 too_long = true;
-                buf.clear();
+                buf.truncate(start);
             } else {
                 buf.extend_from_slice(chunk);
             }

@@ -1,6 +1,6 @@
 //! `oomtrace report`: the post-mortem, from whatever the log pipeline
-//! kept. Streams every input line by line (plain or gzip, wrapped or not),
-//! reads the records through the record crate, drops duplicates and what
+//! kept. Streams every input (plain or gzip, wrapped or not), reads the
+//! records through the record crate on every core ([`parallel`]), drops duplicates and what
 //! the filters exclude, and builds the story ([`analysis`]), shown as text
 //! ([`text`]) or as one JSON document ([`model`]).
 //!
@@ -13,23 +13,25 @@ mod filter;
 mod input;
 pub mod model;
 mod nodes;
+mod parallel;
+pub mod schema_doc;
 mod subject;
 pub mod svg;
 pub mod text;
 mod text_details;
 mod unwrap;
 
-use std::{io::Write, path::PathBuf};
+use std::{io::Write, path::PathBuf, sync::Arc};
 
-use oomtrace_record::{Record, SCHEMA_VERSION, read::parse_line};
+use oomtrace_record::SCHEMA_VERSION;
 
 pub use self::filter::{Filters, parse_time};
 use self::{
     analysis::Analysis,
     filter::Dedupe,
-    input::{Line, MAX_LINE, Source},
     model::Report,
-    unwrap::{Unwrapped, Unwrapper},
+    parallel::{Done, LineRead, Parsed, Reading},
+    unwrap::Unwrapper,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,11 @@ struct Reader<'a> {
     /// Where `file:line: reason` messages go.
     warnings: &'a mut dyn Write,
     warned_newer: bool,
+    /// The source being applied.
+    name: Arc<str>,
+    /// Its pieces of split lines pending at the end of the chunk applied
+    /// last.
+    carried: Unwrapper,
 }
 
 /// The `--strict` stop.
@@ -69,6 +76,15 @@ struct Strict;
 /// Reads every input and analyses it; messages about bad input go to
 /// `warnings` (stderr).
 pub fn run(options: &Options, warnings: &mut dyn Write) -> Result<Outcome, ReportError> {
+    run_chunked(options, warnings, parallel::CHUNK_BYTES)
+}
+
+/// [`run`], in chunks of about `chunk_bytes` (tests cut them small).
+fn run_chunked(
+    options: &Options,
+    warnings: &mut dyn Write,
+    chunk_bytes: usize,
+) -> Result<Outcome, ReportError> {
     let sources = input::expand(&options.inputs)?;
     let mut reader = Reader {
         options,
@@ -76,15 +92,19 @@ pub fn run(options: &Options, warnings: &mut dyn Write) -> Result<Outcome, Repor
         dedupe: Dedupe::default(),
         warnings,
         warned_newer: false,
+        name: "-".into(),
+        carried: Unwrapper::new(options.field.as_deref()),
+    };
+    let reading = Reading {
+        field: options.field.as_deref(),
+        filters: &options.filters,
     };
     let mut strict_failure = false;
-    for source in &sources {
-        reader.analysis.report.input.sources += 1;
-        if reader.source(source).is_err() {
-            strict_failure = true;
-            break;
-        }
-    }
+    parallel::read(&sources, reading, chunk_bytes, |done| {
+        let applied = reader.apply(done, reading);
+        strict_failure = applied.is_err();
+        applied.is_ok()
+    });
     let report = reader.analysis.finish();
     Ok(Outcome {
         report,
@@ -93,13 +113,13 @@ pub fn run(options: &Options, warnings: &mut dyn Write) -> Result<Outcome, Repor
 }
 
 impl Reader<'_> {
-    fn warn(&mut self, name: &str, line: u64, reason: &str) {
-        let _ = writeln!(self.warnings, "{name}:{line}: {reason}");
+    fn warn(&mut self, line: u64, reason: &str) {
+        let _ = writeln!(self.warnings, "{}:{line}: {reason}", self.name);
     }
 
     /// A bad line: said, counted, and the end under `--strict`.
-    fn bad(&mut self, name: &str, line: u64, reason: &str) -> Result<(), Strict> {
-        self.warn(name, line, reason);
+    fn bad(&mut self, line: u64, reason: &str) -> Result<(), Strict> {
+        self.warn(line, reason);
         if self.options.strict {
             Err(Strict)
         } else {
@@ -107,109 +127,106 @@ impl Reader<'_> {
         }
     }
 
-    fn source(&mut self, source: &Source) -> Result<(), Strict> {
-        let name = source.name();
-        let mut input = match input::open(source) {
-            Ok(input) => input,
-            Err(error) => {
+    /// Takes one piece of work, in input order.
+    fn apply(&mut self, done: Done, reading: Reading<'_>) -> Result<(), Strict> {
+        match done {
+            Done::Start(name) => {
+                self.analysis.report.input.sources += 1;
+                self.name = name;
+                self.carried = Unwrapper::new(self.options.field.as_deref());
+                Ok(())
+            }
+            Done::OpenFailed(error) => {
                 self.analysis.report.input.read_errors += 1;
-                return self.bad(&name, 0, &error.to_string());
+                self.bad(0, &error)
             }
-        };
-        let mut unwrapper = Unwrapper::new(self.options.field.as_deref());
-        let mut buf = Vec::new();
-        let mut number = 0u64;
-        loop {
-            number += 1;
-            match input::read_line(&mut *input, &mut buf, MAX_LINE) {
-                Ok(Line::Eof) => break,
-                Ok(Line::Whole) => {}
-                Ok(Line::TooLong) => {
-                    self.analysis.report.input.lines += 1;
-                    self.analysis.report.input.too_long += 1;
-                    self.bad(&name, number, "longer than 1 MiB: skipped")?;
-                    continue;
+            Done::Lines {
+                chunk,
+                reads,
+                unwrapper,
+            } => {
+                // The worker read the chunk with no pieces pending: exact
+                // unless some were.
+                let reads = if self.carried.unfinished() > 0 {
+                    reading.chunk(&chunk, &mut self.carried)
+                } else {
+                    self.carried = unwrapper;
+                    reads
+                };
+                for (line, read) in (chunk.first_line..).zip(reads) {
+                    self.line(line, read)?;
                 }
-                Err(error) => {
-                    self.analysis.report.input.read_errors += 1;
-                    let reason = format!("read error, the rest is not read: {error}");
-                    return self.bad(&name, number, &reason);
-                }
+                Ok(())
             }
-            self.analysis.report.input.lines += 1;
-            let Ok(text) = std::str::from_utf8(&buf) else {
-                self.analysis.report.input.malformed += 1;
-                self.bad(&name, number, "not UTF-8 text (binary?)")?;
-                continue;
-            };
-            match unwrapper.line(text) {
-                Unwrapped::Record(text, value) => self.record(&name, number, &text, &value)?,
-                Unwrapped::Parsed(_, record) => self.parsed(&name, number, *record),
-                Unwrapped::Pending => {}
-                Unwrapped::Other => self.analysis.report.input.other_lines += 1,
-                Unwrapped::TooLong => {
-                    self.analysis.report.input.too_long += 1;
-                    self.bad(&name, number, "joined pieces longer than 1 MiB: skipped")?;
-                }
-                Unwrapped::Malformed(reason) => {
+            Done::ReadFailed { line, error } => {
+                self.analysis.report.input.read_errors += 1;
+                let reason = format!("read error, the rest is not read: {error}");
+                self.bad(line, &reason)
+            }
+            Done::End { line } => {
+                if self.carried.unfinished() > 0 {
                     self.analysis.report.input.malformed += 1;
-                    self.bad(&name, number, &reason)?;
+                    return self.bad(line, "ends inside a split line (its last piece is missing)");
                 }
+                Ok(())
             }
         }
-        if unwrapper.unfinished() > 0 {
-            self.analysis.report.input.malformed += 1;
-            self.bad(
-                &name,
-                number,
-                "ends inside a split line (its last piece is missing)",
-            )?;
-        }
-        Ok(())
     }
 
-    fn record(
-        &mut self,
-        name: &str,
-        number: u64,
-        text: &str,
-        value: &serde_json::Value,
-    ) -> Result<(), Strict> {
-        self.analysis.report.input.records += 1;
-        let kind = value["type"].as_str().unwrap_or("?").to_string();
-        let schema = value["schema"].as_u64().unwrap_or(0);
-        self.note_schema(name, number, schema);
-        let record = match parse_line(text) {
-            Ok(record) => record,
-            Err(error) => {
+    fn line(&mut self, line: u64, read: LineRead) -> Result<(), Strict> {
+        let input = &mut self.analysis.report.input;
+        input.lines += 1;
+        match read {
+            LineRead::TooLong => {
+                input.too_long += 1;
+                self.bad(line, "longer than 1 MiB: skipped")
+            }
+            LineRead::NotUtf8 => {
+                input.malformed += 1;
+                self.bad(line, "not UTF-8 text (binary?)")
+            }
+            LineRead::Pending => Ok(()),
+            LineRead::Other => {
+                input.other_lines += 1;
+                Ok(())
+            }
+            LineRead::JoinedTooLong => {
+                input.too_long += 1;
+                self.bad(line, "joined pieces longer than 1 MiB: skipped")
+            }
+            LineRead::Malformed(reason) => {
+                input.malformed += 1;
+                self.bad(line, &reason)
+            }
+            LineRead::NotRecord { schema, reason } => {
+                input.records += 1;
+                self.note_schema(line, schema);
                 self.analysis.report.input.malformed += 1;
-                let reason = format!("not an oomtrace `{kind}` record: {error}");
-                return self.bad(name, number, &reason);
+                self.bad(line, &reason)
             }
-        };
-        if let Record::Unknown = record {
-            *self
-                .analysis
-                .report
-                .input
-                .unknown_types
-                .entry(kind)
-                .or_default() += 1;
-            return Ok(());
+            LineRead::UnknownType { kind, schema } => {
+                input.records += 1;
+                self.note_schema(line, schema);
+                *self
+                    .analysis
+                    .report
+                    .input
+                    .unknown_types
+                    .entry(kind)
+                    .or_default() += 1;
+                Ok(())
+            }
+            LineRead::Record(parsed) => {
+                input.records += 1;
+                self.note_schema(line, parsed.schema);
+                self.known(*parsed);
+                Ok(())
+            }
         }
-        self.known(record);
-        Ok(())
-    }
-
-    /// A record read straight into its type (see `Unwrapped::Parsed`).
-    fn parsed(&mut self, name: &str, number: u64, record: Record) {
-        self.analysis.report.input.records += 1;
-        self.note_schema(name, number, record.schema().map_or(0, u64::from));
-        self.known(record);
     }
 
     /// Counts a record of a newer schema version, warning at the first.
-    fn note_schema(&mut self, name: &str, number: u64, schema: u64) {
+    fn note_schema(&mut self, line: u64, schema: u64) {
         if schema <= u64::from(SCHEMA_VERSION) {
             return;
         }
@@ -219,26 +236,26 @@ impl Reader<'_> {
             let reason = format!(
                 "schema {schema} is newer than this oomtrace's ({SCHEMA_VERSION}): reading what it knows"
             );
-            self.warn(name, number, &reason);
+            self.warn(line, &reason);
         }
     }
 
     /// A record of a known type: deduplicated, filtered, analysed.
-    fn known(&mut self, record: Record) {
+    fn known(&mut self, parsed: Parsed) {
         let input = &mut self.analysis.report.input;
-        if !self.dedupe.first(&record) {
+        if !self.dedupe.first(parsed.key) {
             input.duplicates += 1;
             return;
         }
-        if !self.options.filters.pass(&record) {
+        if !parsed.passes {
             input.filtered_out += 1;
             return;
         }
         *input
             .by_type
-            .entry(record.type_name().to_string())
+            .entry(parsed.record.type_name().to_string())
             .or_default() += 1;
-        self.analysis.add(&record);
+        self.analysis.add(&parsed.record);
     }
 }
 
@@ -247,6 +264,15 @@ pub fn json_schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(Report)).unwrap_or_default()
 }
 
+/// The field table of `--json`'s document, for docs/report.md.
+pub fn json_schema_markdown() -> String {
+    schema_doc::table(&json_schema())
+}
+
 #[cfg(test)]
 #[path = "tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "reader_props.rs"]
+mod reader_props;

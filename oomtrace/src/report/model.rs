@@ -15,8 +15,9 @@ pub struct Report {
     /// Always 1 in this version of the document.
     pub report_version: u32,
     pub input: InputSummary,
-    /// The first and last record time seen (after the filters).
+    /// The first record time seen (after the filters).
     pub first: Option<String>,
+    /// The last record time seen (after the filters).
     pub last: Option<String>,
     /// Every 137, by cause.
     pub causes: Causes,
@@ -115,13 +116,18 @@ pub struct Subject {
     pub kind: SubjectKind,
     /// How the text report names it.
     pub name: String,
+    /// The nodes (hostnames) it was killed on.
     pub nodes: Vec<String>,
     /// Container ids seen (a pod's container gets a new one per restart),
     /// at most 16.
     pub container_ids: Vec<String>,
+    /// The container's image (the latest).
     pub image: Option<String>,
+    /// The pod's Kubernetes namespace.
     pub namespace: Option<String>,
+    /// The pod's name (the latest).
     pub pod: Option<String>,
+    /// The pod's QoS class (`guaranteed`, `burstable`, `besteffort`).
     pub qos: Option<String>,
     /// The victim's cgroup path (the latest).
     pub cgroup: Option<String>,
@@ -129,7 +135,9 @@ pub struct Subject {
     pub causes: Causes,
     /// Kernel OOM kills (`causes.kernel_oom_memcg + kernel_oom_node`).
     pub kills: u64,
+    /// Its first kill's time.
     pub first: Option<String>,
+    /// Its last kill's time.
     pub last: Option<String>,
     /// Victims' task names, most kills first, at most 8.
     pub victims: Vec<String>,
@@ -137,7 +145,9 @@ pub struct Subject {
     pub triggers: Vec<String>,
     /// The limit that fired, at the latest kill, and whose it was.
     pub limit_bytes: Option<u64>,
+    /// Whose limit that was (`container`, `pod`, `cgroup`, `node`).
     pub limit_scope: Option<String>,
+    /// The memory cgroup whose limit fired.
     pub limit_memcg: Option<String>,
     /// The largest victim RSS (anon + file + shmem) at a kill.
     pub max_rss_bytes: Option<u64>,
@@ -153,18 +163,23 @@ pub struct Subject {
     pub container_died: u64,
     /// Kills of a lesser process, the container carrying on.
     pub child_killed: u64,
+    /// The densest run of kills, when it makes a crash loop
+    /// (`--loop-count` kills within `--loop-window`).
     pub crash_loop: Option<CrashLoop>,
+    /// The one thing to do.
     pub advice: Advice,
     /// Its kills (kernel OOM and userspace OOM killer), oldest first, at
     /// most 1,024 (`timeline_dropped` says how many more): for the crash
     /// loop check and the chart.
     pub timeline: Vec<KillMark>,
+    /// Kills past the timeline's cap.
     pub timeline_dropped: u64,
 }
 
 /// One kill on a subject's timeline.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct KillMark {
+    /// When the kill was.
     pub time: String,
     /// `kernel_oom_memcg`, `kernel_oom_node` or `userspace_oom_killer`.
     pub cause: String,
@@ -181,9 +196,11 @@ pub struct KillMark {
 pub struct CrashLoop {
     /// The most kills inside one window.
     pub kills: u64,
+    /// The window, seconds (`--loop-window`).
     pub window_s: f64,
-    /// When that window's first and last kill were.
+    /// When that window's first kill was.
     pub from: String,
+    /// When that window's last kill was.
     pub to: String,
     /// Seconds between its consecutive kills.
     pub intervals_s: Vec<f64>,
@@ -192,7 +209,10 @@ pub struct CrashLoop {
 /// What to do, from the evidence, in one line.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct Advice {
+    /// What to do, as a word for scripts.
     pub action: Action,
+    /// What to do and why, in one line (with the number to set, for
+    /// `raise_limit`).
     pub text: String,
 }
 
@@ -220,26 +240,37 @@ pub enum Action {
 /// One kill whose container kept running.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct ChildKill {
+    /// The container (subject name) that kept running.
     pub subject: String,
+    /// The node (hostname).
     pub node: Option<String>,
+    /// When the kill was.
     pub time: String,
+    /// The killed process's pid (in the host's namespace).
     pub pid: Option<u32>,
+    /// The killed process's task name.
     pub comm: Option<String>,
 }
 
 /// One node-wide OOM kill.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct NodeOom {
+    /// The node (hostname).
     pub node: Option<String>,
+    /// When the kill was.
     pub time: String,
+    /// The victim's subject name.
     pub subject: String,
+    /// The victim's task name.
     pub comm: Option<String>,
+    /// The victim's pod's QoS class.
     pub qos: Option<String>,
 }
 
 /// One node's collector: how well it watched.
 #[derive(Clone, Debug, Default, Serialize, JsonSchema)]
 pub struct Node {
+    /// The records' `hostname`.
     pub hostname: String,
     /// Boots seen (`boot_id`s).
     pub boots: u64,
@@ -252,11 +283,13 @@ pub struct Node {
     /// Runs with no `stop` record: the collector was killed, crashed, or
     /// its last records were not kept.
     pub runs_without_stop: u64,
+    /// Kernel OOM kills on the node.
     pub oom_kills: u64,
+    /// Of which node-wide (global) OOMs.
     pub node_ooms: u64,
-    /// Kills the kernel could not queue (`lost.kills`), and other losses
-    /// (exits, events and records dropped).
+    /// Kills the kernel could not queue (`lost.kills`).
     pub lost_kills: u64,
+    /// Other losses (exits, events and records dropped).
     pub lost_other: u64,
     /// Victims that exited after their kill was written (`late_exit`).
     pub late_exits: u64,
@@ -267,16 +300,20 @@ pub struct Node {
     /// Stretches in which no collector watched, or none is known to have:
     /// the 64 longest, in time order.
     pub gaps: Vec<Gap>,
-    /// How many gaps there were in all, and their total length in seconds.
+    /// How many gaps there were in all.
     pub gaps_total: u64,
+    /// The gaps' total length, seconds.
     pub gap_seconds: f64,
 }
 
 /// A stretch without a watching collector.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct Gap {
+    /// When it began.
     pub from: String,
+    /// When it ended.
     pub to: String,
+    /// Its length.
     pub seconds: f64,
     /// `stopped` (a `stop` record, then a later `start`), `no_stop` (a run
     /// ended without `stop`: from its last record to the next `start`), or

@@ -1,7 +1,7 @@
 //! One node's collectors: its runs (`run_id`), when each started, was
 //! last heard of and stopped, and the stretches no collector watched.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 
 use oomtrace_record::Origin;
 
@@ -81,9 +81,22 @@ pub struct NodeState {
     heartbeats: u64,
 }
 
-fn earlier(slot: &mut Option<(f64, String)>, t: f64, text: &str) {
+pub fn earlier(slot: &mut Option<(f64, String)>, t: f64, text: &str) {
     if slot.as_ref().is_none_or(|(s, _)| t < *s) {
-        *slot = Some((t, text.to_string()));
+        set(slot, t, text);
+    }
+}
+
+/// Sets a time, reusing the slot's text buffer (`later` moves on with
+/// nearly every record).
+fn set(slot: &mut Option<(f64, String)>, t: f64, text: &str) {
+    match slot {
+        Some((s, buf)) => {
+            *s = t;
+            buf.clear();
+            buf.push_str(text);
+        }
+        None => *slot = Some((t, text.to_string())),
     }
 }
 
@@ -94,54 +107,58 @@ fn rfc3339(t: f64) -> String {
     humantime::format_rfc3339_micros(at).to_string()
 }
 
-fn later(slot: &mut Option<(f64, String)>, t: f64, text: &str) {
+pub fn later(slot: &mut Option<(f64, String)>, t: f64, text: &str) {
     if slot.as_ref().is_none_or(|(s, _)| t > *s) {
-        *slot = Some((t, text.to_string()));
+        set(slot, t, text);
     }
 }
 
 impl NodeState {
+    /// The record's run (its boot noted), made on its first record;
+    /// None past the cap. Looked up before anything is copied: this runs
+    /// for every record.
     fn run(&mut self, origin: &Origin) -> Option<&mut Run> {
         if let Some(boot) = &origin.boot_id
             && self.boots.len() < MAX_RUNS
+            && !self.boots.contains(boot)
         {
             self.boots.insert(boot.clone());
         }
-        let id = origin.run_id.clone()?;
-        if !self.runs.contains_key(&id) && self.runs.len() >= MAX_RUNS {
-            return None;
+        let id = origin.run_id.as_ref()?;
+        if !self.runs.contains_key(id) {
+            if self.runs.len() >= MAX_RUNS {
+                return None;
+            }
+            self.runs.insert(id.clone(), Run::default());
         }
-        Some(self.runs.entry(id).or_default())
+        self.runs.get_mut(id)
     }
 
-    /// Any record of this node at `t`.
-    pub fn seen(&mut self, origin: &Origin, t: Option<f64>, text: &str) {
-        let Some(t) = t else { return };
-        if let Some(run) = self.run(origin) {
-            earlier(&mut run.first, t, text);
-            later(&mut run.last, t, text);
-        }
+    /// Any record of this node at `t`: its run, for more.
+    pub fn seen(&mut self, origin: &Origin, t: Option<f64>, text: &str) -> Option<&mut Run> {
+        let t = t?;
+        let run = self.run(origin)?;
+        earlier(&mut run.first, t, text);
+        later(&mut run.last, t, text);
+        Some(run)
     }
 
     pub fn start(&mut self, origin: &Origin, t: Option<f64>, text: &str) {
-        self.seen(origin, t, text);
-        if let (Some(t), Some(run)) = (t, self.run(origin)) {
+        if let (Some(t), Some(run)) = (t, self.seen(origin, t, text)) {
             earlier(&mut run.start, t, text);
             run.beat(t);
         }
     }
 
     pub fn stop(&mut self, origin: &Origin, t: Option<f64>, text: &str) {
-        self.seen(origin, t, text);
-        if let (Some(t), Some(run)) = (t, self.run(origin)) {
+        if let (Some(t), Some(run)) = (t, self.seen(origin, t, text)) {
             later(&mut run.stop, t, text);
             run.beat(t);
         }
     }
 
     pub fn heartbeat(&mut self, origin: &Origin, t: Option<f64>, text: &str, interval_ms: u64) {
-        self.seen(origin, t, text);
-        if let (Some(t), Some(run)) = (t, self.run(origin)) {
+        if let (Some(t), Some(run)) = (t, self.seen(origin, t, text)) {
             run.interval = Some(interval_ms as f64 / 1000.0);
             run.beat(t);
             self.heartbeats += 1;

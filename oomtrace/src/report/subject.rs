@@ -1,7 +1,7 @@
 //! One subject's state while records stream in (bounded: a few small
 //! capped collections), and what it becomes in the report.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use oomtrace_record::{Container, GrowthKind, K8s, Origin, text::spelled as spelled_name};
 

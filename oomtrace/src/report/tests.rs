@@ -5,7 +5,7 @@ use std::{io::Write as _, path::PathBuf};
 
 use serde_json::{Value, json};
 
-use super::{model::Action, *};
+use super::{input::MAX_LINE, model::Action, *};
 
 /// Real records (the record crate's compatibility fixture): start, kills,
 /// a late exit, stop.

@@ -118,10 +118,7 @@ impl Unwrapper {
         // As the collector writes it: straight into the record type, with
         // no generic JSON tree built first (a tree, then the record, took
         // twice as long). Anything else takes the general path.
-        if text.starts_with("{\"type\":\"")
-            && let Ok(record) = oomtrace_record::read::parse_line(text)
-            && !matches!(record, Record::Unknown)
-        {
+        if let Some(record) = typed(text) {
             return Unwrapped::Parsed(text.to_string(), Box::new(record));
         }
         if text.starts_with('{') {
@@ -221,6 +218,28 @@ impl Unwrapper {
             Unwrapped::Pending
         }
     }
+}
+
+/// A record as the collector writes it, its `type` first: read straight
+/// into that type's struct. The record enum, tagged by `type`, buffers
+/// every field before it knows its variant; this is a third faster on a
+/// fleet's heartbeats. None for anything else (the general path reads it).
+fn typed(text: &str) -> Option<Record> {
+    use serde_json::from_str as read;
+    let rest = text.strip_prefix("{\"type\":\"")?;
+    let name = &rest[..rest.find('"')?];
+    Some(match name {
+        "start" => Record::Start(read(text).ok()?),
+        "oom_kill" => Record::OomKill(read(text).ok()?),
+        "late_exit" => Record::LateExit(read(text).ok()?),
+        "signal_kill" => Record::SignalKill(read(text).ok()?),
+        "container_exit" => Record::ContainerExit(read(text).ok()?),
+        "oom_stall" => Record::OomStall(read(text).ok()?),
+        "lost" => Record::Lost(read(text).ok()?),
+        "heartbeat" => Record::Heartbeat(read(text).ok()?),
+        "stop" => Record::Stop(read(text).ok()?),
+        _ => return None,
+    })
 }
 
 /// Whether a line that is not a record looks as if it meant to be one.
