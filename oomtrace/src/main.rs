@@ -13,6 +13,8 @@
 //! The records themselves are the `oomtrace-record` crate (`record/`).
 
 mod cli;
+#[cfg(test)]
+mod fixtures;
 mod kernel;
 mod output;
 mod pipeline;

@@ -12,8 +12,7 @@ use serde_json::{Value, json};
 
 use super::*;
 
-/// Real records (the record crate's compatibility fixture).
-const FIXTURE: &str = include_str!("../../record/tests/schema1-with-origin.ndjson");
+use crate::fixtures::RECORDS as FIXTURE;
 
 fn options(inputs: Vec<PathBuf>, field: Option<&str>) -> Options {
     Options {

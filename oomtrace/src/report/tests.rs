@@ -7,17 +7,7 @@ use serde_json::{Value, json};
 
 use super::{input::MAX_LINE, model::Action, *};
 
-/// Real records (the record crate's compatibility fixture): start, kills,
-/// a late exit, stop.
-const FIXTURE: &str = include_str!("../../record/tests/schema1-with-origin.ndjson");
-
-fn fixture(kind: &str) -> Value {
-    FIXTURE
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("fixture"))
-        .find(|v| v["type"] == kind)
-        .expect("fixture record")
-}
+use crate::fixtures::record as fixture;
 
 const MIB: u64 = 1 << 20;
 

@@ -2,16 +2,7 @@ use serde_json::{Value, json};
 
 use super::*;
 
-/// Real records (the record crate's compatibility fixture).
-const FIXTURE: &str = include_str!("../../../record/tests/schema1-with-origin.ndjson");
-
-fn fixture(kind: &str) -> Value {
-    FIXTURE
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("fixture"))
-        .find(|v| v["type"] == kind)
-        .expect("fixture record")
-}
+use crate::fixtures::record as fixture;
 
 /// A kill in a restarted container: a new id each time, the same names.
 fn k8s_kill(pod: &str, container_id: &str, survives: Option<bool>) -> Record {

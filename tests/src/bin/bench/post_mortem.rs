@@ -15,9 +15,8 @@
 
 use std::{
     io::{BufWriter, Write},
-    os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -27,6 +26,7 @@ use serde_json::{Value, json};
 use crate::{
     Config,
     report::{Report, fmt_mib, median},
+    tool::{Cost, run_to_end},
 };
 
 const NODES: u64 = 1000;
@@ -104,32 +104,6 @@ fn stamp(r: &mut Value, node: u64, time: &str) {
     r["time"] = json!(time);
 }
 
-/// Runs `command` to its end with stdout discarded: (wall seconds, peak
-/// RSS in kB).
-#[allow(
-    clippy::zombie_processes,
-    reason = "reaped by wait4, which also gives its rusage"
-)]
-fn timed(mut command: Command) -> (f64, f64) {
-    let started = Instant::now();
-    let child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
-    let mut status = 0;
-    // SAFETY: rusage is plain integers and timevals; all-zero is valid.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 on our own child, writing one status and one rusage.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4");
-    let wall = started.elapsed().as_secs_f64();
-    let code = std::process::ExitStatus::from_raw(status);
-    assert!(code.success(), "{command:?}: {code}");
-    (wall, usage.ru_maxrss as f64)
-}
-
 pub(crate) fn report_speed(cfg: &Config, report: &mut Report) {
     let Ok(jq) = which("jq") else {
         println!("report speed: jq is not installed (apt-get install jq); skipped");
@@ -154,14 +128,14 @@ pub(crate) fn report_speed(cfg: &Config, report: &mut Report) {
     for _ in 0..rounds {
         let mut command = Command::new(&cfg.env.oomtrace);
         command.args(["report", "--json"]).arg(&path);
-        ours.push(timed(command));
+        ours.push(run_to_end(command));
         let mut command = Command::new(&jq);
         command.args(["-nR", JQ_PROGRAM]).arg(&path);
-        theirs.push(timed(command));
+        theirs.push(run_to_end(command));
     }
     let _ = std::fs::remove_file(&path);
-    let wall = |v: &[(f64, f64)]| median(&v.iter().map(|x| x.0).collect::<Vec<_>>());
-    let rss = |v: &[(f64, f64)]| median(&v.iter().map(|x| x.1).collect::<Vec<_>>());
+    let wall = |v: &[Cost]| median(&v.iter().map(|c| c.wall_s).collect::<Vec<_>>());
+    let rss = |v: &[Cost]| median(&v.iter().map(|c| c.peak_rss_kb).collect::<Vec<_>>());
     let ratio = wall(&ours) / wall(&theirs);
     report.row(
         &format!("report over a fleet's day ({:.1} GB)", bytes as f64 / 1e9),
@@ -184,7 +158,7 @@ pub(crate) fn report_speed(cfg: &Config, report: &mut Report) {
         "report".into(),
         json!({
             "records": records, "other_lines": others, "bytes": bytes, "nodes": NODES,
-            "report_s_rss_kb": ours, "jq_s_rss_kb": theirs, "ratio": ratio,
+            "report": ours, "jq": theirs, "ratio": ratio,
         }),
     );
 }

@@ -9,9 +9,8 @@
 //! wait4's rusage). Target: rank at most 0.02 of the script's time.
 
 use std::{
-    os::unix::process::ExitStatusExt,
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -21,36 +20,11 @@ use serde_json::json;
 use crate::{
     Config,
     report::{Report, median},
+    tool::{Cost, run_to_end},
 };
 
 const SLEEPERS: usize = 2000;
 const TIME_TARGET: f64 = 0.02;
-
-/// Runs `command` to its end, stdout discarded: (wall s, CPU s).
-#[allow(
-    clippy::zombie_processes,
-    reason = "reaped by wait4, which also gives its rusage"
-)]
-fn timed(mut command: Command) -> (f64, f64) {
-    let started = Instant::now();
-    let child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
-    let mut status = 0;
-    // SAFETY: rusage is plain integers and timevals; all-zero is valid.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 on our own child, writing one status and one rusage.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4");
-    let wall = started.elapsed().as_secs_f64();
-    let code = std::process::ExitStatus::from_raw(status);
-    assert!(code.success(), "{command:?}: {code}");
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (wall, seconds(usage.ru_utime) + seconds(usage.ru_stime))
-}
 
 /// How many processes `cg` holds.
 fn procs(cg: &MemCgroup) -> usize {
@@ -101,13 +75,13 @@ pub(crate) fn rank_speed(cfg: &Config, report: &mut Report) {
     for _ in 0..rounds {
         let mut command = Command::new(&cfg.env.oomtrace);
         command.args(["rank", "--top", "15"]);
-        ours.push(timed(command));
+        ours.push(run_to_end(command));
         let mut command = Command::new("bash");
         command.arg(&script);
-        theirs.push(timed(command));
+        theirs.push(run_to_end(command));
     }
-    let wall = |v: &[(f64, f64)]| median(&v.iter().map(|x| x.0).collect::<Vec<_>>());
-    let cpu = |v: &[(f64, f64)]| median(&v.iter().map(|x| x.1).collect::<Vec<_>>());
+    let wall = |v: &[Cost]| median(&v.iter().map(|c| c.wall_s).collect::<Vec<_>>());
+    let cpu = |v: &[Cost]| median(&v.iter().map(|c| c.cpu_s).collect::<Vec<_>>());
     let ratio = wall(&ours) / wall(&theirs);
     report.row(
         &format!("rank over {total} processes"),
@@ -129,7 +103,7 @@ pub(crate) fn rank_speed(cfg: &Config, report: &mut Report) {
         "rank".into(),
         json!({
             "sleepers": SLEEPERS, "processes": total,
-            "rank_wall_cpu_s": ours, "script_wall_cpu_s": theirs, "ratio": ratio,
+            "rank": ours, "script": theirs, "ratio": ratio,
         }),
     );
 }

@@ -3,6 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read},
+    os::unix::process::ExitStatusExt,
     process::{Child, Command, Stdio},
     sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel},
     time::{Duration, Instant},
@@ -304,4 +305,45 @@ pub(crate) fn cpu_secs(root: i32) -> f64 {
         .map(|f| f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0))
         .sum();
     ticks as f64 / ticks_per_sec
+}
+
+/// What one command cost, run to its end by [`run_to_end`].
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub(crate) struct Cost {
+    pub wall_s: f64,
+    /// User + system time of the command and every process it waited for.
+    pub cpu_s: f64,
+    /// Its peak RSS (the largest of its waited-for tree), in kB.
+    pub peak_rss_kb: f64,
+}
+
+/// Runs `command` to its end with its output discarded, and reads its cost
+/// from wait4's rusage. A failed command fails the benchmark.
+#[allow(
+    clippy::zombie_processes,
+    reason = "reaped by wait4, which also gives its rusage"
+)]
+pub(crate) fn run_to_end(mut command: Command) -> Cost {
+    let started = Instant::now();
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut status = 0;
+    // SAFETY: rusage is plain integers and timevals; all-zero is valid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child, writing one status and one rusage.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4");
+    let wall_s = started.elapsed().as_secs_f64();
+    let code = std::process::ExitStatus::from_raw(status);
+    assert!(code.success(), "{command:?}: {code}");
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Cost {
+        wall_s,
+        cpu_s: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+        peak_rss_kb: usage.ru_maxrss as f64,
+    }
 }
