@@ -493,4 +493,48 @@ pub fn image_records_a_storm_with_the_manifest_privileges(env: &Env) {
         "report reads every kill of the CRI log: {}",
         report["input"]
     );
+
+    default_seccomp_is_named(&mut engine, &manifest, &image);
+}
+
+/// The manifest's `seccompProfile: Unconfined` is needed, and a collector
+/// run without it (Podman's default profile, as the kubelet's
+/// `RuntimeDefault` is the runtime's) refuses to start and says that the
+/// filter is why and how to lift it, rather than a bare EPERM.
+fn default_seccomp_is_named(engine: &mut Engine, manifest: &Manifest, image: &str) {
+    let mut options = run_options(manifest);
+    // A manifest with a profile of its own is proven by the run above.
+    let Some(at) = options.iter().position(|o| o == "seccomp=unconfined") else {
+        return;
+    };
+    options.drain(at - 1..=at);
+    let name = format!("{PREFIX}deploy-seccomp-{}", std::process::id());
+    engine.remove_on_drop(&name);
+    let mut run: Vec<String> = ["run", "--rm", "--name", &name].map(String::from).to_vec();
+    run.extend(
+        [
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ]
+        .map(String::from),
+    );
+    run.extend(options);
+    run.extend([image.to_string(), "--no-kernel-log".into()]);
+    let refs: Vec<&str> = run.iter().map(String::as_str).collect();
+    let refused = engine
+        .try_cli(&refs)
+        .expect_err("the collector started under the runtime's default seccomp profile");
+    assert!(
+        refused.contains("seccomp") && refused.contains("Unconfined"),
+        "the refusal names the seccomp filter and the fix: {refused}"
+    );
+    eprintln!(
+        "deploy: under the default seccomp profile: {}",
+        refused
+            .lines()
+            .find(|l| l.contains("seccomp"))
+            .unwrap_or("")
+    );
 }
