@@ -151,7 +151,8 @@ fn attach_with(ctx: &mut Context<'_>) -> Result<Tracer, ProbeError> {
             .map(|a| format!("{}: {}", spelled(a.mode), a.error.as_deref().unwrap_or("?")))
             .collect::<Vec<_>>()
             .join("; ");
-        return Err(ProbeError::NoVictimProbe(why));
+        let hint = seccomp_hint(&why);
+        return Err(ProbeError::NoVictimProbe { why, hint });
     };
     if status.mode == Some(AttachMode::Tracepoint) {
         ctx.notes.push(
@@ -393,23 +394,22 @@ fn load(mode: &ModeSpec, ctx: &mut Context<'_>) -> Result<Ebpf, AttachError> {
     }
     loader
         .load(EBPF_OBJECT)
-        .map_err(|e| AttachError::Load(with_seccomp_hint(error_chain(&e))))
+        .map_err(|e| AttachError::Load(error_chain(&e)))
 }
 
-/// A load refused with EPERM under a seccomp filter is the filter's doing
-/// far more often than missing capabilities (checked before loading): say
-/// so, and how to lift it.
-fn with_seccomp_hint(chain: String) -> String {
-    if chain.contains("Operation not permitted") && host::privileges::seccomp_filtered() {
-        format!(
-            "{chain}. A seccomp filter is on this process (Seccomp: 2 in /proc/self/status): \
-             container runtimes' default profiles refuse bpf(2) without CAP_SYS_ADMIN. Run \
-             the collector with seccomp unconfined (Kubernetes: `seccompProfile: {{type: \
-             Unconfined}}`, as deploy/daemonset.yaml does; `--security-opt \
-             seccomp=unconfined` for podman or docker run)"
-        )
+/// Every mode refused with EPERM under a seccomp filter is the filter's
+/// doing far more often than missing capabilities (checked before
+/// loading): say so once, and how to lift it.
+fn seccomp_hint(why: &str) -> String {
+    if why.contains("Operation not permitted") && host::privileges::seccomp_filtered() {
+        "A seccomp filter is on this process (Seccomp: 2 in /proc/self/status), and container \
+         runtimes' default profiles refuse bpf(2) without CAP_SYS_ADMIN: run the collector \
+         with seccomp unconfined (Kubernetes: `seccompProfile: {type: Unconfined}`, as \
+         deploy/daemonset.yaml does; `--security-opt seccomp=unconfined` for podman or docker \
+         run). "
+            .into()
     } else {
-        chain
+        String::new()
     }
 }
 

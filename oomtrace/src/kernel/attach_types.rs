@@ -90,11 +90,13 @@ pub enum ProbeError {
     MissingMap(&'static str),
     #[error(transparent)]
     Map(#[from] aya::maps::MapError),
+    /// `hint` is empty, or a sentence on the likely cause (ending in a
+    /// space) when every attempt shares one.
     #[error(
-        "no OOM kill can be traced: mark_victim could not be attached ({0}). `oomtrace check` \
-         shows the whole attach plan"
+        "no OOM kill can be traced: mark_victim could not be attached ({why}). {hint}`oomtrace \
+         check` shows the whole attach plan"
     )]
-    NoVictimProbe(String),
+    NoVictimProbe { why: String, hint: String },
 }
 
 /// Why one mode of a hook did not attach.
