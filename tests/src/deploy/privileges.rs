@@ -30,6 +30,15 @@ use crate::{
     workload::Workload,
 };
 
+/// The ulimits every container here needs (runc cannot raise them without
+/// CAP_SYS_RESOURCE, which this machine lacks).
+const ULIMITS: [&str; 4] = [
+    "--ulimit",
+    "nofile=1024:1024",
+    "--ulimit",
+    "nproc=1024:1024",
+];
+
 /// The storm: pipelines (`sh -c 'head | tail'`, the shape whose victim
 /// nobody started) in 10 cgroups, 6 in a row each; 4 multi-threaded
 /// allocators; one allocator in a Podman container.
@@ -249,17 +258,7 @@ pub fn image_records_a_storm_with_the_manifest_privileges(env: &Env) {
     ]
     .map(String::from)
     .to_vec();
-    // The ulimits every container here needs (runc cannot raise them
-    // without CAP_SYS_RESOURCE, which this machine lacks).
-    run.extend(
-        [
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-        ]
-        .map(String::from),
-    );
+    run.extend(ULIMITS.map(String::from));
     run.extend(run_options(&manifest));
     // Test-only: the private Podman's state, where the node's would be
     // (`/host` + its path), so the victim container is named.
@@ -516,15 +515,7 @@ fn default_seccomp_is_named(engine: &mut Engine, manifest: &Manifest, image: &st
     let name = format!("{PREFIX}deploy-default-profile-{}", std::process::id());
     engine.remove_on_drop(&name);
     let mut run: Vec<String> = ["run", "--rm", "--name", &name].map(String::from).to_vec();
-    run.extend(
-        [
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-        ]
-        .map(String::from),
-    );
+    run.extend(ULIMITS.map(String::from));
     run.extend(options);
     run.extend([image.to_string(), "--no-kernel-log".into()]);
     let refs: Vec<&str> = run.iter().map(String::as_str).collect();
